@@ -1,0 +1,316 @@
+"""The data contract: the columns, types and allowed values of every landing kind and every
+table the pipeline publishes.
+
+This module is the one place that names columns and dtypes. Ingestion casts landing files to
+these types, the ledger reads them, the warehouse publishes them, and the sample-book generator
+writes them. Nothing here does any work: it is data about data.
+
+Conventions (used everywhere):
+- timestamps are UTC, microsecond precision (``TS``); calendar days are ``pl.Date``;
+- ids are strings; quantities and money are ``Float64`` in the instrument's (or stated) currency;
+- ``quantity`` on a trade is always positive; the side says the direction.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+TS = pl.Datetime("us", "UTC")
+
+# --- allowed values -------------------------------------------------------------------------
+PORTFOLIO_STATUSES = ("ACTIVE", "SUSPENDED", "LIQUIDATING", "CLOSED")
+TAX_STATUSES = ("TAXABLE", "EXEMPT")
+LOT_METHODS = ("FIFO", "LIFO", "HIFO")
+TRADE_SIDES = ("BUY", "SELL", "SELL_SHORT", "BUY_TO_COVER")
+OPENING_SIDES = ("BUY", "SELL_SHORT")
+CLOSING_SIDES = ("SELL", "BUY_TO_COVER")
+CASH_FLOW_TYPES = ("DEPOSIT", "WITHDRAWAL", "DIVIDEND", "INTEREST", "FEE")
+POSITION_TYPES = ("LONG", "SHORT", "CASH")
+ASSET_CLASSES = ("EQUITY", "FIXED_INCOME", "COMMODITY", "REAL_ESTATE", "CASH_EQUIVALENT")
+BASE_CURRENCY = "USD"  # fx_rates quote every currency in USD per unit
+
+# --- landing kinds: column -> dtype, in published order ---------------------------------------
+# ``required`` columns must be present in a file; ``optional`` ones are null when absent.
+LANDING_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "instruments": {
+        "instrument_id": pl.String,
+        "name": pl.String,
+        "asset_class": pl.String,
+        "sector": pl.String,
+        "country": pl.String,
+        "currency": pl.String,
+        "lot_size": pl.Int64,
+    },
+    "portfolios": {
+        "portfolio_id": pl.String,
+        "portfolio_name": pl.String,
+        "status": pl.String,
+        "base_currency": pl.String,
+        "benchmark_id": pl.String,
+        "tax_status": pl.String,
+        "lot_method": pl.String,
+        "inception_date": pl.Date,
+    },
+    "prices": {
+        "instrument_id": pl.String,
+        "date": pl.Date,
+        "close": pl.Float64,
+        "volume": pl.Int64,
+    },
+    "fx_rates": {
+        "date": pl.Date,
+        "currency": pl.String,
+        "usd_per_unit": pl.Float64,
+    },
+    "trades": {
+        "trade_id": pl.String,
+        "portfolio_id": pl.String,
+        "instrument_id": pl.String,
+        "trade_ts": TS,
+        "settle_date": pl.Date,
+        "side": pl.String,
+        "quantity": pl.Float64,
+        "price": pl.Float64,
+        "fees": pl.Float64,
+        "strategy_id": pl.String,
+        "lot_id": pl.String,
+    },
+    "cash_flows": {
+        "flow_id": pl.String,
+        "portfolio_id": pl.String,
+        "ts": TS,
+        "type": pl.String,
+        "amount": pl.Float64,
+        "currency": pl.String,
+        "instrument_id": pl.String,
+    },
+    "targets": {
+        "portfolio_id": pl.String,
+        "strategy_id": pl.String,
+        "instrument_id": pl.String,
+        "target_weight": pl.Float64,
+        "effective_date": pl.Date,
+    },
+    "benchmarks": {
+        "benchmark_id": pl.String,
+        "instrument_id": pl.String,
+        "weight": pl.Float64,
+        "effective_date": pl.Date,
+    },
+    "signals": {
+        "signal_id": pl.String,
+        "source": pl.String,
+        "ts": TS,
+        "instrument_id": pl.String,
+        "portfolio_id": pl.String,
+        "strategy_id": pl.String,
+        "score": pl.Float64,
+        "confidence": pl.Float64,
+        "horizon": pl.String,
+        "priority": pl.Int64,
+    },
+}
+
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "instruments": (),
+    "portfolios": ("benchmark_id",),
+    "prices": ("volume",),
+    "fx_rates": (),
+    "trades": ("strategy_id", "lot_id", "fees"),
+    "cash_flows": ("instrument_id",),
+    "targets": ("strategy_id",),
+    "benchmarks": (),
+    "signals": ("portfolio_id", "strategy_id", "confidence", "horizon", "priority"),
+}
+
+# The id column (or columns) that must be unique within a kind, across all its files.
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "instruments": ("instrument_id",),
+    "portfolios": ("portfolio_id",),
+    "prices": ("instrument_id", "date"),
+    "fx_rates": ("date", "currency"),
+    "trades": ("trade_id",),
+    "cash_flows": ("flow_id",),
+    "targets": ("portfolio_id", "strategy_id", "instrument_id", "effective_date"),
+    "benchmarks": ("benchmark_id", "instrument_id", "effective_date"),
+    "signals": ("signal_id",),
+}
+
+# Kinds whose rows must name a known instrument / portfolio (checked against bronze).
+REFERENCES: dict[str, dict[str, str]] = {
+    "prices": {"instrument_id": "instruments"},
+    "trades": {"instrument_id": "instruments", "portfolio_id": "portfolios"},
+    "cash_flows": {"portfolio_id": "portfolios", "instrument_id": "instruments"},
+    "targets": {"portfolio_id": "portfolios", "instrument_id": "instruments"},
+    "benchmarks": {"instrument_id": "instruments"},
+    "signals": {"instrument_id": "instruments", "portfolio_id": "portfolios"},
+}
+
+LANDING_KINDS: tuple[str, ...] = tuple(LANDING_SCHEMAS)
+# Ingestion order: reference data before the kinds that refer to it.
+INGEST_ORDER: tuple[str, ...] = (
+    "instruments",
+    "portfolios",
+    "fx_rates",
+    "prices",
+    "benchmarks",
+    "trades",
+    "cash_flows",
+    "targets",
+    "signals",
+)
+
+# Lineage columns that ingestion adds to every accepted bronze row.
+LINEAGE = {
+    "source_file": pl.String,  # path relative to the landing root, e.g. "trades/2024-01.csv"
+    "source_sha256": pl.String,
+    "source_row": pl.Int64,  # 1-based data row number in the file (header is row 0)
+}
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "kind": pl.String,
+    "source_file": pl.String,
+    "source_sha256": pl.String,
+    "source_row": pl.Int64,  # null when the whole file is quarantined
+    "column": pl.String,  # null when the reason is about the row or file, not one column
+    "reason": pl.String,
+    "raw": pl.String,  # the raw row as JSON (strings as read), or a file excerpt
+    "stage": pl.String,  # "file", "row", "reference", "ledger"
+    "run_id": pl.String,
+    "quarantined_at": TS,
+}
+
+INGESTION_LOG_SCHEMA: dict[str, pl.DataType] = {
+    "kind": pl.String,
+    "source_file": pl.String,
+    "source_sha256": pl.String,
+    "version": pl.Int64,  # 1 for a file's first content, +1 each time its content changes
+    "status": pl.String,  # "INGESTED", "QUARANTINED" (whole file)
+    "rows_read": pl.Int64,
+    "rows_accepted": pl.Int64,
+    "rows_quarantined": pl.Int64,
+    "extra_columns": pl.String,  # comma-separated names of ignored extra columns, or null
+    "message": pl.String,
+    "run_id": pl.String,
+    "ingested_at": TS,
+}
+
+
+def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Return an empty DataFrame with exactly ``schema`` (column -> dtype)."""
+    return pl.DataFrame(schema=schema)
+
+
+def landing_frame(kind: str, with_lineage: bool = False) -> pl.DataFrame:
+    """Return an empty frame of landing ``kind`` (optionally with the lineage columns)."""
+    schema = dict(LANDING_SCHEMAS[kind])
+    if with_lineage:
+        schema.update(LINEAGE)
+    return empty_frame(schema)
+
+
+# --- silver tables (built by transforms/, published to the warehouse) ------------------------
+# Sign conventions: quantities and market values of SHORT positions are negative, so
+# NAV = cash + sum(market_value) and unrealized_pnl = market_value - cost_basis for every row.
+
+LOTS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,
+    "lot_id": pl.String,  # the opening trade's trade_id; a wash-sale split adds "~W<n>"
+    "position_type": pl.String,  # LONG or SHORT
+    "strategy_id": pl.String,
+    "open_trade_id": pl.String,
+    "open_ts": TS,
+    "open_price": pl.Float64,
+    "original_quantity": pl.Float64,  # > 0
+    "quantity": pl.Float64,  # remaining, >= 0 (the side is in position_type)
+    "cost_basis": pl.Float64,  # remaining economic basis, local ccy: qty*price + fees (LONG);
+    #                            proceeds received: qty*price - fees (SHORT); always >= 0
+    "wash_sale_adjustment": pl.Float64,  # remaining disallowed loss added to the tax basis
+    "tax_basis": pl.Float64,  # cost_basis + wash_sale_adjustment
+    "holding_start": pl.Date,  # open date, moved back by a wash sale's carried holding period
+    "status": pl.String,  # OPEN or CLOSED
+    "closed_ts": TS,  # when the remaining quantity reached zero, else null
+}
+
+REALIZED_PNL_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,
+    "trade_id": pl.String,  # the closing trade
+    "lot_id": pl.String,
+    "position_type": pl.String,  # the lot's side: LONG (closed by SELL) or SHORT (BUY_TO_COVER)
+    "close_ts": TS,
+    "quantity": pl.Float64,  # > 0
+    "proceeds": pl.Float64,  # LONG: qty*price - allocated fees; SHORT: the lot's opening proceeds
+    "cost_basis": pl.Float64,  # LONG: the lot's basis; SHORT: qty*price + allocated fees
+    "realized_pnl": pl.Float64,  # proceeds - cost_basis (economic)
+    "wash_sale_adjustment": pl.Float64,  # the sold lot's adjustment carried into this close
+    "disallowed_loss": pl.Float64,  # >= 0: loss deferred into replacement lots
+    "taxable_pnl": pl.Float64,  # realized_pnl - wash_sale_adjustment + disallowed_loss
+    "holding_start": pl.Date,
+    "holding_days": pl.Int64,
+    "term": pl.String,  # SHORT (<= 1 year) or LONG (> 1 year)
+}
+
+CASH_LEDGER_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "entry_id": pl.String,  # "<trade_id>" or "<flow_id>"
+    "source": pl.String,  # TRADE or CASH_FLOW
+    "entry_type": pl.String,  # the trade side or the cash-flow type
+    "instrument_id": pl.String,
+    "ts": TS,
+    "settle_date": pl.Date,  # trades: settle_date; cash flows: the date of ts
+    "currency": pl.String,
+    "amount": pl.Float64,  # signed, local currency: + cash in, - cash out (fees included)
+    "is_external": pl.Boolean,  # DEPOSIT / WITHDRAWAL: flows that performance must remove
+}
+
+POSITIONS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,  # for CASH rows: "CASH:<currency>"
+    "position_type": pl.String,  # LONG, SHORT, CASH
+    "currency": pl.String,  # the instrument's (or cash) currency
+    "quantity": pl.Float64,  # signed; CASH rows: the cash amount in its currency
+    "price": pl.Float64,  # local close used (1.0 for cash)
+    "price_date": pl.Date,
+    "fx_rate": pl.Float64,  # base ccy per unit of the local ccy on price_date
+    "cost_basis": pl.Float64,  # base ccy, signed like quantity (at each lot's open-date fx)
+    "average_cost": pl.Float64,  # local ccy per unit: local cost basis / |quantity|
+    "market_value": pl.Float64,  # base ccy, signed
+    "unrealized_pnl": pl.Float64,  # market_value - cost_basis (base)
+    "weight": pl.Float64,  # market_value / NAV
+    "last_updated": TS,  # latest trade (or cash entry) affecting this row
+}
+
+DAILY_VALUATIONS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "date": pl.Date,  # business day from the price calendar
+    "base_currency": pl.String,
+    "nav": pl.Float64,  # cash + long_market_value + short_market_value
+    "cash": pl.Float64,  # settled + pending, base ccy
+    "settled_cash": pl.Float64,
+    "pending_cash": pl.Float64,
+    "long_market_value": pl.Float64,  # >= 0
+    "short_market_value": pl.Float64,  # <= 0
+    "net_flows": pl.Float64,  # external flows (deposits - withdrawals) that day, base ccy
+    "stale_prices": pl.Int64,  # positions valued at a price older than date
+}
+
+PORTFOLIO_STATE_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "portfolio_name": pl.String,
+    "status": pl.String,
+    "base_currency": pl.String,
+    "total_value": pl.Float64,  # NAV
+    "cash_balance": pl.Float64,
+    "settled_cash": pl.Float64,
+    "pending_cash": pl.Float64,
+    "long_market_value": pl.Float64,
+    "short_market_value": pl.Float64,
+    "unrealized_pnl": pl.Float64,
+    "realized_pnl": pl.Float64,  # cumulative, economic, base ccy
+    "positions_count": pl.Int64,  # non-cash positions
+    "weights": pl.List(pl.Struct({"instrument_id": pl.String, "weight": pl.Float64})),
+    "as_of": TS,  # the moment the state describes
+    "last_updated": TS,  # latest trade or cash flow included
+}
