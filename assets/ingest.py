@@ -1,0 +1,223 @@
+"""Bronze: one asset per landing kind, landing files → validated Delta tables.
+
+For each kind the asset looks at ``landing/<kind>/``, skips every file whose content it has
+already ingested (same path and sha256 in the ingestion log), validates the others with
+``transforms.validation`` and commits, per table, one replace-by-``source_file`` write:
+
+- ``bronze/<kind>``: accepted rows with their lineage (file, sha256, row number);
+- ``bronze/quarantine/<kind>``: rejected rows (or whole files) with the reason;
+- ``bronze/ingestion_log/<kind>``: one row per file version, written last, so a run that dies
+  half-way is simply redone by the next one and gives the same tables.
+
+One writer per table: the nine assets never share a table, so they may run in parallel.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from assets.metadata import markdown_preview
+from assets.resources import LakeResource, PipelineSettings
+from transforms import contract
+from transforms.validation import sha256_of, validate_file
+
+LANDING_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+
+def bronze_table(kind: str) -> str:
+    return f"bronze/{kind}"
+
+
+def quarantine_table(kind: str) -> str:
+    return f"bronze/quarantine/{kind}"
+
+
+def ingestion_log_table(kind: str) -> str:
+    return f"bronze/ingestion_log/{kind}"
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    source_file: str  # relative to the landing root, e.g. "trades/2024_01.csv"
+    path: Path
+    sha256: str
+    version: int
+
+
+def pending_files(landing_dir: Path, kind: str, log: pl.DataFrame) -> list[LandingFile]:
+    """Landing files of ``kind`` whose current content is not the last one logged.
+
+    Hidden files and partial uploads (``.tmp``/``.part``, or names starting with ``.``) are
+    ignored; any other file is returned, whatever its suffix, so that validation can
+    quarantine an unsupported format instead of it going unnoticed.
+    """
+    folder = landing_dir / kind
+    if not folder.is_dir():
+        return []
+    last = (
+        log.sort("version")
+        .group_by("source_file")
+        .agg(pl.col("source_sha256").last(), pl.col("version").last())
+    )
+    seen = {r["source_file"]: (r["source_sha256"], r["version"]) for r in last.iter_rows(named=True)}
+    out: list[LandingFile] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith(".") or path.suffix in (".tmp", ".part"):
+            continue
+        source_file = path.relative_to(landing_dir).as_posix()
+        sha = sha256_of(path.read_bytes())
+        previous = seen.get(source_file)
+        if previous and previous[0] == sha:
+            continue
+        out.append(LandingFile(source_file, path, sha, (previous[1] + 1) if previous else 1))
+    return out
+
+
+def _in_predicate(column: str, values: list[str]) -> str:
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def ingest_kind(
+    kind: str,
+    lake: LakeResource,
+    landing_dir: Path,
+    run_id: str,
+    log: dg.DagsterLogManager | None = None,
+) -> dict:
+    """Ingest every new file version of ``kind``; return the figures for the asset metadata."""
+    started = time.perf_counter()
+    now = datetime.now(timezone.utc)
+    ingestion_log = lake.read(ingestion_log_table(kind), contract.INGESTION_LOG_SCHEMA)
+    files = pending_files(landing_dir, kind, ingestion_log)
+    bronze_schema = bronze_schema_of(kind)
+
+    known_ids: dict[str, pl.Series] = {}
+    for ref_kind in set(contract.REFERENCES.get(kind, {}).values()):
+        id_col = contract.UNIQUE_KEYS[ref_kind][0]
+        known_ids[ref_kind] = lake.read(bronze_table(ref_kind), bronze_schema_of(ref_kind), [id_col])[id_col]
+
+    key_cols = list(contract.UNIQUE_KEYS[kind])
+    batch_files = [f.source_file for f in files]
+    existing = lake.read(bronze_table(kind), bronze_schema, key_cols + ["source_file"])
+    existing_keys = existing.filter(~pl.col("source_file").is_in(batch_files)).select(key_cols)
+
+    accepted_parts, quarantine_parts, log_rows = [], [], []
+    for f in files:
+        result = validate_file(
+            kind, f.source_file, f.path.read_bytes(), known_ids=known_ids, existing_keys=existing_keys
+        )
+        accepted = result.accepted.with_columns(pl.lit(f.sha256).alias("source_sha256"))
+        accepted_parts.append(accepted)
+        # Later files of the same batch must not repeat ids accepted from earlier ones.
+        existing_keys = pl.concat([existing_keys, accepted.select(key_cols)])
+        quarantine = result.quarantine.with_columns(
+            pl.lit(f.sha256).alias("source_sha256"),
+            pl.lit(run_id).alias("run_id"),
+            pl.lit(now).cast(contract.TS).alias("quarantined_at"),
+        )
+        quarantine_parts.append(quarantine.select(list(contract.QUARANTINE_SCHEMA)))
+        # A whole-file quarantine keeps every row it could count, so read = accepted + quarantined.
+        rows_quarantined = (
+            result.rows_read
+            if result.file_error
+            else quarantine.filter(pl.col("source_row").is_not_null())["source_row"].n_unique()
+        )
+        log_rows.append(
+            {
+                "kind": kind,
+                "source_file": f.source_file,
+                "source_sha256": f.sha256,
+                "version": f.version,
+                "status": "QUARANTINED" if result.file_error else "INGESTED",
+                "rows_read": result.rows_read,
+                "rows_accepted": accepted.height,
+                "rows_quarantined": rows_quarantined,
+                "extra_columns": ",".join(result.extra_columns) or None,
+                "message": result.file_error
+                or (f"ignored extra columns: {', '.join(result.extra_columns)}" if result.extra_columns else None),
+                "run_id": run_id,
+                "ingested_at": now,
+            }
+        )
+        if log is not None:
+            log.info(
+                f"{f.source_file} v{f.version}: {result.rows_read} read, {accepted.height} accepted, "
+                f"{rows_quarantined} quarantined"
+                + (f"; whole file quarantined: {result.file_error}" if result.file_error else "")
+                + (f"; extra columns ignored: {', '.join(result.extra_columns)}" if result.extra_columns else "")
+            )
+
+    hashes = ",".join(f"{f.source_file}@{f.sha256[:12]}" for f in files)
+    meta = {"kind": kind, "source_files": hashes[:4000]}
+    if files:
+        predicate = _in_predicate("source_file", batch_files)
+        accepted_all = pl.concat(accepted_parts).select(list(bronze_schema)).cast(bronze_schema)
+        lake.write(bronze_table(kind), accepted_all, run_id=run_id, predicate=predicate, commit_metadata=meta)
+        quarantine_all = pl.concat(quarantine_parts).cast(contract.QUARANTINE_SCHEMA)
+        lake.write(quarantine_table(kind), quarantine_all, run_id=run_id, predicate=predicate, commit_metadata=meta)
+        log_frame = pl.DataFrame(log_rows, schema=contract.INGESTION_LOG_SCHEMA)
+        lake.write(ingestion_log_table(kind), log_frame, run_id=run_id, mode="append", commit_metadata=meta)
+    else:
+        # Create empty tables so that downstream readers see the kind's schema.
+        for name, schema in (
+            (bronze_table(kind), bronze_schema),
+            (quarantine_table(kind), contract.QUARANTINE_SCHEMA),
+            (ingestion_log_table(kind), contract.INGESTION_LOG_SCHEMA),
+        ):
+            if not lake.exists(name):
+                lake.write(name, pl.DataFrame(schema=schema), run_id=run_id, commit_metadata=meta)
+
+    new_log = pl.DataFrame(log_rows, schema=contract.INGESTION_LOG_SCHEMA)
+    return {
+        "files_ingested": len(files),
+        "rows_read": int(new_log["rows_read"].sum() or 0),
+        "rows_accepted": int(new_log["rows_accepted"].sum() or 0),
+        "rows_quarantined": int(new_log["rows_quarantined"].sum() or 0),
+        "files_quarantined": int((new_log["status"] == "QUARANTINED").sum()),
+        "table_rows": lake.read(bronze_table(kind), bronze_schema, key_cols[:1]).height,
+        "seconds": round(time.perf_counter() - started, 3),
+        "log": new_log,
+    }
+
+
+def bronze_schema_of(kind: str) -> dict[str, pl.DataType]:
+    return {**contract.LANDING_SCHEMAS[kind], **contract.LINEAGE}
+
+
+def build_ingest_asset(kind: str) -> dg.AssetsDefinition:
+    """The bronze asset of one landing kind (depends on the kinds it must reference)."""
+    refs = sorted(set(contract.REFERENCES.get(kind, {}).values()) - {kind})
+
+    @dg.asset(
+        name=kind,
+        key_prefix=["bronze"],
+        group_name="ingest",
+        kinds={"polars", "delta"},
+        deps=[dg.AssetKey(["bronze", r]) for r in refs],
+        description=(
+            f"Validated `{kind}` rows from `landing/{kind}/` (CSV or Parquet), with lineage. "
+            "Bad rows and unreadable files go to the kind's quarantine table with a reason."
+        ),
+    )
+    def _ingest(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+        figures = ingest_kind(kind, lake, settings.landing_dir, context.run_id, context.log)
+        log = figures.pop("log")
+        return dg.MaterializeResult(
+            metadata={
+                **figures,
+                "dagster/row_count": figures["table_rows"],
+                "files": markdown_preview(log.drop("run_id", "ingested_at"), rows=20),
+            }
+        )
+
+    return _ingest
+
+
+INGEST_ASSETS = [build_ingest_asset(kind) for kind in contract.INGEST_ORDER]

@@ -1,0 +1,89 @@
+"""Publish: the analysts' ``warehouse.duckdb``, rebuilt from the lake in one atomic swap."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from assets.ingest import bronze_schema_of, bronze_table, ingestion_log_table, quarantine_table
+from assets.resources import LakeResource, WarehouseResource
+from assets.state import SILVER_SCHEMAS, read_silver, silver_key
+from transforms import contract
+
+# Published name -> silver table it is a copy of.
+SILVER_PUBLISHED = (
+    "portfolio_state",
+    "positions",
+    "lots",
+    "realized_pnl",
+    "cash_ledger",
+    "daily_valuations",
+    "trades",
+)
+# Published name -> bronze kind (reference and market data, published as validated).
+BRONZE_PUBLISHED = ("prices", "instruments", "portfolios", "fx_rates", "cash_flows", "targets", "benchmarks", "signals")
+
+# Views and macros an analyst gets with the file (see README for examples).
+WAREHOUSE_STATEMENTS = [
+    """CREATE VIEW cash_balances AS
+       SELECT l.portfolio_id, l.currency,
+              sum(l.amount) FILTER (WHERE l.settle_date <= s.as_of::DATE) AS settled,
+              sum(l.amount) FILTER (WHERE l.settle_date > s.as_of::DATE) AS pending,
+              sum(l.amount) AS total
+       FROM cash_ledger l JOIN portfolio_state s USING (portfolio_id)
+       WHERE l.ts <= s.as_of
+       GROUP BY ALL""",
+    """CREATE MACRO portfolio_positions(pid) AS TABLE
+       SELECT * FROM positions WHERE portfolio_id = pid ORDER BY abs(market_value) DESC""",
+]
+
+
+def quarantine_frame(lake: LakeResource) -> pl.DataFrame:
+    """Every quarantined row and file: bronze validation of all kinds plus ledger rejections."""
+    parts = [lake.read(quarantine_table(kind), contract.QUARANTINE_SCHEMA) for kind in contract.INGEST_ORDER]
+    parts.append(read_silver(lake, "ledger_rejections"))
+    return pl.concat(parts).sort("kind", "source_file", "source_row", nulls_last=True)
+
+
+def ingestion_log_frame(lake: LakeResource) -> pl.DataFrame:
+    """The ingestion log of every kind (one row per file version ingested)."""
+    parts = [lake.read(ingestion_log_table(kind), contract.INGESTION_LOG_SCHEMA) for kind in contract.INGEST_ORDER]
+    return pl.concat(parts).sort("ingested_at", "kind", "source_file")
+
+
+def warehouse_tables(lake: LakeResource) -> dict[str, pl.DataFrame]:
+    """The frames the warehouse publishes, by published name (sorted for fast lookups)."""
+    tables: dict[str, pl.DataFrame] = {}
+    for name in SILVER_PUBLISHED:
+        frame = read_silver(lake, name)
+        tables[name] = frame.sort("portfolio_id") if "portfolio_id" in frame.columns else frame
+    for kind in BRONZE_PUBLISHED:
+        tables[kind] = lake.read(bronze_table(kind), bronze_schema_of(kind))
+    tables["quarantine"] = quarantine_frame(lake)
+    tables["ingestion_log"] = ingestion_log_frame(lake)
+    return tables
+
+
+@dg.asset(
+    key=dg.AssetKey(["publish", "warehouse"]),
+    deps=[silver_key(n) for n in SILVER_PUBLISHED if n in SILVER_SCHEMAS]
+    + [silver_key("ledger_rejections")]
+    + [dg.AssetKey(["bronze", k]) for k in contract.INGEST_ORDER],
+    group_name="publish",
+    kinds={"duckdb"},
+    description="`warehouse.duckdb` for analysts: state, positions, lots, realised P&L, cash, daily "
+    "valuations, trades, reference and market data, quarantine and the ingestion log. Rebuilt "
+    "under a temporary name and swapped in atomically.",
+)
+def warehouse(lake: LakeResource, warehouse: WarehouseResource):
+    counts = warehouse.publish(warehouse_tables(lake), WAREHOUSE_STATEMENTS)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(warehouse.path),
+            "tables": dg.MetadataValue.json(counts),
+            "dagster/row_count": sum(counts.values()),
+        }
+    )
+
+
+PUBLISH_ASSETS = [warehouse]

@@ -1,0 +1,209 @@
+"""Resources the assets read and write through: the Delta lake, the settings, the warehouse.
+
+Everything about *where* data lives is here, so assets stay thin and transforms stay pure.
+The lake root may be a local folder or any ``deltalake`` URI (``s3://…``, ``az://…``); cloud
+credentials come from the environment as delta-rs reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+DEFAULT_DATA_DIR = "data"
+
+# Point-in-time reconstruction reads old versions, so history must outlive the delta-rs
+# defaults (30 days of log, 7 days of removed files).
+TABLE_CONFIGURATION = {
+    "delta.logRetentionDuration": "interval 3650 days",
+    "delta.deletedFileRetentionDuration": "interval 3650 days",
+}
+COMMIT_RETRIES = 5
+
+
+def data_dir_from_env(data_dir: str | os.PathLike | None = None) -> Path:
+    """Resolve the data folder: the argument, else ``$PORTFOLIO_DATA_DIR``, else ``data/``."""
+    return Path(data_dir or os.environ.get("PORTFOLIO_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+@cache
+def code_version() -> str:
+    """The package version plus the git commit when run from a checkout (for the audit trail)."""
+    try:
+        version = metadata.version("portfolio-pipeline")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version}+g{sha}" if sha else version
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Where the landing files are and the thresholds the checks use."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    quarantine_max_share: float = 0.05  # of rows read, across all kinds and the ledger
+
+    @property
+    def landing_dir(self) -> Path:
+        return Path(self.data_dir) / "landing"
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The Delta lake: one table per ``layer/name`` under ``root``.
+
+    Writes are idempotent by construction: a full table is overwritten, a slice is replaced by
+    a predicate (``source_file IN (…)``). Each commit records the run id, the code version and
+    any caller metadata (source file hashes) in the Delta log, which is the audit trail.
+    """
+
+    root: str = f"{DEFAULT_DATA_DIR}/lake"
+
+    def uri(self, name: str) -> str:
+        if "://" in self.root:
+            return f"{self.root.rstrip('/')}/{name}"
+        return str(Path(self.root) / name)
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(name))
+
+    def read(
+        self,
+        name: str,
+        schema: dict[str, pl.DataType] | None = None,
+        columns: list[str] | None = None,
+        version: int | None = None,
+    ) -> pl.DataFrame:
+        """Read a table (or one ``version`` of it); a missing table reads as empty ``schema``."""
+        if not self.exists(name):
+            if schema is None:
+                raise TableNotFoundError(f"no Delta table at {self.uri(name)}")
+            frame = pl.DataFrame(schema=schema)
+            return frame.select(columns) if columns else frame
+        frame = pl.read_delta(self.uri(name), version=version, columns=columns)
+        if schema is not None:
+            wanted = [c for c in schema if columns is None or c in columns]
+            frame = frame.select(wanted).cast({c: schema[c] for c in wanted})
+        return frame
+
+    def version(self, name: str) -> int | None:
+        return DeltaTable(self.uri(name)).version() if self.exists(name) else None
+
+    def history(self, name: str, limit: int | None = None) -> list[dict]:
+        return DeltaTable(self.uri(name)).history(limit) if self.exists(name) else []
+
+    def write(
+        self,
+        name: str,
+        frame: pl.DataFrame,
+        *,
+        run_id: str | None,
+        predicate: str | None = None,
+        mode: str = "overwrite",
+        commit_metadata: dict[str, str] | None = None,
+    ) -> int:
+        """Write ``frame`` to table ``name`` and return the new table version.
+
+        ``predicate`` given: replace exactly the rows matching it (every row of ``frame`` must
+        match it too). No predicate and ``mode="overwrite"``: replace the whole table, schema
+        included. ``mode="append"``: add rows. Retries optimistic-concurrency conflicts.
+        """
+        custom = {"run_id": run_id or "", "code_version": code_version()}
+        custom.update(commit_metadata or {})
+        table = frame.to_arrow()
+        uri = self.uri(name)
+        exists = self.exists(name)
+        if not exists and "://" not in uri:
+            Path(uri).mkdir(parents=True, exist_ok=True)
+        kwargs: dict = {
+            "mode": mode,
+            "commit_properties": CommitProperties(custom_metadata=custom),
+        }
+        if not exists:
+            kwargs["configuration"] = TABLE_CONFIGURATION
+        elif predicate is not None and mode == "overwrite":
+            kwargs["predicate"] = predicate
+        elif mode == "overwrite":
+            kwargs["schema_mode"] = "overwrite"
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                write_deltalake(uri, table, **kwargs)
+                break
+            except CommitFailedError:
+                if attempt == COMMIT_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        return DeltaTable(uri).version()
+
+    def arrow(self, name: str) -> pa.Table:
+        """The table as Arrow, for DuckDB (which must not load its own delta extension offline)."""
+        return DeltaTable(self.uri(name)).to_pyarrow_table()
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The analysts' DuckDB file, rebuilt whole and swapped in atomically.
+
+    DuckDB allows one writer and a reader blocks a writer, so the new file is built under a
+    temporary name beside the old one, checkpointed, closed and moved over it with
+    ``os.replace``: a reader sees the old file or the new one, never half of either.
+    """
+
+    path: str = f"{DEFAULT_DATA_DIR}/warehouse.duckdb"
+
+    def publish(self, tables: dict[str, pl.DataFrame | pa.Table], statements: list[str] = ()) -> dict[str, int]:
+        """Write ``tables`` (name -> frame) and run ``statements`` (views, macros) into a new
+        warehouse file, then swap it in. Returns the row count of each table."""
+        target = Path(self.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        counts: dict[str, int] = {}
+        try:
+            con = duckdb.connect(str(tmp))
+            try:
+                for name, table in tables.items():
+                    con.register("_incoming", table)
+                    con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _incoming')
+                    con.unregister("_incoming")
+                    counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+                for statement in statements:
+                    con.execute(statement)
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            os.replace(tmp, target)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+        return counts
+
+
+def resources_for(data_dir: str | os.PathLike | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The resources for one data folder (``PORTFOLIO_LAKE_ROOT`` may move the lake elsewhere)."""
+    base = data_dir_from_env(data_dir)
+    lake_root = os.environ.get("PORTFOLIO_LAKE_ROOT") or str(base / "lake")
+    return {
+        "settings": PipelineSettings(data_dir=str(base)),
+        "lake": LakeResource(root=lake_root),
+        "warehouse": WarehouseResource(path=str(base / "warehouse.duckdb")),
+    }

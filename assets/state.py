@@ -1,0 +1,226 @@
+"""Silver: the state of every portfolio, rebuilt in full from bronze on each run.
+
+Thin assets over ``transforms``: the ledger (accepted trades, lots, realised P&L, rejections),
+the cash ledger, positions, daily valuations and the one-row-per-portfolio state. Each commit
+records the versions of the tables it was built from, so any silver version can be traced
+back to the exact bronze input.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from assets.ingest import bronze_schema_of, bronze_table
+from assets.metadata import table_metadata
+from assets.resources import LakeResource
+from transforms import contract
+from transforms.book import BookInputs, book_moment, ledger_quarantine
+from transforms.cash import cash_ledger as build_cash_ledger
+from transforms.lots import build_ledger
+from transforms.positions import positions as build_positions
+from transforms.state import portfolio_state as build_portfolio_state
+from transforms.valuations import daily_valuations as build_daily_valuations
+
+GROUP = "state"
+SILVER_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "trades": {**contract.LANDING_SCHEMAS["trades"], **contract.LINEAGE},
+    "lots": contract.LOTS_SCHEMA,
+    "realized_pnl": contract.REALIZED_PNL_SCHEMA,
+    "ledger_rejections": contract.QUARANTINE_SCHEMA,
+    "cash_ledger": contract.CASH_LEDGER_SCHEMA,
+    "positions": contract.POSITIONS_SCHEMA,
+    "daily_valuations": contract.DAILY_VALUATIONS_SCHEMA,
+    "portfolio_state": contract.PORTFOLIO_STATE_SCHEMA,
+}
+
+
+def silver_table(name: str) -> str:
+    return f"silver/{name}"
+
+
+def silver_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["silver", name])
+
+
+def bronze_key(kind: str) -> dg.AssetKey:
+    return dg.AssetKey(["bronze", kind])
+
+
+def read_bronze(lake: LakeResource, kind: str) -> pl.DataFrame:
+    return lake.read(bronze_table(kind), bronze_schema_of(kind))
+
+
+def read_silver(lake: LakeResource, name: str) -> pl.DataFrame:
+    return lake.read(silver_table(name), SILVER_SCHEMAS[name])
+
+
+def read_book_inputs(lake: LakeResource) -> BookInputs:
+    """The bronze frames the state is built from; the accepted ledger trades when available."""
+    return BookInputs(
+        trades=read_bronze(lake, "trades"),
+        portfolios=read_bronze(lake, "portfolios"),
+        instruments=read_bronze(lake, "instruments"),
+        prices=read_bronze(lake, "prices"),
+        fx_rates=read_bronze(lake, "fx_rates"),
+        cash_flows=read_bronze(lake, "cash_flows"),
+    )
+
+
+def input_versions(lake: LakeResource, tables: list[str]) -> str:
+    """``table@version`` for each input table, recorded in the commit for lineage."""
+    return ",".join(f"{t}@{lake.version(t)}" for t in tables)
+
+
+def write_silver(
+    context: dg.AssetExecutionContext, lake: LakeResource, name: str, frame: pl.DataFrame, sources: list[str]
+) -> dict:
+    """Overwrite ``silver/<name>`` with ``frame`` (cast to its contract schema); return metadata."""
+    schema = SILVER_SCHEMAS[name]
+    frame = frame.select(list(schema)).cast(schema)
+    version = lake.write(
+        silver_table(name), frame, run_id=context.run_id, commit_metadata={"inputs": input_versions(lake, sources)}
+    )
+    return {**table_metadata(frame), "delta_version": version}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            silver_key("trades"),
+            deps=[bronze_key("trades"), bronze_key("portfolios")],
+            description="Trades the ledger accepted (bronze trades minus oversells and unknown lots).",
+            kinds={"polars", "delta"},
+        ),
+        dg.AssetSpec(
+            silver_key("lots"),
+            deps=[bronze_key("trades"), bronze_key("portfolios")],
+            description="Every tax lot ever opened (long and short), with remaining quantity, cost "
+            "basis, wash-sale adjustment and holding start, by the portfolio's lot method.",
+            kinds={"polars", "delta"},
+        ),
+        dg.AssetSpec(
+            silver_key("realized_pnl"),
+            deps=[bronze_key("trades"), bronze_key("portfolios")],
+            description="Realised P&L per closing trade and lot: proceeds, basis, disallowed "
+            "wash-sale loss, term (SHORT <= 1 year < LONG).",
+            kinds={"polars", "delta"},
+        ),
+        dg.AssetSpec(
+            silver_key("ledger_rejections"),
+            deps=[bronze_key("trades"), bronze_key("portfolios")],
+            description="Trades the ledger refused (a SELL beyond the long quantity, a cover beyond "
+            "the short, an unknown lot), as quarantine rows with the reason.",
+            kinds={"polars", "delta"},
+        ),
+    ],
+    group_name=GROUP,
+)
+def ledger(context: dg.AssetExecutionContext, lake: LakeResource):
+    """Tax-lot ledger over all accepted bronze trades."""
+    trades = read_bronze(lake, "trades")
+    portfolios = read_bronze(lake, "portfolios")
+    result = build_ledger(trades, portfolios)
+    rejections = ledger_quarantine(result.rejected_trades).with_columns(
+        pl.lit(context.run_id).alias("run_id"), pl.lit(None, contract.TS).alias("quarantined_at")
+    )
+    sources = [bronze_table("trades"), bronze_table("portfolios")]
+    for name, frame in (
+        ("trades", result.accepted_trades),
+        ("lots", result.lots),
+        ("realized_pnl", result.realized_pnl),
+        ("ledger_rejections", rejections),
+    ):
+        meta = write_silver(context, lake, name, frame, sources)
+        yield dg.MaterializeResult(asset_key=silver_key(name), metadata=meta)
+
+
+@dg.asset(
+    key=silver_key("cash_ledger"),
+    deps=[silver_key("trades"), bronze_key("cash_flows"), bronze_key("instruments")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="Every cash movement per portfolio and currency (trade settlements with fees, "
+    "deposits, withdrawals, dividends, interest, fees) with its settle date.",
+)
+def cash_ledger(context: dg.AssetExecutionContext, lake: LakeResource):
+    frame = build_cash_ledger(read_silver(lake, "trades"), read_bronze(lake, "cash_flows"), read_bronze(lake, "instruments"))
+    sources = [silver_table("trades"), bronze_table("cash_flows"), bronze_table("instruments")]
+    return dg.MaterializeResult(metadata=write_silver(context, lake, "cash_ledger", frame, sources))
+
+
+def _current_inputs(lake: LakeResource) -> BookInputs:
+    inputs = read_book_inputs(lake)
+    # The state is built from the trades the ledger accepted, never from rejected ones.
+    return BookInputs(
+        trades=read_silver(lake, "trades"),
+        portfolios=inputs.portfolios,
+        instruments=inputs.instruments,
+        prices=inputs.prices,
+        fx_rates=inputs.fx_rates,
+        cash_flows=inputs.cash_flows,
+    )
+
+
+@dg.asset(
+    key=silver_key("positions"),
+    deps=[silver_key("lots"), silver_key("cash_ledger"), bronze_key("prices"), bronze_key("fx_rates"), bronze_key("portfolios")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="Current positions per portfolio (LONG, SHORT and one CASH row per currency): "
+    "quantity, cost basis, average cost, market value, unrealised P&L and weight in the base currency.",
+)
+def positions(context: dg.AssetExecutionContext, lake: LakeResource):
+    inputs = _current_inputs(lake)
+    moment = book_moment(inputs)
+    frame = build_positions(
+        read_silver(lake, "lots"),
+        read_silver(lake, "cash_ledger"),
+        inputs.prices,
+        inputs.fx_rates,
+        inputs.instruments,
+        inputs.portfolios,
+        moment,
+    )
+    sources = [silver_table("lots"), silver_table("cash_ledger"), bronze_table("prices"), bronze_table("fx_rates")]
+    meta = write_silver(context, lake, "positions", frame, sources)
+    return dg.MaterializeResult(metadata={**meta, "as_of": moment.isoformat()})
+
+
+@dg.asset(
+    key=silver_key("daily_valuations"),
+    deps=[silver_key("trades"), silver_key("cash_ledger"), bronze_key("prices"), bronze_key("fx_rates")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="NAV, cash (settled and pending), long and short market value and external flows "
+    "per portfolio and business day of the price calendar.",
+)
+def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource):
+    inputs = _current_inputs(lake)
+    frame = build_daily_valuations(
+        inputs.trades, read_silver(lake, "cash_ledger"), inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios
+    )
+    sources = [silver_table("trades"), silver_table("cash_ledger"), bronze_table("prices"), bronze_table("fx_rates")]
+    return dg.MaterializeResult(metadata=write_silver(context, lake, "daily_valuations", frame, sources))
+
+
+@dg.asset(
+    key=silver_key("portfolio_state"),
+    deps=[silver_key("positions"), silver_key("realized_pnl"), bronze_key("portfolios")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="One row per portfolio: total value (NAV), cash, long/short market value, "
+    "unrealised and realised P&L, weights, status and the moment the state describes.",
+)
+def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource):
+    inputs = _current_inputs(lake)
+    moment = book_moment(inputs)
+    frame = build_portfolio_state(
+        read_silver(lake, "positions"), read_silver(lake, "realized_pnl"), inputs.portfolios, moment, inputs.fx_rates
+    )
+    sources = [silver_table("positions"), silver_table("realized_pnl"), bronze_table("portfolios")]
+    meta = write_silver(context, lake, "portfolio_state", frame, sources)
+    return dg.MaterializeResult(metadata={**meta, "total_nav": float(frame["total_value"].sum() or 0.0)})
+
+
+STATE_ASSETS = [ledger, cash_ledger, positions, daily_valuations, portfolio_state]

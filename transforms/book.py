@@ -1,0 +1,141 @@
+"""The whole portfolio state of a book, composed from the ledger, cash, positions, valuations
+and state transforms; and the same state as of any past moment.
+
+This is the one place where the silver transforms are chained, so the Dagster assets, the
+``portfolio state --as-of`` command, the notebooks and the benchmark all compute the state the
+same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from datetime import date, datetime, time, timezone
+
+import polars as pl
+
+from transforms import contract
+from transforms.cash import cash_ledger
+from transforms.lots import build_ledger
+from transforms.positions import positions
+from transforms.state import portfolio_state
+from transforms.valuations import daily_valuations
+
+
+@dataclass(frozen=True)
+class BookInputs:
+    """The bronze frames the state is built from (contract columns; extra columns are kept)."""
+
+    trades: pl.DataFrame
+    portfolios: pl.DataFrame
+    instruments: pl.DataFrame
+    prices: pl.DataFrame
+    fx_rates: pl.DataFrame
+    cash_flows: pl.DataFrame
+
+    def as_of(self, moment: datetime) -> "BookInputs":
+        """The inputs known at ``moment``: trades and flows up to it, prices and fx to its date."""
+        moment = to_utc(moment)
+        day = moment.date()
+        return replace(
+            self,
+            trades=self.trades.filter(pl.col("trade_ts") <= moment),
+            cash_flows=self.cash_flows.filter(pl.col("ts") <= moment),
+            prices=self.prices.filter(pl.col("date") <= day),
+            fx_rates=self.fx_rates.filter(pl.col("date") <= day),
+        )
+
+
+@dataclass(frozen=True)
+class Book:
+    """Every silver table of a book at one moment ``as_of``."""
+
+    as_of: datetime
+    trades: pl.DataFrame  # accepted trades only
+    rejected_trades: pl.DataFrame  # trades the ledger refused, with a reason
+    lots: pl.DataFrame
+    realized_pnl: pl.DataFrame
+    cash_ledger: pl.DataFrame
+    positions: pl.DataFrame
+    daily_valuations: pl.DataFrame | None
+    portfolio_state: pl.DataFrame
+
+
+def to_utc(moment: datetime | date) -> datetime:
+    """A timezone-aware UTC datetime; a naive one is taken as UTC, a date as its last microsecond."""
+    if not isinstance(moment, datetime):
+        return datetime.combine(moment, time.max, tzinfo=timezone.utc)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def book_moment(inputs: BookInputs) -> datetime:
+    """The moment the current state describes: the end of the last price date, or the latest
+    trade or cash flow if one is later. Taken from the data, never the wall clock, so a
+    rebuild of the same input gives the same state."""
+    candidates: list[datetime] = []
+    if inputs.prices.height:
+        candidates.append(to_utc(inputs.prices["date"].max()))
+    for frame, column in ((inputs.trades, "trade_ts"), (inputs.cash_flows, "ts")):
+        if frame.height:
+            candidates.append(to_utc(frame[column].max()))
+    return max(candidates) if candidates else datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def build_book(inputs: BookInputs, as_of: datetime | None = None, *, with_daily: bool = True) -> Book:
+    """Build the state of ``inputs`` as of ``as_of`` (default: ``book_moment(inputs)``).
+
+    Steps: ledger (lots, realised P&L, oversell rejections) → cash ledger from the accepted
+    trades and the cash flows → positions and portfolio state at ``as_of`` → daily valuations
+    through the last price date on or before ``as_of`` (skipped when ``with_daily`` is false,
+    e.g. for a point-in-time query that needs only the state).
+    """
+    if as_of is not None:
+        inputs = inputs.as_of(as_of)
+    moment = to_utc(as_of) if as_of is not None else book_moment(inputs)
+    ledger = build_ledger(inputs.trades, inputs.portfolios)
+    cash = cash_ledger(ledger.accepted_trades, inputs.cash_flows, inputs.instruments)
+    pos = positions(
+        ledger.lots, cash, inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios, moment
+    )
+    state = portfolio_state(pos, ledger.realized_pnl, inputs.portfolios, moment, inputs.fx_rates)
+    daily = (
+        daily_valuations(
+            ledger.accepted_trades, cash, inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios
+        )
+        if with_daily
+        else None
+    )
+    return Book(
+        as_of=moment,
+        trades=ledger.accepted_trades,
+        rejected_trades=ledger.rejected_trades,
+        lots=ledger.lots,
+        realized_pnl=ledger.realized_pnl,
+        cash_ledger=cash,
+        positions=pos,
+        daily_valuations=daily,
+        portfolio_state=state,
+    )
+
+
+def ledger_quarantine(rejected_trades: pl.DataFrame) -> pl.DataFrame:
+    """Ledger rejections (oversells, unknown lots) as quarantine rows (stage ``ledger``)."""
+    raw_columns = [c for c in contract.LANDING_SCHEMAS["trades"] if c in rejected_trades.columns]
+    lineage = {c: rejected_trades[c] for c in ("source_file", "source_sha256", "source_row") if c in rejected_trades.columns}
+    frame = rejected_trades.select(
+        pl.lit("trades").alias("kind"),
+        (pl.col("source_file") if "source_file" in lineage else pl.lit(None, pl.String)).alias("source_file"),
+        (pl.col("source_sha256") if "source_sha256" in lineage else pl.lit(None, pl.String)).alias("source_sha256"),
+        (pl.col("source_row") if "source_row" in lineage else pl.lit(None, pl.Int64)).cast(pl.Int64).alias("source_row"),
+        pl.lit(None, pl.String).alias("column"),
+        pl.col("reason"),
+        pl.struct(pl.col(raw_columns).cast(pl.String)).struct.json_encode().alias("raw"),
+        pl.lit("ledger").alias("stage"),
+        pl.lit(None, pl.String).alias("run_id"),
+        pl.lit(None, contract.TS).alias("quarantined_at"),
+    )
+    return frame.cast(contract.QUARANTINE_SCHEMA)
+
+
+BOOK_TABLES = tuple(f.name for f in fields(Book) if f.name != "as_of")
