@@ -1,0 +1,224 @@
+"""Foundation benchmark: full rebuild speed, a pandas baseline, state lookups, end to end.
+
+Figures, all measured in one process run so that their ratios are meaningful on a noisy
+machine:
+
+- ``rebuild``: lots, realised P&L, cash ledger, positions, state and daily valuations rebuilt
+  from in-memory bronze frames (``transforms.book.build_book``), in trades per second, and the
+  ledger + positions part alone;
+- ``pandas_baseline``: the same positions computation (FIFO lots → quantity, cost basis,
+  market value, unrealised P&L per portfolio and instrument) written the straightforward pandas
+  way (group by key, walk the trades with a lot queue), and its ratio to ours;
+- ``state_lookup``: one portfolio's ``portfolio_state`` row from ``warehouse.duckdb`` (p50, p99);
+- ``end_to_end``: ``portfolio run`` on a fresh data folder in a child process (seconds, peak RSS).
+
+Run: ``portfolio bench [--standard]`` or ``make bench``. Results: ``bench/results/foundation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from transforms.book import BookInputs, build_book
+from transforms.lots import build_ledger
+from transforms.positions import positions as build_positions
+
+RESULTS = Path(__file__).resolve().parent / "results" / "foundation.json"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def book_inputs_from(book: dict[str, list[tuple[str, pl.DataFrame]]]) -> BookInputs:
+    """Concatenate a generated book's files into the frames the state is built from."""
+    frames = {kind: pl.concat([f for _, f in files]) for kind, files in book.items()}
+    return BookInputs(
+        trades=frames["trades"],
+        portfolios=frames["portfolios"],
+        instruments=frames["instruments"],
+        prices=frames["prices"],
+        fx_rates=frames["fx_rates"],
+        cash_flows=frames["cash_flows"],
+    )
+
+
+def pandas_fifo_positions(trades, prices, portfolios=None):
+    """The straightforward pandas way: per (portfolio, instrument), walk the ordered trades
+    with a FIFO queue of lots; then value the open quantity at the last close.
+
+    Long side only for BUY/SELL and short side for SELL_SHORT/BUY_TO_COVER, fees in the basis,
+    no FX (the comparison uses the same computation on our side: quantities and local basis).
+    """
+    import pandas as pd
+
+    side_rank = {"BUY": 0, "SELL_SHORT": 0, "SELL": 1, "BUY_TO_COVER": 1}
+    df = trades.copy()
+    df["rank"] = df["side"].map(side_rank)
+    df = df.sort_values(["portfolio_id", "instrument_id", "trade_ts", "rank", "trade_id"])
+    rows = []
+    for (pid, iid), g in df.groupby(["portfolio_id", "instrument_id"], sort=False):
+        books = {"LONG": deque(), "SHORT": deque()}
+        for side, qty, price, fees in zip(g["side"], g["quantity"], g["price"], g["fees"].fillna(0.0)):
+            if side in ("BUY", "SELL_SHORT"):
+                book = books["LONG" if side == "BUY" else "SHORT"]
+                basis = qty * price + fees if side == "BUY" else qty * price - fees
+                book.append([qty, basis])
+            else:
+                book = books["LONG" if side == "SELL" else "SHORT"]
+                remaining = qty
+                while remaining > 1e-12 and book:
+                    lot = book[0]
+                    take = min(remaining, lot[0])
+                    lot[1] -= lot[1] * take / lot[0]
+                    lot[0] -= take
+                    remaining -= take
+                    if lot[0] <= 1e-12:
+                        book.popleft()
+        for position_type, book in books.items():
+            qty = sum(l[0] for l in book)
+            if qty > 1e-12:
+                sign = 1.0 if position_type == "LONG" else -1.0
+                rows.append((pid, iid, position_type, sign * qty, sign * sum(l[1] for l in book)))
+    out = pd.DataFrame(rows, columns=["portfolio_id", "instrument_id", "position_type", "quantity", "cost_basis"])
+    last = prices.sort_values("date").groupby("instrument_id").tail(1)[["instrument_id", "close"]]
+    out = out.merge(last, on="instrument_id", how="left")
+    out["market_value"] = out["quantity"] * out["close"]
+    out["unrealized_pnl"] = out["market_value"] - out["cost_basis"]
+    return out
+
+
+def _timed(fn, repeat: int = 1):
+    best, value = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, value
+
+
+def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat: int) -> dict:
+    """Time the full rebuild and the ledger+positions part, and the pandas baseline beside it."""
+    n = inputs.trades.height
+    fifo_portfolios = inputs.portfolios.with_columns(pl.lit("FIFO").alias("lot_method"), pl.lit("EXEMPT").alias("tax_status"))
+    _say(f"[{label}] full rebuild of {n:,} trades …")
+    full_s, book = _timed(lambda: build_book(inputs), repeat)
+    moment = book.as_of
+
+    def ours_positions():
+        ledger = build_ledger(inputs.trades, fifo_portfolios)
+        return build_positions(
+            ledger.lots, book.cash_ledger, inputs.prices, inputs.fx_rates, inputs.instruments, fifo_portfolios, moment
+        )
+
+    pos_s, ours = _timed(ours_positions, repeat)
+    out = {
+        "trades": n,
+        "portfolios": inputs.portfolios.height,
+        "full_rebuild_seconds": round(full_s, 3),
+        "full_rebuild_trades_per_second": round(n / full_s),
+        "ledger_positions_seconds": round(pos_s, 3),
+        "ledger_positions_trades_per_second": round(n / pos_s),
+    }
+    _say(f"  full rebuild        {full_s:8.2f} s   {n / full_s:>12,.0f} trades/s")
+    _say(f"  ledger + positions  {pos_s:8.2f} s   {n / pos_s:>12,.0f} trades/s (FIFO, EXEMPT: same rules as the baseline)")
+    if pandas_baseline:
+        trades_pd = inputs.trades.select("trade_id", "portfolio_id", "instrument_id", "trade_ts", "side", "quantity", "price", "fees").to_pandas()
+        prices_pd = inputs.prices.select("instrument_id", "date", "close").to_pandas()
+        pd_s, theirs = _timed(lambda: pandas_fifo_positions(trades_pd, prices_pd), 1)
+        # Both sides must agree before the ratio means anything.
+        check = (
+            pl.from_pandas(theirs)
+            .join(
+                ours.filter(pl.col("position_type") != "CASH").select("portfolio_id", "instrument_id", "position_type", pl.col("quantity").alias("q2")),
+                on=["portfolio_id", "instrument_id", "position_type"],
+                how="full",
+                coalesce=True,
+            )
+            .filter((pl.col("quantity").fill_null(0) - pl.col("q2").fill_null(0)).abs() > 1e-6)
+        )
+        out.update(
+            {
+                "pandas_seconds": round(pd_s, 3),
+                "pandas_trades_per_second": round(n / pd_s),
+                "speedup_vs_pandas": round(pd_s / pos_s, 1),
+                "pandas_quantity_mismatches": check.height,
+            }
+        )
+        _say(f"  pandas baseline     {pd_s:8.2f} s   {n / pd_s:>12,.0f} trades/s   → ours is {pd_s / pos_s:.1f}× faster"
+             f" ({check.height} quantity mismatches)")
+    return out
+
+
+def bench_lookups(warehouse: Path, samples: int = 2000) -> dict:
+    """p50/p99 latency of one portfolio's state row from the warehouse (read-only connection)."""
+    import duckdb
+
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT portfolio_id FROM portfolio_state").fetchall()]
+        rng = random.Random(7)
+        for pid in ids[:20]:  # warm-up
+            con.execute("SELECT * FROM portfolio_state WHERE portfolio_id = ?", [pid]).fetchall()
+        times = []
+        for _ in range(samples):
+            pid = rng.choice(ids)
+            started = time.perf_counter()
+            con.execute("SELECT * FROM portfolio_state WHERE portfolio_id = ?", [pid]).fetchall()
+            times.append(time.perf_counter() - started)
+    p50, p99 = np.percentile(np.array(times) * 1000, [50, 99])
+    _say(f"  state lookup        p50 {p50:.3f} ms   p99 {p99:.3f} ms   ({samples} lookups)")
+    return {"state_lookup_p50_ms": round(float(p50), 3), "state_lookup_p99_ms": round(float(p99), 3), "lookups": samples}
+
+
+def bench_end_to_end(data_dir: Path, scale: str, seed: int) -> dict:
+    """Generate ``scale`` into a fresh folder, then time ``portfolio run`` in a child process."""
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    cli = [sys.executable, "-m", "orchestration.cli"]
+    _say(f"[{scale}] generating into {data_dir} …")
+    gen_started = time.perf_counter()
+    subprocess.run([*cli, "generate", "--scale", scale, "--seed", str(seed), "--data-dir", str(data_dir)], check=True, stdout=subprocess.DEVNULL)
+    gen_s = time.perf_counter() - gen_started
+    _say(f"[{scale}] portfolio run …")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    subprocess.run([*cli, "run", "--data-dir", str(data_dir)], check=True, stdout=subprocess.DEVNULL)
+    run_s = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    _say(f"  end to end          {run_s:8.1f} s   peak RSS {max(peak_kib, before) / 2**20:.2f} GiB (generation {gen_s:.1f} s)")
+    return {
+        "generate_seconds": round(gen_s, 1),
+        "end_to_end_seconds": round(run_s, 1),
+        "end_to_end_peak_rss_gib": round(max(peak_kib, before) / 2**20, 2),
+    }
+
+
+def main(data_dir: Path, standard: bool = False, output: str | None = None, seed: int = 7) -> int:
+    from transforms.sample_book import generate_book
+
+    results: dict = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}}
+    bench_dir = Path(data_dir) / "bench"
+    scales = ["demo"] + (["standard"] if standard else [])
+    for scale in scales:
+        figures = bench_end_to_end(bench_dir / scale, scale, seed)
+        figures.update(bench_lookups(bench_dir / scale / "warehouse.duckdb"))
+        inputs = book_inputs_from(generate_book(scale, seed))
+        figures.update(bench_rebuild(inputs, scale, pandas_baseline=True, repeat=3 if scale == "demo" else 1))
+        results[scale] = figures
+    target = Path(output) if output else RESULTS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(results, indent=2, default=str))
+    _say(f"Results written to {target}")
+    return 0
