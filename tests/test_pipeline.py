@@ -1,0 +1,173 @@
+"""In-process materialisation of every asset on a tiny book: checks, idempotency, replay,
+file versions, bad files, and the atomic warehouse."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from assets.resources import resources_for
+from assets.state import SILVER_SCHEMAS, read_silver
+from orchestration.checks import ASSET_CHECKS
+from orchestration.definitions import ALL_ASSETS
+from transforms import contract
+
+VOLATILE = {"run_id", "ingested_at", "quarantined_at"}
+
+
+def materialize_all(data_dir: Path) -> dg.ExecuteInProcessResult:
+    result = dg.materialize([*ALL_ASSETS, *ASSET_CHECKS], resources=resources_for(data_dir), instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    return result
+
+
+def snapshot(data_dir: Path) -> dict[str, pl.DataFrame]:
+    """Every lake table's content, sorted and without the columns that name a run."""
+    lake = resources_for(data_dir)["lake"]
+    tables = {f"silver/{n}": read_silver(lake, n) for n in SILVER_SCHEMAS}
+    for kind in contract.INGEST_ORDER:
+        tables[f"bronze/{kind}"] = lake.read(f"bronze/{kind}")
+        tables[f"bronze/quarantine/{kind}"] = lake.read(f"bronze/quarantine/{kind}")
+    out = {}
+    for name, frame in tables.items():
+        frame = frame.drop([c for c in frame.columns if c in VOLATILE])
+        sortable = [c for c in frame.columns if not isinstance(frame.schema[c], (pl.List, pl.Struct))]
+        out[name] = frame.sort(sortable, nulls_last=True)
+    return out
+
+
+def assert_same_tables(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].equals(b[name]), f"{name} differs"
+
+
+@pytest.fixture
+def built(data_dir):
+    result = materialize_all(data_dir)
+    return data_dir, result
+
+
+def test_all_assets_and_checks_pass(built):
+    data_dir, result = built
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == len(ASSET_CHECKS)
+    assert all(e.passed for e in evaluations), [(e.check_name, e.metadata) for e in evaluations if not e.passed]
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert {"portfolio_state", "positions", "lots", "realized_pnl", "cash_ledger", "daily_valuations", "trades",
+                "prices", "instruments", "portfolios", "quarantine", "ingestion_log", "cash_balances"} <= names
+        n_portfolios = con.execute("SELECT count(*) FROM portfolios").fetchone()[0]
+        assert con.execute("SELECT count(*) FROM portfolio_state").fetchone()[0] == n_portfolios
+        # NAV = cash + market value, read back from the published positions.
+        gap = con.execute(
+            """SELECT max(abs(s.total_value - p.mv)) FROM portfolio_state s
+               JOIN (SELECT portfolio_id, sum(market_value) mv FROM positions GROUP BY 1) p USING (portfolio_id)"""
+        ).fetchone()[0]
+        assert gap < 0.01
+    assert not list(data_dir.glob(".warehouse.duckdb*")), "temporary warehouse files left behind"
+
+
+def test_rows_read_equal_accepted_plus_quarantined(built):
+    data_dir, _ = built
+    lake = resources_for(data_dir)["lake"]
+    for kind in contract.INGEST_ORDER:
+        log = lake.read(f"bronze/ingestion_log/{kind}")
+        table = lake.read(f"bronze/{kind}")
+        assert (log["rows_read"] == log["rows_accepted"] + log["rows_quarantined"]).all(), kind
+        assert table.height == log["rows_accepted"].sum(), kind
+
+
+def test_rerun_changes_nothing(built):
+    data_dir, _ = built
+    before = snapshot(data_dir)
+    lake = resources_for(data_dir)["lake"]
+    log_before = lake.read("bronze/ingestion_log/trades").height
+    materialize_all(data_dir)
+    assert_same_tables(before, snapshot(data_dir))
+    assert lake.read("bronze/ingestion_log/trades").height == log_before  # nothing re-ingested
+
+
+def test_same_content_under_new_runs_and_file_order(tmp_path, tiny_landing, built):
+    """A fresh data folder with the same files gives the same tables."""
+    data_dir, _ = built
+    other = tmp_path / "other"
+    shutil.copytree(tiny_landing, other / "landing")
+    materialize_all(other)
+    assert_same_tables(snapshot(data_dir), snapshot(other))
+
+
+def test_changed_file_is_a_new_version_and_replaces_its_rows(built):
+    data_dir, _ = built
+    lake = resources_for(data_dir)["lake"]
+    path = sorted((data_dir / "landing" / "trades").glob("*.csv"))[0]
+    frame = pl.read_csv(path, infer_schema=False)
+    frame.head(frame.height - 1).write_csv(path)  # drop the last trade
+    materialize_all(data_dir)
+    log = lake.read("bronze/ingestion_log/trades").filter(pl.col("source_file") == f"trades/{path.name}")
+    assert sorted(log["version"].to_list()) == [1, 2]
+    bronze = lake.read("bronze/trades").filter(pl.col("source_file") == f"trades/{path.name}")
+    assert bronze.height == frame.height - 1
+    assert bronze["source_sha256"].n_unique() == 1
+
+
+def test_bad_files_are_quarantined_not_fatal(built):
+    data_dir, _ = built
+    landing = data_dir / "landing" / "trades"
+    (landing / "empty.csv").write_bytes(b"")
+    (landing / "semicolons.csv").write_text("trade_id;portfolio_id\nX1;P001\n")
+    (landing / "notes.txt").write_text("not a landing file")
+    good = pl.read_csv(sorted(landing.glob("*.csv"))[0], infer_schema=False).head(3)
+    good.with_columns(pl.lit("-5").alias("quantity"), (pl.col("trade_id") + "_neg").alias("trade_id")).write_csv(landing / "negative.csv")
+    result = materialize_all(data_dir)
+    assert result.success
+    lake = resources_for(data_dir)["lake"]
+    quarantine = lake.read("bronze/quarantine/trades")
+    whole = quarantine.filter(pl.col("stage") == "file")["source_file"].to_list()
+    assert {"trades/empty.csv", "trades/semicolons.csv", "trades/notes.txt"} <= set(whole)
+    rows = quarantine.filter(pl.col("source_file") == "trades/negative.csv")
+    assert rows["source_row"].n_unique() == 3
+
+
+def test_oversell_goes_to_quarantine_and_the_book_goes_on(built):
+    data_dir, _ = built
+    lake = resources_for(data_dir)["lake"]
+    trades = read_silver(lake, "trades")
+    first = trades.filter(pl.col("side") == "BUY").sort("trade_ts").row(0, named=True)
+    oversell = {c: first[c] for c in contract.LANDING_SCHEMAS["trades"]}
+    oversell.update(trade_id="OVERSELL1", side="SELL", quantity=first["quantity"] * 1e6, lot_id=None)
+    pl.DataFrame([oversell], schema=contract.LANDING_SCHEMAS["trades"]).write_csv(
+        data_dir / "landing" / "trades" / "oversell.csv", datetime_format="%Y-%m-%dT%H:%M:%S%.6fZ"
+    )
+    n_before = trades.height
+    materialize_all(data_dir)
+    rejected = read_silver(lake, "ledger_rejections")
+    assert rejected.filter(pl.col("source_file") == "trades/oversell.csv").height == 1
+    assert "exceeds" in rejected.filter(pl.col("source_file") == "trades/oversell.csv")["reason"][0]
+    assert read_silver(lake, "trades").height == n_before  # the rest of the book is unchanged
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM quarantine WHERE stage = 'ledger'").fetchone()[0] >= 1
+        assert con.execute("SELECT count(*) FROM trades WHERE trade_id = 'OVERSELL1'").fetchone()[0] == 0
+
+
+def test_empty_landing_gives_empty_tables(tmp_path):
+    (tmp_path / "landing").mkdir()
+    materialize_all(tmp_path)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM portfolio_state").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM trades").fetchone()[0] == 0
+
+
+def test_commits_carry_run_id_and_sources(built):
+    data_dir, result = built
+    lake = resources_for(data_dir)["lake"]
+    history = lake.history("bronze/trades")
+    assert history[0]["run_id"] == result.run_id
+    assert "trades/" in history[0]["source_files"]
+    assert "code_version" in history[0]
+    assert "bronze/trades@" in lake.history("silver/lots")[0]["inputs"]
