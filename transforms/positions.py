@@ -1,0 +1,151 @@
+"""Positions as of a moment: open lots aggregated per (portfolio, instrument, side) plus cash.
+
+Rows follow ``POSITIONS_SCHEMA``: quantities, cost bases and market values of SHORT positions are
+negative, so ``NAV = sum(market_value)`` over all rows of a portfolio (cash included) and
+``unrealized_pnl = market_value - cost_basis`` on every row.
+
+For a LONG / SHORT row (from lots with status OPEN, quantity > 0 and open_ts <= as_of):
+
+- ``quantity``      = sum of lot quantities (negative for SHORT);
+- local basis       = sum of lot ``cost_basis`` (negative for SHORT);
+- ``cost_basis``    = sum over lots of ``cost_basis * fx(open date of the lot)`` (base ccy, signed);
+- ``average_cost``  = local basis / |quantity| (so it carries the sign of the row: negative for
+  SHORT; its absolute value is the average opening price net of fees);
+- ``price``         = latest close on or before the as-of date (forward fill). An instrument with
+  no close on or before that date is priced at the ``open_price`` of its latest open lot in the
+  row, and ``price_date`` is then that lot's open date;
+- ``fx_rate``       = base per local on ``price_date`` (see ``transforms.fx``);
+- ``market_value``  = quantity * price * fx_rate; ``unrealized_pnl`` = market_value - cost_basis;
+- ``last_updated``  = latest ``open_ts`` among the row's lots.
+
+CASH rows, one per (portfolio, currency) with any ledger entry up to ``as_of``: instrument_id
+``CASH:<ccy>``, quantity = total cash (settled + pending) in that currency, price 1.0,
+price_date = the as-of date, fx at that date, market_value = cost_basis = quantity * fx,
+average_cost 1.0, unrealized_pnl 0.0, last_updated = the latest ledger ts.
+
+``weight`` = market_value / NAV of the portfolio; it is null (never NaN or inf) when the NAV is 0.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from transforms.cash import cash_balances
+from transforms.contract import BASE_CURRENCY, POSITIONS_SCHEMA
+from transforms.fx import as_of_date, as_utc, base_per_local_on
+
+AnyFrame = pl.DataFrame | pl.LazyFrame
+
+
+def _with_weights(rows: pl.LazyFrame) -> pl.LazyFrame:
+    nav = pl.col("market_value").sum().over("portfolio_id")
+    return rows.with_columns(
+        pl.when(nav != 0).then(pl.col("market_value") / nav).otherwise(None).alias("weight")
+    )
+
+
+def positions(
+    lots: AnyFrame,
+    cash_ledger: AnyFrame,
+    prices: AnyFrame,
+    fx_rates: AnyFrame,
+    instruments: AnyFrame,
+    portfolios: AnyFrame,
+    as_of: datetime,
+) -> pl.DataFrame:
+    """Positions (``POSITIONS_SCHEMA``) as of ``as_of``; see the module docstring for the rules.
+
+    ``lots`` are those built from the trades up to ``as_of`` (``LOTS_SCHEMA``). A naive
+    ``as_of`` is taken as UTC. Sorted by (portfolio_id, position_type, instrument_id).
+    """
+    moment, day = as_utc(as_of), as_of_date(as_of)
+    ccy = instruments.lazy().select("instrument_id", "currency")
+    base = portfolios.lazy().select("portfolio_id", "base_currency")
+    short = pl.col("position_type") == "SHORT"
+    sign = pl.when(short).then(pl.lit(-1.0)).otherwise(pl.lit(1.0))
+
+    open_lots = (
+        lots.lazy()
+        .filter(
+            (pl.col("status") == "OPEN")
+            & (pl.col("quantity") > 0)
+            & (pl.col("open_ts") <= moment)
+            & pl.col("position_type").is_in(["LONG", "SHORT"])
+        )
+        .join(ccy, on="instrument_id", how="left")
+        .join(base, on="portfolio_id", how="left")
+        .with_columns(
+            pl.col("base_currency").fill_null(BASE_CURRENCY),
+            pl.col("open_ts").dt.date().alias("_open_date"),
+            sign.alias("_sign"),
+        )
+    )
+    open_lots = base_per_local_on(
+        open_lots, fx_rates, date_col="_open_date", local_col="currency", base_col="base_currency",
+        out="_fx_open",
+    )
+    held = open_lots.group_by("portfolio_id", "instrument_id", "position_type").agg(
+        pl.col("currency").first(),
+        pl.col("base_currency").first(),
+        (pl.col("_sign") * pl.col("quantity")).sum().alias("quantity"),
+        (pl.col("_sign") * pl.col("cost_basis")).sum().alias("_local_basis"),
+        (pl.col("_sign") * pl.col("cost_basis") * pl.col("_fx_open")).sum().alias("cost_basis"),
+        pl.col("open_ts").max().alias("last_updated"),
+        pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
+        pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
+    )
+    last_close = (
+        prices.lazy()
+        .filter((pl.col("date") <= day) & pl.col("close").is_not_null() & pl.col("close").is_finite())
+        .group_by("instrument_id")
+        .agg(
+            pl.col("close").sort_by("date").last().alias("_close"),
+            pl.col("date").max().alias("_close_date"),
+        )
+    )
+    held = held.join(last_close, on="instrument_id", how="left").with_columns(
+        pl.coalesce("_close", "_fallback_price").alias("price"),
+        pl.coalesce("_close_date", "_fallback_date").alias("price_date"),
+    )
+    held = base_per_local_on(
+        held, fx_rates, date_col="price_date", local_col="currency", base_col="base_currency"
+    ).with_columns(
+        (pl.col("quantity") * pl.col("price") * pl.col("fx_rate")).alias("market_value"),
+        (pl.col("_local_basis") / pl.col("quantity").abs()).alias("average_cost"),
+    )
+
+    cash = (
+        cash_balances(cash_ledger, moment)
+        .lazy()
+        .join(base, on="portfolio_id", how="left")
+        .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("price_date"))
+    )
+    cash = base_per_local_on(
+        cash, fx_rates, date_col="price_date", local_col="currency", base_col="base_currency"
+    ).select(
+        "portfolio_id",
+        pl.concat_str(pl.lit("CASH:"), pl.col("currency")).alias("instrument_id"),
+        pl.lit("CASH").alias("position_type"),
+        "currency",
+        pl.col("total_cash").alias("quantity"),
+        pl.lit(1.0).alias("price"),
+        "price_date",
+        "fx_rate",
+        (pl.col("total_cash") * pl.col("fx_rate")).alias("cost_basis"),
+        pl.lit(1.0).alias("average_cost"),
+        (pl.col("total_cash") * pl.col("fx_rate")).alias("market_value"),
+        pl.col("last_ts").alias("last_updated"),
+    )
+
+    cols = [c for c in POSITIONS_SCHEMA if c not in ("unrealized_pnl", "weight")]
+    rows = pl.concat([held.select(cols), cash.select(cols)], how="vertical_relaxed").with_columns(
+        (pl.col("market_value") - pl.col("cost_basis")).alias("unrealized_pnl")
+    )
+    return (
+        _with_weights(rows)
+        .select([pl.col(c).cast(t) for c, t in POSITIONS_SCHEMA.items()])
+        .sort("portfolio_id", "position_type", "instrument_id")
+        .collect()
+    )
