@@ -12,7 +12,6 @@ already ingested (same path and sha256 in the ingestion log), validates the othe
 One writer per table: the nine assets never share a table, so they may run in parallel.
 """
 
-from __future__ import annotations
 
 import time
 from dataclasses import dataclass
@@ -207,7 +206,7 @@ def build_ingest_asset(kind: str) -> dg.AssetsDefinition:
         ),
     )
     def _ingest(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
-        figures = ingest_kind(kind, lake, settings.landing_dir, context.run_id, context.log)
+        figures = ingest_kind(kind, lake, settings.landing_dir, context.run.run_id, context.log)
         log = figures.pop("log")
         return dg.MaterializeResult(
             metadata={

@@ -1,6 +1,5 @@
 """Publish: the analysts' ``warehouse.duckdb``, rebuilt from the lake in one atomic swap."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

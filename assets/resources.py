@@ -185,7 +185,7 @@ class WarehouseResource(dg.ConfigurableResource):
                     con.register("_incoming", table)
                     con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _incoming')
                     con.unregister("_incoming")
-                    counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+                    counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0]
                 for statement in statements:
                     con.execute(statement)
                 con.execute("CHECKPOINT")

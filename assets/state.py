@@ -6,7 +6,6 @@ records the versions of the tables it was built from, so any silver version can 
 back to the exact bronze input.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl
@@ -79,7 +78,7 @@ def write_silver(
     schema = SILVER_SCHEMAS[name]
     frame = frame.select(list(schema)).cast(schema)
     version = lake.write(
-        silver_table(name), frame, run_id=context.run_id, commit_metadata={"inputs": input_versions(lake, sources)}
+        silver_table(name), frame, run_id=context.run.run_id, commit_metadata={"inputs": input_versions(lake, sources)}
     )
     return {**table_metadata(frame), "delta_version": version}
 
@@ -122,7 +121,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource):
     portfolios = read_bronze(lake, "portfolios")
     result = build_ledger(trades, portfolios)
     rejections = ledger_quarantine(result.rejected_trades).with_columns(
-        pl.lit(context.run_id).alias("run_id"), pl.lit(None, contract.TS).alias("quarantined_at")
+        pl.lit(context.run.run_id).alias("run_id"), pl.lit(None, contract.TS).alias("quarantined_at")
     )
     sources = [bronze_table("trades"), bronze_table("portfolios")]
     for name, frame in (
@@ -206,7 +205,7 @@ def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource):
 
 @dg.asset(
     key=silver_key("portfolio_state"),
-    deps=[silver_key("positions"), silver_key("realized_pnl"), bronze_key("portfolios")],
+    deps=[silver_key("positions"), silver_key("realized_pnl"), silver_key("cash_ledger"), bronze_key("portfolios")],
     group_name=GROUP,
     kinds={"polars", "delta"},
     description="One row per portfolio: total value (NAV), cash, long/short market value, "
@@ -216,7 +215,13 @@ def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource):
     inputs = _current_inputs(lake)
     moment = book_moment(inputs)
     frame = build_portfolio_state(
-        read_silver(lake, "positions"), read_silver(lake, "realized_pnl"), inputs.portfolios, moment, inputs.fx_rates
+        read_silver(lake, "positions"),
+        read_silver(lake, "realized_pnl"),
+        inputs.portfolios,
+        moment,
+        inputs.fx_rates,
+        instruments=inputs.instruments,
+        cash_ledger=read_silver(lake, "cash_ledger"),
     )
     sources = [silver_table("positions"), silver_table("realized_pnl"), bronze_table("portfolios")]
     meta = write_silver(context, lake, "portfolio_state", frame, sources)

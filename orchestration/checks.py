@@ -1,6 +1,5 @@
 """Asset checks: the invariants the state must satisfy after every run."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

@@ -175,8 +175,8 @@ def cmd_state(args: argparse.Namespace) -> int:
                 _say(f"No warehouse at {path}: run `portfolio run` first.")
                 return 1
             with duckdb.connect(str(path), read_only=True) as con:
-                state = con.execute("SELECT * FROM portfolio_state WHERE portfolio_id = ?", [args.portfolio_id]).pl()
-                positions = con.execute("SELECT * FROM portfolio_positions(?)", [args.portfolio_id]).pl()
+                state = con.sql("SELECT * FROM portfolio_state WHERE portfolio_id = ?", params=[args.portfolio_id]).pl()
+                positions = con.sql("SELECT * FROM portfolio_positions(?)", params=[args.portfolio_id]).pl()
         if state.height == 0:
             _say(f"Unknown portfolio {args.portfolio_id!r}.")
             return 1

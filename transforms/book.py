@@ -98,7 +98,10 @@ def build_book(inputs: BookInputs, as_of: datetime | None = None, *, with_daily:
     pos = positions(
         ledger.lots, cash, inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios, moment
     )
-    state = portfolio_state(pos, ledger.realized_pnl, inputs.portfolios, moment, inputs.fx_rates)
+    state = portfolio_state(
+        pos, ledger.realized_pnl, inputs.portfolios, moment, inputs.fx_rates,
+        instruments=inputs.instruments, cash_ledger=cash,
+    )
     daily = (
         daily_valuations(
             ledger.accepted_trades, cash, inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios
