@@ -92,6 +92,9 @@ def run_pipeline(data_dir: str | Path | None = None, progress=_say) -> dict:
             resources=resources,
             instance=instance,
             tags={"portfolio/command": "run"},
+            # The progress lines below say what happened; Dagster's event stream stays in the
+            # run's logs (and in the UI with a persistent DAGSTER_HOME).
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
