@@ -1,0 +1,86 @@
+"""The composed state: point in time, input order, and the ledger's quarantine rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timezone
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from bench.foundation import book_inputs_from
+from transforms import contract
+from transforms.book import BookInputs, book_moment, build_book, ledger_quarantine, to_utc
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_book) -> BookInputs:
+    return book_inputs_from(tiny_book)
+
+
+@pytest.fixture(scope="module")
+def full(inputs):
+    return build_book(inputs)
+
+
+def test_state_as_of_a_past_day_equals_that_days_valuation(inputs, full):
+    """Two independent paths: the as-of state is built from lots and positions of the trades
+    known then; daily valuations from cumulative trade quantities of the full book."""
+    days = full.daily_valuations["date"].unique().sort()
+    for day in (days[5], days[len(days) // 2], days[-1]):
+        moment = datetime.combine(day, time(23, 59, 59), tzinfo=timezone.utc)
+        past = build_book(inputs, moment, with_daily=False)
+        assert past.as_of == moment
+        assert past.trades["trade_ts"].max() <= moment
+        joined = past.portfolio_state.join(full.daily_valuations.filter(pl.col("date") == day), on="portfolio_id")
+        assert joined.height > 0
+        gap = (joined["total_value"] - joined["nav"]).abs().max()
+        assert gap < 0.01, (day, gap)
+
+
+def test_state_now_equals_last_valuation(full):
+    last = full.daily_valuations.filter(pl.col("date") == pl.col("date").max())
+    joined = full.portfolio_state.join(last, on="portfolio_id")
+    assert joined.height == last.height
+    assert (joined["total_value"] - joined["nav"]).abs().max() < 0.01
+    assert (joined["cash_balance"] - joined["cash"]).abs().max() < 0.01
+
+
+def test_input_row_order_does_not_matter(inputs, full):
+    shuffled = BookInputs(
+        trades=inputs.trades.sample(fraction=1.0, shuffle=True, seed=1),
+        portfolios=inputs.portfolios.reverse(),
+        instruments=inputs.instruments.sample(fraction=1.0, shuffle=True, seed=2),
+        prices=inputs.prices.sample(fraction=1.0, shuffle=True, seed=3),
+        fx_rates=inputs.fx_rates.reverse(),
+        cash_flows=inputs.cash_flows.sample(fraction=1.0, shuffle=True, seed=4),
+    )
+    other = build_book(shuffled)
+    for name in ("lots", "realized_pnl", "positions", "daily_valuations", "portfolio_state", "cash_ledger"):
+        a, b = getattr(full, name), getattr(other, name)
+        keys = [c for c in a.columns if a.schema[c] not in (pl.Float64,) and not isinstance(a.schema[c], pl.List)]
+        assert_frame_equal(a.sort(keys), b.sort(keys), rel_tol=1e-12, abs_tol=1e-9)
+
+
+def test_book_moment_comes_from_the_data(inputs):
+    moment = book_moment(inputs)
+    assert moment == to_utc(inputs.prices["date"].max())
+    assert book_moment(inputs) == moment  # never the wall clock
+
+
+def test_empty_book_builds_empty_state():
+    empty = BookInputs(**{k: contract.landing_frame(k) for k in ("trades", "portfolios", "instruments", "prices", "fx_rates", "cash_flows")})
+    book = build_book(empty)
+    assert book.portfolio_state.height == 0 and book.lots.height == 0
+
+
+def test_ledger_rejections_become_quarantine_rows():
+    rejected = pl.DataFrame(
+        {"trade_id": ["T1"], "portfolio_id": ["P1"], "instrument_id": ["I1"], "side": ["SELL"], "quantity": [5.0],
+         "source_file": ["trades/a.csv"], "source_row": [7], "reason": ["SELL of 5 exceeds open LONG quantity 0"]}
+    )
+    rows = ledger_quarantine(rejected)
+    assert rows.schema == pl.Schema(contract.QUARANTINE_SCHEMA)
+    row = rows.row(0, named=True)
+    assert (row["stage"], row["source_file"], row["source_row"]) == ("ledger", "trades/a.csv", 7)
+    assert '"trade_id":"T1"' in row["raw"]
