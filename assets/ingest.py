@@ -24,7 +24,7 @@ import polars as pl
 from assets.metadata import markdown_preview
 from assets.resources import LakeResource, PipelineSettings
 from transforms import contract
-from transforms.validation import sha256_of, validate_file
+from transforms.validation import cross_file_duplicates, sha256_of, validate_file
 
 LANDING_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
@@ -107,27 +107,31 @@ def ingest_kind(
     existing = lake.read(bronze_table(kind), bronze_schema, key_cols + ["source_file"])
     existing_keys = existing.filter(~pl.col("source_file").is_in(batch_files)).select(key_cols)
 
-    accepted_parts, quarantine_parts, log_rows = [], [], []
+    accepted_parts, quarantine_parts, results = [], [], []
     for f in files:
         result = validate_file(
             kind, f.source_file, f.path.read_bytes(), known_ids=known_ids, existing_keys=existing_keys
         )
-        accepted = result.accepted.with_columns(pl.lit(f.sha256).alias("source_sha256"))
-        accepted_parts.append(accepted)
-        # Later files of the same batch must not repeat ids accepted from earlier ones.
-        existing_keys = pl.concat([existing_keys, accepted.select(key_cols)])
-        quarantine = result.quarantine.with_columns(
-            pl.lit(f.sha256).alias("source_sha256"),
-            pl.lit(run_id).alias("run_id"),
-            pl.lit(now).cast(contract.TS).alias("quarantined_at"),
-        )
-        quarantine_parts.append(quarantine.select(list(contract.QUARANTINE_SCHEMA)))
+        results.append(result)
+        accepted_parts.append(result.accepted.with_columns(pl.lit(f.sha256).alias("source_sha256")))
+        quarantine_parts.append(result.quarantine.with_columns(pl.lit(f.sha256).alias("source_sha256")))
+    # Ids repeated across the files of this batch: first file (in name order) wins.
+    accepted_all, cross_dupes = cross_file_duplicates(
+        kind, pl.concat(accepted_parts) if accepted_parts else pl.DataFrame(schema=bronze_schema)
+    )
+    quarantine_all = (
+        pl.concat([*quarantine_parts, cross_dupes])
+        .with_columns(pl.lit(run_id).alias("run_id"), pl.lit(now).cast(contract.TS).alias("quarantined_at"))
+        .select(list(contract.QUARANTINE_SCHEMA))
+        .cast(contract.QUARANTINE_SCHEMA)
+    )
+    accepted_per_file = dict(accepted_all.group_by("source_file").len().iter_rows())
+
+    log_rows = []
+    for f, result in zip(files, results):
+        accepted_n = accepted_per_file.get(f.source_file, 0)
         # A whole-file quarantine keeps every row it could count, so read = accepted + quarantined.
-        rows_quarantined = (
-            result.rows_read
-            if result.file_error
-            else quarantine.filter(pl.col("source_row").is_not_null())["source_row"].n_unique()
-        )
+        quarantined_n = result.rows_read if result.file_error else result.rows_read - accepted_n
         log_rows.append(
             {
                 "kind": kind,
@@ -136,8 +140,8 @@ def ingest_kind(
                 "version": f.version,
                 "status": "QUARANTINED" if result.file_error else "INGESTED",
                 "rows_read": result.rows_read,
-                "rows_accepted": accepted.height,
-                "rows_quarantined": rows_quarantined,
+                "rows_accepted": accepted_n,
+                "rows_quarantined": quarantined_n,
                 "extra_columns": ",".join(result.extra_columns) or None,
                 "message": result.file_error
                 or (f"ignored extra columns: {', '.join(result.extra_columns)}" if result.extra_columns else None),
@@ -147,8 +151,8 @@ def ingest_kind(
         )
         if log is not None:
             log.info(
-                f"{f.source_file} v{f.version}: {result.rows_read} read, {accepted.height} accepted, "
-                f"{rows_quarantined} quarantined"
+                f"{f.source_file} v{f.version}: {result.rows_read} read, {accepted_n} accepted, "
+                f"{quarantined_n} quarantined"
                 + (f"; whole file quarantined: {result.file_error}" if result.file_error else "")
                 + (f"; extra columns ignored: {', '.join(result.extra_columns)}" if result.extra_columns else "")
             )
@@ -157,9 +161,8 @@ def ingest_kind(
     meta = {"kind": kind, "source_files": hashes[:4000]}
     if files:
         predicate = _in_predicate("source_file", batch_files)
-        accepted_all = pl.concat(accepted_parts).select(list(bronze_schema)).cast(bronze_schema)
+        accepted_all = accepted_all.select(list(bronze_schema)).cast(bronze_schema)
         lake.write(bronze_table(kind), accepted_all, run_id=run_id, predicate=predicate, commit_metadata=meta)
-        quarantine_all = pl.concat(quarantine_parts).cast(contract.QUARANTINE_SCHEMA)
         lake.write(quarantine_table(kind), quarantine_all, run_id=run_id, predicate=predicate, commit_metadata=meta)
         log_frame = pl.DataFrame(log_rows, schema=contract.INGESTION_LOG_SCHEMA)
         lake.write(ingestion_log_table(kind), log_frame, run_id=run_id, mode="append", commit_metadata=meta)

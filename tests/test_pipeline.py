@@ -177,3 +177,20 @@ def test_commits_carry_run_id_and_sources(built):
     assert "trades/" in history[0]["source_files"]
     assert "code_version" in history[0]
     assert "bronze/trades@" in lake.history("silver/lots")[0]["inputs"]
+
+
+def test_an_id_repeated_across_files_of_one_batch_is_kept_once(tmp_path, tiny_landing):
+    shutil.copytree(tiny_landing, tmp_path / "landing")
+    trades_dir = tmp_path / "landing" / "trades"
+    first = sorted(trades_dir.glob("trades_*.csv"))[0]
+    head = pl.read_csv(first, infer_schema=False).head(2)
+    head.write_csv(trades_dir / "zz_resent.csv")  # same trade ids, a later file of the same batch
+    materialize_all(tmp_path)
+    lake = resources_for(tmp_path)["lake"]
+    bronze = lake.read("bronze/trades")
+    assert bronze.filter(pl.col("trade_id").is_in(head["trade_id"].implode()))["source_file"].unique().to_list() == [f"trades/{first.name}"]
+    quarantine = lake.read("bronze/quarantine/trades").filter(pl.col("source_file") == "trades/zz_resent.csv")
+    assert quarantine.height == 2
+    assert all(f"first in trades/{first.name} row" in r for r in quarantine["reason"])
+    log = lake.read("bronze/ingestion_log/trades").filter(pl.col("source_file") == "trades/zz_resent.csv")
+    assert log.select("rows_read", "rows_accepted", "rows_quarantined").row(0) == (2, 0, 2)

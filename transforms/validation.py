@@ -516,6 +516,50 @@ def _unique_issues(kind: str, rows: pl.DataFrame, existing_keys: pl.DataFrame | 
     return _concat_issues(parts)
 
 
+def cross_file_duplicates(kind: str, accepted: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split a batch of accepted rows from several files into (kept, quarantine rows).
+
+    ``accepted`` is the concatenation, in ingestion order, of the ``accepted`` frames of
+    :func:`validate_file` for the files of one batch (each already unique within itself and
+    against the table's other files). A key that appears in more than one file of the batch
+    is kept at its first occurrence in that order; every later occurrence becomes a
+    quarantine row (``QUARANTINE_SCHEMA``, stage ``row``) with reason ``duplicate trade_id T1
+    (first in trades/a.csv row 3)`` and the row's values as JSON in ``raw``.
+
+    One pass over the batch instead of checking each file against all the files before it,
+    which grows quadratically with the number of files in a batch.
+    """
+    keys = list(contract.UNIQUE_KEYS[kind])
+    label, value = _key_text(keys)
+    indexed = accepted.with_row_index("__pv_pos")
+    # Null key parts compare equal, as in the within-file check (window groups treat nulls alike).
+    marked = indexed.with_columns(pl.col("__pv_pos").min().over(keys).alias("__pv_first"))
+    dupes = marked.filter(pl.col("__pv_pos") != pl.col("__pv_first"))
+    if dupes.height == 0:
+        return accepted, pl.DataFrame(schema=contract.QUARANTINE_SCHEMA)
+    firsts = indexed.select(
+        pl.col("__pv_pos").alias("__pv_first"),
+        pl.col("source_file").alias("__pv_first_file"),
+        pl.col("source_row").alias("__pv_first_row"),
+    )
+    dupes = dupes.join(firsts, on="__pv_first", how="left")
+    data_columns = [c for c in contract.LANDING_SCHEMAS[kind] if c in accepted.columns]
+    quarantine = dupes.select(
+        pl.lit(kind).alias("kind"),
+        pl.col("source_file"),
+        pl.col("source_sha256"),
+        pl.col("source_row").cast(pl.Int64),
+        pl.lit(keys[0] if len(keys) == 1 else None, pl.String).alias("column"),
+        pl.format(f"duplicate {label} {{}} (first in {{}} row {{}})", value, pl.col("__pv_first_file"), pl.col("__pv_first_row")).alias("reason"),
+        _raw_json(dupes, data_columns).alias("raw"),
+        pl.lit("row").alias("stage"),
+        pl.lit(None, pl.String).alias("run_id"),
+        pl.lit(None, contract.TS).alias("quarantined_at"),
+    ).cast(contract.QUARANTINE_SCHEMA)
+    kept = marked.filter(pl.col("__pv_pos") == pl.col("__pv_first")).drop("__pv_pos", "__pv_first")
+    return kept, quarantine
+
+
 def _reference_issues(kind: str, rows: pl.DataFrame, known_ids: dict[str, pl.Series] | None) -> pl.DataFrame:
     """Non-null ids of ``REFERENCES[kind]`` columns that are not in ``known_ids``."""
     parts = []
