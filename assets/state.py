@@ -54,10 +54,11 @@ def read_silver(lake: LakeResource, name: str) -> pl.DataFrame:
     return lake.read(silver_table(name), SILVER_SCHEMAS[name])
 
 
-def read_book_inputs(lake: LakeResource) -> BookInputs:
-    """The bronze frames the state is built from; the accepted ledger trades when available."""
+def read_book_inputs(lake: LakeResource, accepted_trades: bool = False) -> BookInputs:
+    """The frames the state is built from: bronze trades (for the ledger, and for a
+    point-in-time rebuild), or with ``accepted_trades`` the trades the ledger accepted."""
     return BookInputs(
-        trades=read_bronze(lake, "trades"),
+        trades=read_silver(lake, "trades") if accepted_trades else read_bronze(lake, "trades"),
         portfolios=read_bronze(lake, "portfolios"),
         instruments=read_bronze(lake, "instruments"),
         prices=read_bronze(lake, "prices"),
@@ -148,19 +149,6 @@ def cash_ledger(context: dg.AssetExecutionContext, lake: LakeResource):
     return dg.MaterializeResult(metadata=write_silver(context, lake, "cash_ledger", frame, sources))
 
 
-def _current_inputs(lake: LakeResource) -> BookInputs:
-    inputs = read_book_inputs(lake)
-    # The state is built from the trades the ledger accepted, never from rejected ones.
-    return BookInputs(
-        trades=read_silver(lake, "trades"),
-        portfolios=inputs.portfolios,
-        instruments=inputs.instruments,
-        prices=inputs.prices,
-        fx_rates=inputs.fx_rates,
-        cash_flows=inputs.cash_flows,
-    )
-
-
 @dg.asset(
     key=silver_key("positions"),
     deps=[silver_key("lots"), silver_key("cash_ledger"), bronze_key("prices"), bronze_key("fx_rates"), bronze_key("portfolios")],
@@ -170,7 +158,7 @@ def _current_inputs(lake: LakeResource) -> BookInputs:
     "quantity, cost basis, average cost, market value, unrealised P&L and weight in the base currency.",
 )
 def positions(context: dg.AssetExecutionContext, lake: LakeResource):
-    inputs = _current_inputs(lake)
+    inputs = read_book_inputs(lake, accepted_trades=True)
     moment = book_moment(inputs)
     frame = build_positions(
         read_silver(lake, "lots"),
@@ -195,7 +183,7 @@ def positions(context: dg.AssetExecutionContext, lake: LakeResource):
     "per portfolio and business day of the price calendar.",
 )
 def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource):
-    inputs = _current_inputs(lake)
+    inputs = read_book_inputs(lake, accepted_trades=True)
     frame = build_daily_valuations(
         inputs.trades, read_silver(lake, "cash_ledger"), inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios
     )
@@ -212,7 +200,7 @@ def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource):
     "unrealised and realised P&L, weights, status and the moment the state describes.",
 )
 def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource):
-    inputs = _current_inputs(lake)
+    inputs = read_book_inputs(lake, accepted_trades=True)
     moment = book_moment(inputs)
     frame = build_portfolio_state(
         read_silver(lake, "positions"),

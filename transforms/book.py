@@ -15,6 +15,7 @@ import polars as pl
 
 from transforms import contract
 from transforms.cash import cash_ledger
+from transforms.fx import as_utc
 from transforms.lots import build_ledger
 from transforms.positions import positions
 from transforms.state import portfolio_state
@@ -64,9 +65,7 @@ def to_utc(moment: datetime | date) -> datetime:
     """A timezone-aware UTC datetime; a naive one is taken as UTC, a date as its last microsecond."""
     if not isinstance(moment, datetime):
         return datetime.combine(moment, time.max, tzinfo=timezone.utc)
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    return as_utc(moment)
 
 
 def book_moment(inputs: BookInputs) -> datetime:
