@@ -1,6 +1,8 @@
 """Publish: the analysts' ``warehouse.duckdb``, rebuilt from the lake in one atomic swap."""
 
 
+from collections.abc import Callable
+
 import dagster as dg
 import polars as pl
 
@@ -50,16 +52,20 @@ def ingestion_log_frame(lake: LakeResource) -> pl.DataFrame:
     return pl.concat(parts).sort("ingested_at", "kind", "source_file")
 
 
-def warehouse_tables(lake: LakeResource) -> dict[str, pl.DataFrame]:
-    """The frames the warehouse publishes, by published name (sorted for fast lookups)."""
-    tables: dict[str, pl.DataFrame] = {}
-    for name in SILVER_PUBLISHED:
-        frame = read_silver(lake, name)
-        tables[name] = frame.sort("portfolio_id") if "portfolio_id" in frame.columns else frame
-    for kind in BRONZE_PUBLISHED:
-        tables[kind] = lake.read(bronze_table(kind), bronze_schema_of(kind))
-    tables["quarantine"] = quarantine_frame(lake)
-    tables["ingestion_log"] = ingestion_log_frame(lake)
+def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], pl.DataFrame]]:
+    """Loaders of the frames the warehouse publishes, by published name. Silver tables are
+    sorted by portfolio so that DuckDB's zone maps make one portfolio's lookup cheap."""
+
+    def silver(name: str) -> Callable[[], pl.DataFrame]:
+        return lambda: read_silver(lake, name).sort("portfolio_id", maintain_order=True)
+
+    def bronze(kind: str) -> Callable[[], pl.DataFrame]:
+        return lambda: lake.read(bronze_table(kind), bronze_schema_of(kind))
+
+    tables: dict[str, Callable[[], pl.DataFrame]] = {name: silver(name) for name in SILVER_PUBLISHED}
+    tables.update({kind: bronze(kind) for kind in BRONZE_PUBLISHED})
+    tables["quarantine"] = lambda: quarantine_frame(lake)
+    tables["ingestion_log"] = lambda: ingestion_log_frame(lake)
     return tables
 
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -171,9 +172,13 @@ class WarehouseResource(dg.ConfigurableResource):
 
     path: str = f"{DEFAULT_DATA_DIR}/warehouse.duckdb"
 
-    def publish(self, tables: dict[str, pl.DataFrame | pa.Table], statements: list[str] = ()) -> dict[str, int]:
-        """Write ``tables`` (name -> frame) and run ``statements`` (views, macros) into a new
-        warehouse file, then swap it in. Returns the row count of each table."""
+    def publish(
+        self, tables: dict[str, Callable[[], pl.DataFrame | pa.Table]], statements: list[str] = ()
+    ) -> dict[str, int]:
+        """Write ``tables`` (name -> a loader returning the frame) and run ``statements``
+        (views, macros) into a new warehouse file, then swap it in. Each table is loaded,
+        written and released in turn, so memory holds one table at a time. Returns the row
+        count of each table."""
         target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -181,11 +186,13 @@ class WarehouseResource(dg.ConfigurableResource):
         try:
             con = duckdb.connect(str(tmp))
             try:
-                for name, table in tables.items():
+                for name, load in tables.items():
+                    table = load()
                     con.register("_incoming", table)
                     con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _incoming')
                     con.unregister("_incoming")
                     counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0]
+                    del table
                 for statement in statements:
                     con.execute(statement)
                 con.execute("CHECKPOINT")
