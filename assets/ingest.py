@@ -26,7 +26,6 @@ from assets.resources import LakeResource, PipelineSettings
 from transforms import contract
 from transforms.validation import cross_file_duplicates, sha256_of, validate_file
 
-LANDING_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
 def bronze_table(kind: str) -> str:
