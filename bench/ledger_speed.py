@@ -8,8 +8,15 @@ path's steps, BUY when it rises and SELL when it falls; every 4th key is a short
 (SELL_SHORT / BUY_TO_COVER) instead. One trade per key per calendar day, so wash-sale windows
 are full in TAXABLE runs (the worst case for the wash-sale rounds).
 
-Prints trades/second for FIFO (EXEMPT: the closed form; TAXABLE: wash sales force the round
-engine), LIFO and HIFO, best of ``--repeat`` runs.
+Prints trades/second for FIFO, LIFO and HIFO (EXEMPT and TAXABLE), best of ``--repeat`` runs.
+
+``--demo`` (the default when no synthetic case is asked for) measures the generated demo book
+instead: all portfolios forced to FIFO + EXEMPT (the same rules as the pandas baseline), the
+book as generated (mixed lot methods, TAXABLE wash sales), and the straightforward pandas FIFO
+loop (``bench.foundation.pandas_fifo_positions``) in the same run, with the ratio.
+``--standard`` adds the as-generated standard book once (~10M trades, ~3 GB to generate).
+
+    uv run python bench/ledger_speed.py --demo [--standard]
 """
 
 from __future__ import annotations
@@ -97,6 +104,55 @@ def measure(trades: pl.DataFrame, portfolios: pl.DataFrame, repeat: int) -> dict
     }
 
 
+def demo_figures(repeat: int, standard: bool) -> dict:
+    """Ledger speed on the generated demo book, beside the pandas FIFO baseline."""
+    from bench.foundation import book_inputs_from, pandas_fifo_positions
+    from transforms.sample_book import generate_book
+
+    inputs = book_inputs_from(generate_book("demo", 7, include_bad_rows=False))
+    trades, pf = inputs.trades, inputs.portfolios
+    fifo = pf.with_columns(
+        pl.lit("FIFO").alias("lot_method"), pl.lit("EXEMPT").alias("tax_status")
+    )
+    out: dict = {"demo_trades": trades.height}
+    print(f"demo book: {trades.height:,} trades, {pf.height} portfolios")
+    for label, portfolios in (("FIFO/EXEMPT", fifo), ("as generated", pf)):
+        r = measure(trades, portfolios, repeat)
+        out[label] = r
+        print(
+            f"  {label:14s} {r['seconds']:8.3f} s  {r['trades_per_second']:>12,} trades/s  "
+            f"lots={r['lots']:,} realized={r['realized_rows']:,} wash={r['wash_sales']:,}"
+        )
+    trades_pd = trades.select(
+        "trade_id", "portfolio_id", "instrument_id", "trade_ts", "side", "quantity",
+        "price", "fees",
+    ).to_pandas()
+    prices_pd = inputs.prices.select("instrument_id", "date", "close").to_pandas()
+    best = float("inf")
+    for _ in range(max(1, repeat // 2)):
+        t0 = time.perf_counter()
+        pandas_fifo_positions(trades_pd, prices_pd)
+        best = min(best, time.perf_counter() - t0)
+    ratio = best / out["FIFO/EXEMPT"]["seconds"]
+    out["pandas_fifo_seconds"] = round(best, 3)
+    out["speedup_vs_pandas"] = round(ratio, 1)
+    print(
+        f"  {'pandas FIFO':14s} {best:8.3f} s  {trades.height / best:>12,.0f} trades/s  "
+        f"-> ledger FIFO/EXEMPT is {ratio:.1f}x faster"
+    )
+    if standard:
+        del inputs, trades_pd, prices_pd
+        std = book_inputs_from(generate_book("standard", 7, include_bad_rows=False))
+        r = measure(std.trades, std.portfolios, 1)
+        out["standard as generated"] = {"trades": std.trades.height, **r}
+        print(
+            f"standard book: {std.trades.height:,} trades, as generated: {r['seconds']:.2f} s  "
+            f"{r['trades_per_second']:,} trades/s  lots={r['lots']:,} "
+            f"realized={r['realized_rows']:,} wash={r['wash_sales']:,}"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=2000)
@@ -104,10 +160,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument(
         "--cases",
-        default="FIFO/EXEMPT,FIFO/TAXABLE,LIFO/EXEMPT,HIFO/EXEMPT,LIFO/TAXABLE,HIFO/TAXABLE",
+        default=None,
+        help="synthetic cases, e.g. FIFO/EXEMPT,LIFO/TAXABLE (default: the demo book)",
     )
+    ap.add_argument("--demo", action="store_true", help="the generated demo book figures")
+    ap.add_argument("--standard", action="store_true", help="also the standard book, once")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+
+    if args.demo or args.standard or args.cases is None:
+        results = demo_figures(args.repeat, args.standard)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2))
+        if args.cases is None:
+            return
 
     trades = synthetic_trades(args.keys, args.trades)
     n_pf = 100

@@ -8,24 +8,33 @@ trades that cannot be applied, and applies the wash-sale rule (``transforms.wash
 How it stays vectorised
 -----------------------
 A closing trade's result depends on every earlier close of its book, so the books are replayed
-in *rounds*: round ``k`` processes the ``k``-th closing trade of every book at once with frame
-operations (join the close to the book's available lots, sort by the lot method's priority,
-allocate with cumulative sums ``take = clip(close_qty - qty_before, 0, remaining)``, update the
-lots). The number of rounds is the largest number of closes in one book, not the number of
-trades. Only lots that can matter in a round are kept in the working set: a lot enters when the
-first close that could consume it (or, for wash-sale eligible lots, the first close within 30
-days of it) comes up, and leaves when it is fully closed or its book has no closes left.
+in *rounds*: round ``k`` processes the ``k``-th closing trade of every book at once. Polars
+prepares the events (validation, integer book keys, event order) and assembles the output
+frames once at the end; the rounds run on numpy arrays (``_LotStore``), so a round costs a few
+dozen array operations over the lots it can touch, not a Polars plan. The number of rounds is
+the largest number of closes in one book, not the number of trades.
 
-FIFO books with no named ``lot_id``, no oversell and no possible wash sale skip the rounds:
-FIFO allocation is then the overlap of the cumulative open-quantity and close-quantity
-intervals of the book, one sort and a backward fill for all such books together. Both paths
-share the P&L formulas; the test suite checks they agree.
+Within a book the lot method's priority is static: FIFO is event order, LIFO reverse event
+order, HIFO the per-unit tax basis (descending; ties by event order), and a partial close
+releases basis pro rata, so a lot's priority only changes when a wash sale adds to its basis.
+The working set (lots opened before the book's round-k close, not exhausted, of a book with
+closes left) is kept sorted by (book, priority); lots enter when they become available and
+leave when exhausted. One segmented cumulative sum then allocates every close of the round:
+``take = clip(close_qty - qty_before, 0, remaining)``. A named ``lot_id`` moves that lot's open
+pieces to the front of its book for that close only. Wash sales (``transforms.wash_sales``)
+search the round's loss sales' replacement windows with ``searchsorted`` on the opened lots and
+append split-off pieces to the store.
+
+FIFO books need nothing special: without oversells, named lots or wash sales the same rounds
+give the cumulative-interval FIFO allocation (the tests compare every path with a per-trade
+specification loop).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from transforms.contract import (
@@ -42,7 +51,7 @@ from transforms.wash_sales import (
     EPS,
     WASH_WINDOW_DAYS,
     apply_wash_sales,
-    loss_rows_expr,
+    loss_rows,
 )
 
 __all__ = ["Ledger", "build_ledger"]
@@ -83,7 +92,6 @@ _LOT_STATE = [
     "hstart",
     "open_date",
     "avail_round",  # first round whose close may consume it (= closes of the book before it)
-    "entry_round",  # first round it must be in the working set (earlier for wash-sale lots)
     "last_round",  # the book's last round
     "method",  # 0 FIFO, 1 LIFO, 2 HIFO
     "wash",  # TAXABLE and LONG: subject to wash sales
@@ -170,42 +178,16 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
           sales are not subject to wash-sale processing). taxable_pnl = realized_pnl -
           wash_sale_adjustment + disallowed_loss, with disallowed_loss >= 0.
     """
-    return _build_ledger(trades, portfolios, fast_fifo=True)
+    return _build_ledger(trades, portfolios)
 
 
-def _build_ledger(
-    trades: pl.DataFrame, portfolios: pl.DataFrame, *, fast_fifo: bool
-) -> Ledger:
-    """:func:`build_ledger`, with the FIFO closed form switchable (the tests compare both)."""
+def _build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
+    """:func:`build_ledger` (kept as the entry point the tests use)."""
     orig = trades.with_row_index("_r")
     checked = _validate(orig, portfolios)
     work = _events(checked.filter(pl.col("reason").is_null()))
-    lots0 = _open_lots(work)
-    closes0 = _closes(work)
-
-    slow_bk = _slow_books(work) if fast_fifo else work.select("bk").unique()
-    lots_parts: list[pl.DataFrame] = []
-    real_parts: list[pl.DataFrame] = []
-    fast_lots = lots0.join(slow_bk, on="bk", how="anti")
-    if fast_lots.height:
-        f_lots, f_real, wash_bk = _fifo_closed_form(
-            fast_lots, closes0.join(slow_bk, on="bk", how="anti")
-        )
-        if wash_bk.height:
-            # a possible wash sale: those books need the round engine after all
-            slow_bk = pl.concat([slow_bk, wash_bk]).unique()
-            f_lots = f_lots.join(wash_bk, on="bk", how="anti")
-            f_real = f_real.join(wash_bk, on="bk", how="anti")
-        lots_parts.append(f_lots)
-        real_parts.append(f_real)
-
-    s_lots, s_real, s_rej = _rounds(
-        lots0.join(slow_bk, on="bk", how="semi"),
-        closes0.join(slow_bk, on="bk", how="semi"),
-    )
-    lots_parts.append(s_lots)
-    real_parts.append(s_real)
-    return _assemble(orig, checked, work, s_rej, lots_parts, real_parts)
+    lots, real, rej = _rounds(_open_lots(work), _closes(work))
+    return _assemble(orig, checked, work, rej, [lots], [real])
 
 
 # --- preparation ------------------------------------------------------------------------------
@@ -395,12 +377,7 @@ def _closes(work: pl.DataFrame) -> pl.DataFrame:
 
 
 def _open_lots(work: pl.DataFrame) -> pl.DataFrame:
-    """One lot per opening trade, with the round it enters the round engine's working set.
-
-    A lot enters at its ``avail_round``; a wash-sale eligible lot enters earlier, at the first
-    close of its book dated at most 30 days before its open date, because that close may use
-    it as a replacement.
-    """
+    """One lot per opening trade, with the first round whose close may consume it."""
     opens = work.filter(pl.col("is_open"))
     qp = pl.col("quantity") * pl.col("price")
     lots = opens.select(
@@ -420,7 +397,6 @@ def _open_lots(work: pl.DataFrame) -> pl.DataFrame:
         hstart="date",
         open_date="date",
         avail_round="avail_round",
-        entry_round="avail_round",
         last_round="last_round",
         method="method",
         wash="wash",
@@ -428,238 +404,304 @@ def _open_lots(work: pl.DataFrame) -> pl.DataFrame:
         nsplit=pl.lit(0, pl.Int64),
         closed_ts=pl.lit(None, TS),
     )
-    wash_lots = lots.filter(pl.col("wash"))
-    if wash_lots.height:
-        # the last close dated before open_date - 30 days; the lot enters right after it
-        close_days = (
-            work.filter(~pl.col("is_open") & pl.col("wash"))
-            .group_by("bk", "date")
-            .agg(pl.col("round").max())
-            .sort("date")
-        )
-        entry = (
-            wash_lots.select(
-                "lk",
-                "bk",
-                thr=pl.col("open_date") - pl.duration(days=WASH_WINDOW_DAYS + 1),
-            )
-            .sort("thr")
-            .join_asof(
-                close_days,
-                left_on="thr",
-                right_on="date",
-                by="bk",
-                strategy="backward",
-                check_sortedness=False,
-            )
-            .select("lk", _wash_entry=(pl.col("round") + 1).fill_null(0))
-        )
-        lots = lots.join(entry, on="lk", how="left").with_columns(
-            entry_round=pl.min_horizontal(
-                "avail_round", pl.col("_wash_entry").fill_null(pl.col("avail_round"))
-            )
-        )
     return lots.select(_LOT_STATE)
-
-
-def _slow_books(work: pl.DataFrame) -> pl.DataFrame:
-    """Books that need the round engine: not FIFO, a named lot_id on a close, or an oversell.
-
-    (Books with a possible wash sale are found after the closed form computed the losses.)
-    """
-    q = pl.col("quantity")
-    is_close = ~pl.col("is_open")
-    cum_open = (q * pl.col("is_open")).cum_sum().over("bk")
-    cum_close = (q * is_close).cum_sum().over("bk")
-    # the round engine's test: close qty > (opened before - closed before) * (1 + EPS)
-    oversell = is_close & (q > (cum_open - cum_close + q) * (1 + EPS))
-    slow = (
-        (pl.col("method") != 0) | (is_close & pl.col("lot_id").is_not_null()) | oversell
-    )
-    return work.filter(slow).select("bk").unique()
-
-
-# --- shared P&L arithmetic --------------------------------------------------------------------
-
-
-def _pnl(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add proceeds / basis / P&L columns to allocation rows.
-
-    Needs ``take`` (quantity matched), ``cost_rel`` and ``wadj_rel`` (the lot's basis and
-    adjustment released pro-rata), the lot's ``is_long`` and the close's ``c_qty``,
-    ``c_price``, ``c_fees``. ``tax_res`` is the taxable result before any wash sale.
-    """
-    fee_alloc = pl.col("c_fees") * pl.col("take") / pl.col("c_qty")
-    at_price = pl.col("take") * pl.col("c_price")
-    long = pl.col("is_long")
-    return frame.with_columns(
-        proceeds=pl.when(long).then(at_price - fee_alloc).otherwise(pl.col("cost_rel")),
-        basis=pl.when(long).then(pl.col("cost_rel")).otherwise(at_price + fee_alloc),
-    ).with_columns(
-        realized=pl.col("proceeds") - pl.col("basis"),
-        tax_res=pl.col("proceeds") - pl.col("basis") - pl.col("wadj_rel"),
-    )
-
-
-# --- FIFO closed form -------------------------------------------------------------------------
-
-
-def _fifo_closed_form(
-    lots: pl.DataFrame, closes: pl.DataFrame
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """FIFO allocation of books without oversell or named lots, by interval overlap.
-
-    Lot j of a book covers (O_{j-1}, O_j] of the book's cumulative opened quantity, close i
-    covers (C_{i-1}, C_i] of its cumulative closed quantity, and FIFO gives close i exactly the
-    overlap of its interval with each lot's (no oversell guarantees those lots were opened
-    before the close). Sorting all interval ends of a book together, the gap before each end
-    belongs to the next lot end and the next close end: a backward fill.
-
-    Returns (lot state, realised rows, books with a possible wash sale).
-    """
-    lots = lots.sort("bk", "oseq")
-    closes = closes.sort("bk", "c_seq")
-    ends = pl.concat(
-        [
-            lots.select(
-                "bk",
-                pos=pl.col("rem").cum_sum().over("bk"),
-                lk="lk",
-                c_seq=pl.lit(None, pl.Int64),
-            ),
-            closes.select(
-                "bk",
-                pos=pl.col("c_qty").cum_sum().over("bk"),
-                lk=pl.lit(None, pl.Int64),
-                c_seq="c_seq",
-            ),
-        ]
-    ).sort("bk", "pos")
-    pieces = (
-        ends.with_columns(
-            take=pl.col("pos") - pl.col("pos").shift(1).over("bk").fill_null(0.0),
-            lk=pl.col("lk").backward_fill().over("bk"),
-            c_seq=pl.col("c_seq").backward_fill().over("bk"),
-        )
-        # a gap of float noise between two ends that should coincide is not a match
-        .filter(
-            pl.col("lk").is_not_null()
-            & pl.col("c_seq").is_not_null()
-            & (pl.col("take") > EPS * pl.col("pos"))
-        )
-        .select("lk", "c_seq", "take", alloc_idx=pl.int_range(pl.len()).over("c_seq"))
-    )
-    real = (
-        pieces.join(lots.drop("bk"), on="lk", how="inner")
-        .join(closes.drop("method", "wash"), on="c_seq", how="inner")
-        .with_columns(
-            cost_rel=pl.col("cost") * pl.col("take") / pl.col("orig"),
-            wadj_rel=pl.lit(0.0),
-            disallowed=pl.lit(0.0),
-        )
-    )
-    real = _pnl(real)
-    wash_bk = _possible_wash_books(real.filter(loss_rows_expr()), lots)
-
-    taken = real.group_by("lk").agg(
-        pl.col("take").sum().alias("_taken"), pl.col("c_ts").max()
-    )
-    rem = pl.col("orig") - pl.col("_taken").fill_null(0.0)
-    done = rem <= EPS * pl.col("orig")
-    lots = (
-        lots.join(taken, on="lk", how="left")
-        .with_columns(
-            rem=pl.when(done).then(0.0).otherwise(rem),
-            cost=pl.when(done)
-            .then(0.0)
-            .otherwise(pl.col("cost") * rem / pl.col("orig")),
-            closed_ts=pl.when(done).then(pl.col("c_ts")).otherwise(pl.col("closed_ts")),
-        )
-        .select(_LOT_STATE)
-    )
-    return lots, real.select(_REAL_STATE), wash_bk
-
-
-def _possible_wash_books(loss: pl.DataFrame, lots: pl.DataFrame) -> pl.DataFrame:
-    """Books with a loss row and any lot opened within 30 days of that sale (conservative)."""
-    if loss.height == 0:
-        return pl.DataFrame(schema={"bk": pl.Int64})
-    opens = (
-        lots.join(loss.select("bk").unique(), on="bk", how="semi")
-        .group_by("bk", "open_date")
-        .agg(n=pl.len())
-        .sort("bk", "open_date")
-        .with_columns(n=pl.col("n").cum_sum().over("bk"))
-        .sort("open_date")
-    )
-    sales = loss.select(
-        "bk",
-        "c_seq",
-        hi=pl.col("c_date") + pl.duration(days=WASH_WINDOW_DAYS),
-        lo=pl.col("c_date") - pl.duration(days=WASH_WINDOW_DAYS + 1),
-    ).unique()
-
-    def count_upto(col: str) -> pl.DataFrame:
-        return (
-            sales.sort(col)
-            .join_asof(
-                opens,
-                left_on=col,
-                right_on="open_date",
-                by="bk",
-                strategy="backward",
-                check_sortedness=False,
-            )
-            .select("bk", "c_seq", pl.col("n").fill_null(0).alias(f"n_{col}"))
-        )
-
-    counts = count_upto("hi").join(count_upto("lo"), on=["bk", "c_seq"], how="inner")
-    return counts.filter(pl.col("n_hi") > pl.col("n_lo")).select("bk").unique()
 
 
 # --- the round engine -------------------------------------------------------------------------
 
 _REJ_SCHEMA = {"c_seq": pl.Int64, "_code": pl.Int8, "_avail": pl.Float64}
+_SPLIT_BITS = 20  # wash-sale piece number inside the static priority key
+_NO_LOT = -2  # c_named of a close that names no lot (-1: names a lot that is not of its book)
+
+
+class _LotStore:
+    """Lot state as numpy columns indexed by a lot number; split-off pieces are appended.
+
+    The first ``n_orig`` rows are the opened lots sorted by (book, event order), so the lots
+    of a book opened in a date range are one ``searchsorted`` away (``orig_key``).
+
+    Priority inside a book is the sort key (``k1``, ``tie``): ``k1`` is minus the per-unit
+    tax basis for HIFO lots (0 otherwise) and ``tie`` is the event position (negated for LIFO)
+    shifted left with the piece number in the low bits. Partial closes release basis pro rata,
+    so a lot's key only changes when a wash sale adds to its basis (``refresh_keys``).
+    """
+
+    _FLOAT = ("open_price", "orig", "rem", "cost", "wadj", "k1")
+    _INT = ("bk", "oseq", "split", "open_ts", "hstart", "open_date", "avail_round",
+            "last_round", "nsplit", "closed_ts", "tie", "key")
+    _BOOL = ("is_long", "wash", "used", "closed")
+
+    def __init__(self, lots: pl.DataFrame, n_events: int, day_lo: int, day_hi: int):
+        lots = lots.sort("bk", "oseq")
+        n = lots.height
+        cap = max(16, 2 * n)
+        self.n = self.n_orig = n
+        self.n_events = n_events
+        g = lots.select(
+            pl.col("bk", "oseq", "split", "avail_round", "last_round", "nsplit").cast(pl.Int64),
+            pl.col("open_ts").cast(pl.Int64),
+            pl.col("hstart", "open_date").cast(pl.Int32).cast(pl.Int64),
+            pl.col("closed_ts").cast(pl.Int64).fill_null(0),
+            pl.col("open_price", "orig", "rem", "cost", "wadj").cast(pl.Float64),
+            pl.col("is_long", "wash", "used"),
+            closed=pl.col("closed_ts").is_not_null(),
+            method=pl.col("method").cast(pl.Int8),
+        )
+        for names, dtype in ((self._FLOAT, np.float64), (self._INT, np.int64),
+                             (self._BOOL, np.bool_), (("method",), np.int8)):
+            for c in names:
+                arr = np.zeros(cap, dtype)
+                if c in g.columns:
+                    arr[:n] = g.get_column(c).to_numpy()
+                setattr(self, c, arr)
+        # date window search key over the original lots (open dates ascend inside a book)
+        self.day_min = day_lo - 4 * WASH_WINDOW_DAYS
+        self.day_span = day_hi - self.day_min + 4 * WASH_WINDOW_DAYS
+        self.orig_key = self.bk[:n] * self.day_span + (self.open_date[:n] - self.day_min)
+        self.tie_span = (np.int64(n_events) + 1) << (_SPLIT_BITS + 1)
+        max_bk = int(self.bk[:n].max()) if n else 0
+        self.packed = (max_bk + 1) * int(self.tie_span) < 2**62
+        self.refresh_keys(np.arange(n))
+
+    def refresh_keys(self, idx: np.ndarray) -> None:
+        """Recompute the priority keys of lots ``idx`` (after creation or a basis change)."""
+        if idx.size == 0:
+            return
+        m = self.method[idx]
+        rem = self.rem[idx]
+        ptb = (self.cost[idx] + self.wadj[idx]) / np.where(rem > 0, rem, 1.0)
+        self.k1[idx] = np.where(m == 2, -ptb, 0.0)
+        os = np.where(m == 1, -self.oseq[idx], self.oseq[idx])
+        self.tie[idx] = (os << _SPLIT_BITS) + self.split[idx]
+        if self.packed:
+            self.key[idx] = self.bk[idx] * self.tie_span + self.tie[idx] + (self.tie_span >> 1)
+
+    def append_copies(self, parents: np.ndarray) -> np.ndarray:
+        """New lots copying every column of ``parents``; returns their indices."""
+        k = parents.size
+        if k == 0:
+            return np.zeros(0, np.int64)
+        if self.n + k > self.rem.size:
+            cap = max(2 * self.rem.size, self.n + k)
+            for c in (*self._FLOAT, *self._INT, *self._BOOL, "method"):
+                old = getattr(self, c)
+                arr = np.zeros(cap, old.dtype)
+                arr[: self.n] = old[: self.n]
+                setattr(self, c, arr)
+        new = np.arange(self.n, self.n + k)
+        for c in (*self._FLOAT, *self._INT, *self._BOOL, "method"):
+            arr = getattr(self, c)
+            arr[new] = arr[parents]
+        self.n += k
+        return new
+
+    def order(self, w: np.ndarray, hifo: bool) -> np.ndarray:
+        """``w`` sorted by (book, priority)."""
+        if self.packed and not hifo:
+            return w[np.argsort(self.key[w], kind="stable")]
+        return w[np.lexsort((self.tie[w], self.k1[w], self.bk[w]))]
+
+    def frame(self) -> pl.DataFrame:
+        n = self.n
+        cols = {c: getattr(self, c)[:n] for c in (
+            "bk", "oseq", "split", "is_long", "open_price", "orig", "rem", "cost",
+            "wadj", "avail_round", "last_round", "wash", "used", "nsplit", "method")}
+        closed = self.closed[:n]
+        return pl.DataFrame(cols).with_columns(
+            lk=pl.int_range(n, dtype=pl.Int64),
+            open_ts=pl.Series(self.open_ts[:n]).cast(TS),
+            hstart=pl.Series(self.hstart[:n].astype(np.int32)).cast(pl.Date),
+            open_date=pl.Series(self.open_date[:n].astype(np.int32)).cast(pl.Date),
+            closed_ts=pl.when(pl.Series(closed))
+            .then(pl.Series(self.closed_ts[:n]).cast(TS)),
+        ).select(_LOT_STATE)
 
 
 def _rounds(
     lots: pl.DataFrame, closes: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Replay books round by round (round k = the k-th close of every book).
+    """Replay books round by round (round k = the k-th close of every book) on numpy arrays.
+
+    The working set ``w`` holds the lots that the round's closes may consume: opened before
+    the book's round-k close (``avail_round <= k``), not exhausted, of a book with a close
+    left; it is kept sorted by (book, lot priority), so one segmented cumulative sum per round
+    allocates every close: ``take = clip(close_qty - qty_before, 0, remaining)``. Lots enter
+    when they become available and leave when exhausted, so a round costs the open lots of
+    the books still closing, not the whole history.
 
     Returns (lot state, realised rows, rejections ``c_seq, _code, _avail``).
     """
     if closes.height == 0:
         return lots, _empty_real(), pl.DataFrame(schema=_REJ_SCHEMA)
+    cl = closes.sort("round", "bk").select(
+        pl.col("bk", "c_seq", "round").cast(pl.Int64),
+        pl.col("c_ts").cast(pl.Int64),
+        pl.col("c_date").cast(pl.Int32).cast(pl.Int64),
+        pl.col("c_qty", "c_price", "c_fees").cast(pl.Float64),
+        pl.col("c_named").fill_null(_NO_LOT).cast(pl.Int64),
+        pl.col("c_long"),
+        wash=pl.col("wash"),
+    )
+    C = {c: cl.get_column(c).to_numpy() for c in cl.columns}
+    n_events = int(max(C["c_seq"].max(), lots["oseq"].max() if lots.height else 0)) + 1
+    d_lo, d_hi = int(C["c_date"].min()), int(C["c_date"].max())
+    if lots.height:
+        od = lots.select(pl.col("open_date").cast(pl.Int32).min().alias("a"),
+                         pl.col("open_date").cast(pl.Int32).max().alias("b")).row(0)
+        d_lo, d_hi = min(d_lo, od[0]), max(d_hi, od[1])
+    S = _LotStore(lots, n_events, d_lo, d_hi)
+    n_rounds = int(C["round"][-1]) + 1
+    c_bounds = np.searchsorted(C["round"], np.arange(n_rounds + 1))
+    any_named = bool((C["c_named"] != _NO_LOT).any())
 
-    # lots that no close can touch skip the working set
-    never = pl.col("entry_round") > pl.col("last_round")
-    finished = [lots.filter(never)]
-    entering = lots.filter(~never).partition_by("entry_round", as_dict=True)
-    by_round = closes.partition_by("round", as_dict=True)
-    n_rounds = int(closes["round"].max()) + 1
-    next_lk = int(lots["lk"].max()) + 1 if lots.height else 0
+    # opened lots by the round in which they become available
+    n0 = S.n
+    can = np.flatnonzero((S.avail_round[:n0] <= S.last_round[:n0]) & (S.rem[:n0] > 0))
+    can = can[np.argsort(S.avail_round[can], kind="stable")]
+    e_bounds = np.searchsorted(S.avail_round[can], np.arange(n_rounds + 1))
+    pending: dict[int, list[np.ndarray]] = {}  # split-off pieces of not yet available lots
+    hifo = bool((S.method[:n0] == 2).any())
 
-    active = lots.clear()
-    real_parts, rej_parts = [], []
+    w = np.zeros(0, np.int64)
+    ready: list[np.ndarray] = []  # pieces split off last round from available lots
+    resort = False
+    out: dict[str, list[np.ndarray]] = {c: [] for c in (
+        "ci", "lot", "take", "proceeds", "basis", "realized", "wadj_rel", "dis", "hstart",
+        "aidx")}
+    rej: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for k in range(n_rounds):
-        new = entering.pop((k,), None)
-        if new is not None:
-            active = pl.concat([active, new])
+        c0, c1 = int(c_bounds[k]), int(c_bounds[k + 1])
+        entering = [can[e_bounds[k]: e_bounds[k + 1]], *ready, *pending.pop(k, [])]
+        ready = []
+        w = np.concatenate([w, *entering]) if len(entering) > 1 or entering[0].size else w
         # lots of books with no close left are final
-        retire = pl.col("last_round") < k
-        finished.append(active.filter(retire))
-        active = active.filter(~retire)
+        w = w[S.last_round[w] >= k]
+        if resort or w.size != 0 and entering[0].size + sum(e.size for e in entering[1:]):
+            w = S.order(w, hifo)
+        resort = False
 
-        active, real, rej, closed, next_lk = _one_round(
-            active, by_round[(k,)], k, next_lk
+        cbk = C["bk"][c0:c1]
+        cq = C["c_qty"][c0:c1]
+        n_c = c1 - c0
+        ci = np.searchsorted(cbk, S.bk[w])  # the close of each working lot's book
+        rem = S.rem[w]
+        avail = np.bincount(ci, rem, minlength=n_c)
+        code = np.zeros(n_c, np.int8)
+        lots_w, named = w, None
+        if any_named:
+            cn = C["c_named"][c0:c1]
+            if (cn != _NO_LOT).any():
+                # the named lot (all its open pieces) first, then the method's order
+                named = S.oseq[w] == cn[ci]
+                named_ok = np.bincount(ci[named], minlength=n_c) > 0
+                code[(cn != _NO_LOT) & ~named_ok] = 1
+                if named.any():
+                    perm = np.lexsort((~named, ci))
+                    lots_w, ci, rem = w[perm], ci[perm], rem[perm]
+        code[(code == 0) & (cq > avail * (1 + EPS))] = 2
+        ok = code == 0
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            rej.append((C["c_seq"][c0 + bad], code[bad], avail[bad]))
+
+        cum = np.cumsum(rem)
+        seg0 = np.searchsorted(ci, np.arange(n_c))
+        off = np.concatenate(([0.0], cum))[seg0]
+        before = cum - rem - off[ci]
+        take = np.clip(cq[ci] - before, 0.0, rem)
+        # within tolerance of the whole lot: close it (no 1e-15 leftovers)
+        take = np.where(rem - take <= EPS * S.orig[lots_w], rem, take)
+        sel = (take > EPS * cq[ci]) & ok[ci]
+        a_c, a_lot, tk = ci[sel], lots_w[sel], take[sel]
+        if tk.size == 0:
+            continue
+        a_first = np.searchsorted(a_c, a_c)
+        g = a_c + c0
+        l_rem = S.rem[a_lot]
+        frac = tk / l_rem
+        cost_rel = S.cost[a_lot] * frac
+        wadj_rel = S.wadj[a_lot] * frac
+        fee_alloc = C["c_fees"][g] * tk / C["c_qty"][g]
+        at_price = tk * C["c_price"][g]
+        long = S.is_long[a_lot]
+        proceeds = np.where(long, at_price - fee_alloc, cost_rel)
+        basis = np.where(long, cost_rel, at_price + fee_alloc)
+        realized = proceeds - basis
+        tax_res = proceeds - basis - wadj_rel
+        hstart = S.hstart[a_lot]
+
+        full = tk >= l_rem
+        S.rem[a_lot] = np.where(full, 0.0, l_rem - tk)
+        S.cost[a_lot] = np.where(full, 0.0, S.cost[a_lot] - cost_rel)
+        S.wadj[a_lot] = np.where(full, 0.0, S.wadj[a_lot] - wadj_rel)
+        done = a_lot[full]
+        S.closed[done] = True
+        S.closed_ts[done] = C["c_ts"][g[full]]
+
+        loss = loss_rows(S.wash[a_lot], tax_res, cost_rel, wadj_rel)
+        if loss.any():
+            dis, children, adjusted = apply_wash_sales(
+                S, a_c, a_lot, tk, tax_res, loss, cbk, C["c_date"][c0:c1], hstart
+            )
+            if children.size:
+                now = S.avail_round[children] <= k
+                ready.append(children[now])
+                for r_k, grp in pl.DataFrame(
+                    {"r": S.avail_round[children[~now]], "i": children[~now]}
+                ).partition_by("r", as_dict=True).items():
+                    pending.setdefault(int(r_k[0]), []).append(grp["i"].to_numpy())
+            resort = hifo and adjusted.size > 0
+        else:
+            dis = np.zeros(tk.size)
+        w = w[S.rem[w] > 0]
+
+        out["ci"].append(g)
+        out["lot"].append(a_lot)
+        out["take"].append(tk)
+        out["proceeds"].append(proceeds)
+        out["basis"].append(basis)
+        out["realized"].append(realized)
+        out["wadj_rel"].append(wadj_rel)
+        out["dis"].append(dis)
+        out["hstart"].append(hstart)
+        out["aidx"].append(np.arange(tk.size) - a_first)
+
+    if not out["ci"]:
+        real = _empty_real()
+    else:
+        o = {c: np.concatenate(v) for c, v in out.items()}
+        g, lot = o["ci"], o["lot"]
+        real = pl.DataFrame(
+            {
+                "bk": C["bk"][g],
+                "c_seq": C["c_seq"][g],
+                "oseq": S.oseq[lot],
+                "split": S.split[lot],
+                "is_long": S.is_long[lot],
+                "c_ts": pl.Series(C["c_ts"][g]).cast(TS),
+                "c_date": pl.Series(C["c_date"][g].astype(np.int32)).cast(pl.Date),
+                "take": o["take"],
+                "proceeds": o["proceeds"],
+                "basis": o["basis"],
+                "realized": o["realized"],
+                "wadj_rel": o["wadj_rel"],
+                "disallowed": o["dis"],
+                "hstart": pl.Series(o["hstart"].astype(np.int32)).cast(pl.Date),
+                "alloc_idx": o["aidx"],
+            }
+        ).select(_REAL_STATE)
+    if rej:
+        rejected = pl.DataFrame(
+            {
+                "c_seq": np.concatenate([r[0] for r in rej]),
+                "_code": np.concatenate([r[1] for r in rej]),
+                "_avail": np.concatenate([r[2] for r in rej]),
+            },
+            schema=_REJ_SCHEMA,
         )
-        real_parts.append(real)
-        rej_parts.append(rej)
-        finished.append(closed)
-    finished.append(active)
-    finished.extend(entering.values())
-    return pl.concat(finished), pl.concat(real_parts), pl.concat(rej_parts)
+    else:
+        rejected = pl.DataFrame(schema=_REJ_SCHEMA)
+    return S.frame(), real, rejected
 
 
 def _empty_real() -> pl.DataFrame:
@@ -683,122 +725,6 @@ def _empty_real() -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def _one_round(active: pl.DataFrame, ck: pl.DataFrame, k: int, next_lk: int):
-    """Apply the closes ``ck`` (at most one per book) to the working lots ``active``.
-
-    Returns (active lots, realised rows, rejections, lots closed this round, next free lot key).
-    """
-    cand = (
-        active.join(ck.drop("method", "wash", "c_long"), on="bk", how="inner")
-        .filter(pl.col("avail_round") <= k)  # opened before this close
-        .with_columns(
-            _named=(pl.col("oseq") == pl.col("c_named")).fill_null(False),
-            # priority keys, ascending: the named lot first, then the lot method
-            _k1=pl.when(pl.col("method") == 2)
-            .then(-(pl.col("cost") + pl.col("wadj")) / pl.col("rem"))
-            .otherwise(0.0),
-            _k2=pl.when(pl.col("method") == 1)
-            .then(-pl.col("oseq"))
-            .otherwise(pl.col("oseq")),
-        )
-        .sort(
-            ["bk", "_named", "_k1", "_k2", "split"],
-            descending=[False, True, False, False, False],
-        )
-    )
-    avail = cand.group_by("bk").agg(
-        _avail=pl.col("rem").sum(), _named_ok=pl.col("_named").any()
-    )
-    judged = (
-        ck.select("bk", "c_seq", "c_qty", "c_named")
-        .join(avail, on="bk", how="left")
-        .with_columns(
-            pl.col("_avail").fill_null(0.0), pl.col("_named_ok").fill_null(False)
-        )
-        .with_columns(
-            _code=pl.when(pl.col("c_named").is_not_null() & ~pl.col("_named_ok"))
-            .then(pl.lit(1, pl.Int8))
-            .when(pl.col("c_qty") > pl.col("_avail") * (1 + EPS))
-            .then(pl.lit(2, pl.Int8))
-        )
-    )
-    rej = judged.filter(pl.col("_code").is_not_null()).select(list(_REJ_SCHEMA))
-    if rej.height:
-        cand = cand.join(rej.select("c_seq"), on="c_seq", how="anti")
-
-    take = (pl.col("c_qty") - pl.col("_before")).clip(0.0, pl.col("rem"))
-    alloc = (
-        cand.with_columns(_before=pl.col("rem").cum_sum().over("bk") - pl.col("rem"))
-        .with_columns(take=take)
-        # within tolerance of the whole lot: close it (no 1e-15 leftovers)
-        .with_columns(
-            take=pl.when(pl.col("rem") - pl.col("take") <= EPS * pl.col("orig"))
-            .then(pl.col("rem"))
-            .otherwise(pl.col("take"))
-        )
-        .filter(pl.col("take") > EPS * pl.col("c_qty"))
-        .with_columns(
-            frac=pl.col("take") / pl.col("rem"),
-            alloc_idx=pl.int_range(pl.len(), dtype=pl.Int64).over("bk"),
-        )
-        .with_columns(
-            cost_rel=pl.col("cost") * pl.col("frac"),
-            wadj_rel=pl.col("wadj") * pl.col("frac"),
-        )
-    )
-    alloc = _pnl(alloc)
-
-    touched = pl.col("_take").is_not_null()
-    full = touched & (pl.col("_take") >= pl.col("rem"))
-    active = (
-        active.join(
-            alloc.select(
-                "lk", _take="take", _dcost="cost_rel", _dwadj="wadj_rel", _cts="c_ts"
-            ),
-            on="lk",
-            how="left",
-        )
-        .with_columns(
-            rem=pl.when(full)
-            .then(0.0)
-            .when(touched)
-            .then(pl.col("rem") - pl.col("_take"))
-            .otherwise(pl.col("rem")),
-            cost=pl.when(full)
-            .then(0.0)
-            .when(touched)
-            .then(pl.col("cost") - pl.col("_dcost"))
-            .otherwise(pl.col("cost")),
-            wadj=pl.when(full)
-            .then(0.0)
-            .when(touched)
-            .then(pl.col("wadj") - pl.col("_dwadj"))
-            .otherwise(pl.col("wadj")),
-            closed_ts=pl.when(full).then(pl.col("_cts")).otherwise(pl.col("closed_ts")),
-        )
-        .select(_LOT_STATE)
-    )
-
-    disallowed = None
-    if alloc.select(loss_rows_expr().any()).item():
-        active, disallowed, next_lk = apply_wash_sales(alloc, active, next_lk)
-    if disallowed is not None and disallowed.height:
-        alloc = alloc.join(disallowed, on="lk", how="left").with_columns(
-            pl.col("disallowed").fill_null(0.0)
-        )
-    else:
-        alloc = alloc.with_columns(disallowed=pl.lit(0.0))
-
-    is_closed = pl.col("rem") <= 0
-    return (
-        active.filter(~is_closed),
-        alloc.select(_REAL_STATE),
-        rej,
-        active.filter(is_closed),
-        next_lk,
-    )
-
-
 # --- output -----------------------------------------------------------------------------------
 
 
@@ -817,6 +743,8 @@ def _assemble(
 
     def lot_id(oseq: pl.Series, split: pl.Series) -> pl.Series:
         base = trade_id.gather(oseq)
+        if not split.len() or split.max() == 0:  # no wash-sale pieces: skip the formatting
+            return base
         return (
             pl.DataFrame({"b": base, "s": split})
             .select(

@@ -4,8 +4,9 @@ A round closes at most one trade per book, so within a round "the book" and "the
 same key. This module takes the round's allocation rows (one row per sold lot) and the book's
 lots *after* the round's consumption, and returns the disallowed loss per sold lot plus the
 replacement lots with their wash-sale adjustment, moved holding start and, where only part of a
-lot is a replacement, the split-off pieces. Everything is a frame operation over all books of the
-round at once: no Python loop per sale or per book.
+lot is a replacement, the split-off pieces. Everything is a numpy array operation over all books
+of the round at once (on the round engine's lot store, see ``transforms.lots._LotStore``): no
+Python loop per sale or per book.
 
 The rule (TAXABLE portfolios, LONG lots only):
 
@@ -35,171 +36,173 @@ rules of IRC 1091(e) and 1233 are out of scope), and EXEMPT portfolios never hav
 
 from __future__ import annotations
 
-import polars as pl
+import numpy as np
 
 EPS = 1e-9
 WASH_WINDOW_DAYS = 30
 
 
-def loss_rows_expr() -> pl.Expr:
+def loss_rows(
+    wash: np.ndarray, tax_res: np.ndarray, cost_rel: np.ndarray, wadj_rel: np.ndarray
+) -> np.ndarray:
     """True for allocation rows that are a taxable loss of a wash-eligible (TAXABLE LONG) lot.
 
-    Needs the allocation columns ``wash``, ``tax_res`` (proceeds - tax basis released),
-    ``cost_rel`` and ``wadj_rel``. A small relative tolerance keeps float noise on a break-even
-    sale from creating a 1e-14 "disallowed loss".
+    ``tax_res`` is proceeds - tax basis released (``cost_rel + wadj_rel``). A small relative
+    tolerance keeps float noise on a break-even sale from creating a 1e-14 "disallowed loss".
     """
-    return pl.col("wash") & (
-        pl.col("tax_res") < -EPS * (pl.col("cost_rel") + pl.col("wadj_rel"))
-    )
+    return wash & (tax_res < -EPS * (cost_rel + wadj_rel))
+
+
+def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Index of the first row of each row's group (``sorted_keys`` grouped contiguously)."""
+    n = sorted_keys.size
+    if n == 0:
+        return np.zeros(0, np.int64)
+    new = np.empty(n, bool)
+    new[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    first = np.flatnonzero(new)
+    return np.repeat(first, np.diff(np.append(first, n)))
+
+
+def _segmented_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum restarting at each group (``starts`` from ``_group_starts``)."""
+    cum = np.cumsum(values)
+    return cum - (cum[starts] - values[starts])
 
 
 def apply_wash_sales(
-    alloc: pl.DataFrame, active: pl.DataFrame, next_lk: int
-) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Apply the wash-sale rule to one round.
+    store,
+    alloc_close: np.ndarray,
+    alloc_lot: np.ndarray,
+    take: np.ndarray,
+    tax_res: np.ndarray,
+    loss: np.ndarray,
+    close_bk: np.ndarray,
+    close_date: np.ndarray,
+    sold_hstart: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply the wash-sale rule to one round, updating ``store`` in place.
 
-    Inputs:
-        alloc: the round's allocation rows (one per sold lot; columns ``bk``, ``lk``,
-            ``oseq``, ``take``, ``tax_res``, ``cost_rel``, ``wadj_rel``, ``wash``,
-            ``hstart``, ``c_date``, ``alloc_idx``).
-        active: the lot state after this round's consumption (internal lot columns, ``lk``
-            unique).
-        next_lk: the first free internal lot key for split-off pieces.
+    Inputs (allocation rows of the round, grouped by close in consumption order):
+        store: the lot store *after* the round's consumption (``transforms.lots._LotStore``);
+            its first ``store.n_orig`` rows are the opened lots sorted by (book, event order),
+            with ``store.orig_key`` = book * span + open day for a window search.
+        alloc_close, alloc_lot, take, tax_res: per allocation row: the close's index into the
+            round's close arrays, the lot's store index, quantity, proceeds - tax basis.
+        loss: per allocation row, whether it is a wash-eligible loss (:func:`loss_rows`).
+        close_bk, close_date: per close of the round: book key, sale date (days).
+        sold_hstart: per allocation row, the sold lot's holding start (days).
     Returns:
-        (new active lot state, frame ``lk, disallowed`` per sold lot with a disallowance,
-        next free lot key).
+        (disallowed loss per allocation row, store indices of the new split-off pieces,
+        store indices of lots whose tax basis changed in place).
     """
-    empty_dis = pl.DataFrame(schema={"lk": pl.Int64, "disallowed": pl.Float64})
-    loss = (
-        alloc.filter(loss_rows_expr())
-        .select(
-            "bk",
-            pl.col("lk").alias("lk_s"),
-            pl.col("take").alias("take_s"),
-            (-pl.col("tax_res")).alias("loss_s"),
-            pl.col("hstart").alias("hstart_s"),
-            "c_date",
-            "alloc_idx",
-        )
-        .sort("bk", "alloc_idx")
-        .with_columns(a1=pl.col("take_s").cum_sum().over("bk"))
-        .with_columns(a0=pl.col("a1") - pl.col("take_s"))
-    )
-    if loss.height == 0:
-        return active, empty_dis, next_lk
+    disallowed = np.zeros(take.size)
+    none = np.zeros(0, np.int64)
+    li_rows = np.flatnonzero(loss)
+    if li_rows.size == 0:
+        return disallowed, none, none
 
-    sale_dates = loss.select("bk", "c_date").unique("bk")
-    consumed = alloc.select("bk", "oseq").unique()
-    repl = (
-        active.join(sale_dates, on="bk", how="inner")
-        .filter(
-            pl.col("wash")
-            & ~pl.col("used")
-            & (pl.col("rem") > 0)
-            & (
-                pl.col("open_date")
-                >= pl.col("c_date") - pl.duration(days=WASH_WINDOW_DAYS)
-            )
-            & (
-                pl.col("open_date")
-                <= pl.col("c_date") + pl.duration(days=WASH_WINDOW_DAYS)
-            )
-        )
-        # shares from a lot this sale consumed are not replacements for it
-        .join(consumed, on=["bk", "oseq"], how="anti")
-        .sort("bk", "oseq", "split")
-        .select(
-            "bk",
-            "lk",
-            "rem",
-            "hstart",
-            c1=pl.col("rem").cum_sum().over("bk"),
-        )
-        .with_columns(c0=pl.col("c1") - pl.col("rem"))
-    )
-    if repl.height == 0:
-        return active, empty_dis, next_lk
+    # loss shares of each sale: the cumulative interval (a0, a1] in consumption order
+    l_close = alloc_close[li_rows]
+    take_s = take[li_rows]
+    loss_s = -tax_res[li_rows]
+    a1 = _segmented_cumsum(take_s, _group_starts(l_close))
+    a0 = a1 - take_s
 
-    # pair loss shares with replacement shares by overlap of the cumulative intervals
-    pieces = (
-        loss.join(repl, on="bk", how="inner")
-        .with_columns(
-            m=pl.min_horizontal("a1", "c1") - pl.max_horizontal("a0", "c0"),
-        )
-        .filter(pl.col("m") > EPS * pl.col("take_s"))
-        .with_columns(
-            dis=pl.col("loss_s") * pl.col("m") / pl.col("take_s"),
-            # the replacement inherits the sold lot's holding period
-            new_hstart=pl.col("hstart")
-            - pl.duration(days=(pl.col("c_date") - pl.col("hstart_s")).dt.total_days()),
-        )
-        .sort("lk", "a0")
-        .with_columns(
-            piece_idx=pl.int_range(pl.len()).over("lk"),
-            n_pieces=pl.len().over("lk"),
-            full=pl.col("m").sum().over("lk") >= pl.col("rem") * (1 - EPS),
-        )
-        .with_columns(
-            in_place=pl.col("full") & (pl.col("piece_idx") == pl.col("n_pieces") - 1)
-        )
-    )
-    if pieces.height == 0:
-        return active, empty_dis, next_lk
+    # replacement candidates: opened lots of the book within the window (a sorted range of
+    # the original lots); split-off pieces have always absorbed a loss, so never qualify
+    sales = np.unique(l_close)
+    span = store.day_span
+    base = close_bk[sales] * span + (close_date[sales] - store.day_min)
+    lo = np.searchsorted(store.orig_key, base - WASH_WINDOW_DAYS, "left")
+    hi = np.searchsorted(store.orig_key, base + WASH_WINDOW_DAYS, "right")
+    counts = hi - lo
+    total = int(counts.sum())
+    if total == 0:
+        return disallowed, none, none
+    sale_of = np.repeat(np.arange(sales.size), counts)
+    cand = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
+    keep = store.wash[cand] & ~store.used[cand] & (store.rem[cand] > 0)
+    # shares from a lot this sale consumed are not replacements for it
+    sold = np.isin(alloc_close, sales)
+    n_ev = np.int64(store.n_events + 1)
+    consumed = alloc_close[sold].astype(np.int64) * n_ev + store.oseq[alloc_lot[sold]]
+    keep &= ~np.isin(sales[sale_of].astype(np.int64) * n_ev + store.oseq[cand], consumed)
+    cand, sale_of = cand[keep], sale_of[keep]
+    if cand.size == 0:
+        return disallowed, none, none
+    r_rem = store.rem[cand]
+    c1 = _segmented_cumsum(r_rem, _group_starts(sale_of))
+    c0 = c1 - r_rem
 
-    disallowed = (
-        pieces.group_by("lk_s")
-        .agg(pl.col("dis").sum().alias("disallowed"))
-        .rename({"lk_s": "lk"})
-    )
+    # pair loss shares with replacement shares by overlap of the cumulative intervals:
+    # every loss row of a sale against every candidate of the same sale
+    l_sale = np.searchsorted(sales, l_close)
+    r_count = np.bincount(sale_of, minlength=sales.size)
+    r_first = np.searchsorted(sale_of, np.arange(sales.size))
+    per_l = r_count[l_sale]
+    n_pairs = int(per_l.sum())
+    if n_pairs == 0:
+        return disallowed, none, none
+    pl_i = np.repeat(np.arange(li_rows.size), per_l)
+    pr_i = np.repeat(r_first[l_sale] - np.cumsum(per_l) + per_l, per_l) + np.arange(n_pairs)
+    m = np.minimum(a1[pl_i], c1[pr_i]) - np.maximum(a0[pl_i], c0[pr_i])
+    ok = m > EPS * take_s[pl_i]
+    pl_i, pr_i, m = pl_i[ok], pr_i[ok], m[ok]
+    if m.size == 0:
+        return disallowed, none, none
+    lot = cand[pr_i]
+    order = np.lexsort((a0[pl_i], lot))
+    pl_i, lot, m = pl_i[order], lot[order], m[order]
+    dis = loss_s[pl_i] * m / take_s[pl_i]
+    # the replacement inherits the sold lot's holding period
+    held = close_date[l_close[pl_i]] - sold_hstart[li_rows[pl_i]]
+    new_hstart = store.hstart[lot] - held
+
+    disallowed[li_rows] = np.bincount(pl_i, dis, minlength=li_rows.size)
+
+    first = _group_starts(lot)
+    piece_idx = np.arange(lot.size) - first
+    n_pieces = np.bincount(first)[first]  # group sizes, looked up by group start
+    m_total = np.bincount(first, m)[first]
+    rem_before = store.rem[lot]
+    full = m_total >= rem_before * (1 - EPS)
+    in_place = full & (piece_idx == n_pieces - 1)
 
     # split-off pieces become new lots that copy the parent's identity
-    child_pieces = pieces.filter(~pl.col("in_place"))
-    parent_cols = active.columns
-    children = (
-        child_pieces.select("lk", "piece_idx", "m", "dis", "new_hstart")
-        .join(active, on="lk", how="inner")
-        .with_columns(
-            split=pl.col("nsplit") + pl.col("piece_idx") + 1,
-            cost=pl.col("cost") * pl.col("m") / pl.col("rem"),
-            orig=pl.col("m"),
-            rem=pl.col("m"),
-            wadj=pl.col("dis"),
-            hstart=pl.col("new_hstart"),
-            used=pl.lit(True),
-            nsplit=pl.lit(0, pl.Int64),
-        )
-        .sort("lk", "piece_idx")
-        .with_columns(lk=pl.int_range(next_lk, next_lk + pl.len(), dtype=pl.Int64))
-        .select(parent_cols)
-    )
-    next_lk += children.height
+    child = ~in_place
+    parent = lot[child]
+    children = store.append_copies(parent)
+    if children.size:
+        cm = m[child]
+        cost = store.cost[parent] * cm / rem_before[child]
+        store.split[children] = store.nsplit[parent] + piece_idx[child] + 1
+        store.cost[children] = cost
+        store.orig[children] = cm
+        store.rem[children] = cm
+        store.wadj[children] = dis[child]
+        store.hstart[children] = new_hstart[child]
+        store.used[children] = True
+        store.nsplit[children] = 0
+        store.closed[children] = False
+        store.refresh_keys(children)
 
-    parent_upd = pieces.group_by("lk").agg(
-        child_m=pl.col("m").filter(~pl.col("in_place")).sum(),
-        n_child=(~pl.col("in_place")).sum().cast(pl.Int64),
-        ip_dis=pl.col("dis").filter(pl.col("in_place")).first(),
-        ip_hstart=pl.col("new_hstart").filter(pl.col("in_place")).first(),
-        has_ip=pl.col("in_place").any(),
-    )
-    new_rem = pl.col("rem") - pl.col("child_m").fill_null(0.0)
-    active = (
-        active.join(parent_upd, on="lk", how="left")
-        .with_columns(
-            cost=pl.when(pl.col("child_m").is_not_null())
-            .then(pl.col("cost") * new_rem / pl.col("rem"))
-            .otherwise(pl.col("cost")),
-            orig=pl.col("orig") - pl.col("child_m").fill_null(0.0),
-            nsplit=pl.col("nsplit") + pl.col("n_child").fill_null(0),
-            wadj=pl.when(pl.col("has_ip").fill_null(False))
-            .then(pl.col("wadj") + pl.col("ip_dis"))
-            .otherwise(pl.col("wadj")),
-            hstart=pl.when(pl.col("has_ip").fill_null(False))
-            .then(pl.col("ip_hstart"))
-            .otherwise(pl.col("hstart")),
-            used=pl.col("used") | pl.col("has_ip").fill_null(False),
-        )
-        .with_columns(rem=new_rem)
-        .select(parent_cols)
-    )
-    active = pl.concat([active, children], how="vertical")
-    return active, disallowed, next_lk
+    # the parents keep the unmatched remainder (or absorb the last piece in place)
+    parents = lot[first == np.arange(lot.size)]
+    g = np.searchsorted(lot, parents)  # lot is sorted: first piece of each parent
+    child_m = np.bincount(first, np.where(child, m, 0.0))[first][g]
+    n_child = np.bincount(first, child)[first][g].astype(np.int64)
+    last = g + n_pieces[g] - 1
+    has_ip = in_place[last]
+    new_rem = store.rem[parents] - child_m
+    store.cost[parents] = store.cost[parents] * new_rem / store.rem[parents]
+    store.orig[parents] -= child_m
+    store.nsplit[parents] += n_child
+    ip = parents[has_ip]
+    store.wadj[ip] += dis[last[has_ip]]
+    store.hstart[ip] = new_hstart[last[has_ip]]
+    store.used[ip] = True
+    store.rem[parents] = new_rem
+    store.refresh_keys(ip)
+    return disallowed, children, ip
