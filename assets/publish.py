@@ -8,7 +8,7 @@ import polars as pl
 
 from assets.ingest import bronze_schema_of, bronze_table, ingestion_log_table, quarantine_table
 from assets.resources import LakeResource, WarehouseResource
-from assets.state import SILVER_SCHEMAS, read_silver, silver_key
+from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
 from transforms import contract
 
 # Published name -> silver table it is a copy of.
@@ -52,21 +52,24 @@ def ingestion_log_frame(lake: LakeResource) -> pl.DataFrame:
     return pl.concat(parts).sort("ingested_at", "kind", "source_file")
 
 
-def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], pl.DataFrame]]:
-    """Loaders of the frames the warehouse publishes, by published name. Silver tables are
-    sorted by portfolio so that DuckDB's zone maps make one portfolio's lookup cheap."""
+def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], object]]:
+    """Loaders of what the warehouse publishes, by published name: lake tables as Arrow
+    datasets that DuckDB streams (never whole in memory), the two unions as frames."""
 
-    def silver(name: str) -> Callable[[], pl.DataFrame]:
-        return lambda: read_silver(lake, name).sort("portfolio_id", maintain_order=True)
+    def table(path: str, schema: dict[str, pl.DataType]) -> Callable[[], object]:
+        return lambda: lake.dataset(path) if lake.exists(path) else pl.DataFrame(schema=schema)
 
-    def bronze(kind: str) -> Callable[[], pl.DataFrame]:
-        return lambda: lake.read(bronze_table(kind), bronze_schema_of(kind))
-
-    tables: dict[str, Callable[[], pl.DataFrame]] = {name: silver(name) for name in SILVER_PUBLISHED}
-    tables.update({kind: bronze(kind) for kind in BRONZE_PUBLISHED})
+    tables: dict[str, Callable[[], object]] = {
+        name: table(silver_table(name), SILVER_SCHEMAS[name]) for name in SILVER_PUBLISHED
+    }
+    tables.update({kind: table(bronze_table(kind), bronze_schema_of(kind)) for kind in BRONZE_PUBLISHED})
     tables["quarantine"] = lambda: quarantine_frame(lake)
     tables["ingestion_log"] = lambda: ingestion_log_frame(lake)
     return tables
+
+
+# Rows stored in portfolio order, so DuckDB's zone maps make one portfolio's lookup cheap.
+WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED}
 
 
 @dg.asset(
@@ -81,7 +84,7 @@ def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], pl.DataFrame]
     "under a temporary name and swapped in atomically.",
 )
 def warehouse(lake: LakeResource, warehouse: WarehouseResource):
-    counts = warehouse.publish(warehouse_tables(lake), WAREHOUSE_STATEMENTS)
+    counts = warehouse.publish(warehouse_tables(lake), WAREHOUSE_STATEMENTS, WAREHOUSE_ORDER)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(warehouse.path),

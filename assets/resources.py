@@ -20,6 +20,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset  # noqa: F401  (pa.dataset)
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
@@ -117,14 +118,15 @@ class LakeResource(dg.ConfigurableResource):
     def write(
         self,
         name: str,
-        frame: pl.DataFrame,
+        frame: pl.DataFrame | pa.RecordBatchReader,
         *,
         run_id: str | None,
         predicate: str | None = None,
         mode: str = "overwrite",
         commit_metadata: dict[str, str] | None = None,
     ) -> int:
-        """Write ``frame`` to table ``name`` and return the new table version.
+        """Write ``frame`` (a DataFrame, or an Arrow stream written batch by batch in one commit)
+        to table ``name`` and return the new table version.
 
         ``predicate`` given: replace exactly the rows matching it (every row of ``frame`` must
         match it too). No predicate and ``mode="overwrite"``: replace the whole table, schema
@@ -132,7 +134,7 @@ class LakeResource(dg.ConfigurableResource):
         """
         custom = {"run_id": run_id or "", "code_version": code_version()}
         custom.update(commit_metadata or {})
-        table = frame.to_arrow()
+        table = frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
         uri = self.uri(name)
         exists = self.exists(name)
         if not exists and "://" not in uri:
@@ -157,9 +159,19 @@ class LakeResource(dg.ConfigurableResource):
                 time.sleep(0.2 * (attempt + 1))
         return DeltaTable(uri).version()
 
-    def arrow(self, name: str) -> pa.Table:
-        """The table as Arrow, for DuckDB (which must not load its own delta extension offline)."""
-        return DeltaTable(self.uri(name)).to_pyarrow_table()
+    def scan(self, name: str, schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
+        """A lazy scan of the table (filters and column choices are pushed down to the files);
+        a missing table scans as empty ``schema``."""
+        if not self.exists(name):
+            if schema is None:
+                raise TableNotFoundError(f"no Delta table at {self.uri(name)}")
+            return pl.LazyFrame(schema=schema)
+        return pl.scan_delta(self.uri(name))
+
+    def dataset(self, name: str) -> pa.dataset.Dataset:
+        """The table as an Arrow dataset, which DuckDB scans batch by batch (DuckDB's own delta
+        extension is downloaded at run time, so it is not used)."""
+        return DeltaTable(self.uri(name)).to_pyarrow_dataset()
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -173,12 +185,18 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str = f"{DEFAULT_DATA_DIR}/warehouse.duckdb"
 
     def publish(
-        self, tables: dict[str, Callable[[], pl.DataFrame | pa.Table]], statements: list[str] = ()
+        self,
+        tables: dict[str, Callable[[], object]],
+        statements: list[str] = (),
+        order_by: dict[str, str] | None = None,
     ) -> dict[str, int]:
-        """Write ``tables`` (name -> a loader returning the frame) and run ``statements``
-        (views, macros) into a new warehouse file, then swap it in. Each table is loaded,
-        written and released in turn, so memory holds one table at a time. Returns the row
-        count of each table."""
+        """Write ``tables`` and run ``statements`` (views, macros) into a new warehouse file,
+        then swap it in. Returns the row count of each table.
+
+        ``tables`` maps a name to a loader of anything DuckDB can scan (a Polars frame, an
+        Arrow table or dataset); each is loaded, written and released in turn, so memory
+        holds one table at a time. ``order_by`` names the column a table is sorted by.
+        """
         target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -189,7 +207,8 @@ class WarehouseResource(dg.ConfigurableResource):
                 for name, load in tables.items():
                     table = load()
                     con.register("_incoming", table)
-                    con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _incoming')
+                    order = f' ORDER BY "{order_by[name]}"' if order_by and name in order_by else ""
+                    con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _incoming{order}')
                     con.unregister("_incoming")
                     counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0]
                     del table

@@ -7,21 +7,29 @@ back to the exact bronze input.
 """
 
 
+import tempfile
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
+import pyarrow.dataset as ds
 
 from assets.ingest import bronze_schema_of, bronze_table
-from assets.metadata import table_metadata
+from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource
 from transforms import contract
 from transforms.book import BookInputs, book_moment, ledger_quarantine
 from transforms.cash import cash_ledger as build_cash_ledger
 from transforms.lots import build_ledger
 from transforms.positions import positions as build_positions
+from transforms.shards import portfolio_shards
 from transforms.state import portfolio_state as build_portfolio_state
 from transforms.valuations import daily_valuations as build_daily_valuations
 
 GROUP = "state"
+# Trades per ledger shard: bounds the ledger's memory (about 2 GB per million trades of a
+# book with many wash-sale splits) whatever the size of the book.
+LEDGER_SHARD_TRADES = 1_000_000
 SILVER_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "trades": {**contract.LANDING_SCHEMAS["trades"], **contract.LINEAGE},
     "lots": contract.LOTS_SCHEMA,
@@ -50,8 +58,17 @@ def read_bronze(lake: LakeResource, kind: str) -> pl.DataFrame:
     return lake.read(bronze_table(kind), bronze_schema_of(kind))
 
 
-def read_silver(lake: LakeResource, name: str) -> pl.DataFrame:
-    return lake.read(silver_table(name), SILVER_SCHEMAS[name])
+def read_silver(
+    lake: LakeResource, name: str, columns: list[str] | None = None, where: pl.Expr | None = None
+) -> pl.DataFrame:
+    """Silver table ``name`` (typed by its contract), only ``columns`` and rows ``where`` if
+    given: both are pushed down to the Delta scan, so large tables are never read whole."""
+    schema = SILVER_SCHEMAS[name]
+    frame = lake.scan(silver_table(name), schema)
+    if where is not None:
+        frame = frame.filter(where)
+    columns = columns or list(schema)
+    return frame.select(columns).cast({c: schema[c] for c in columns}).collect()
 
 
 def read_book_inputs(lake: LakeResource, accepted_trades: bool = False) -> BookInputs:
@@ -72,67 +89,102 @@ def input_versions(lake: LakeResource, tables: list[str]) -> str:
     return ",".join(f"{t}@{lake.version(t)}" for t in tables)
 
 
+def conform(name: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with exactly the columns and types of silver table ``name``."""
+    schema = SILVER_SCHEMAS[name]
+    return frame.select(list(schema)).cast(schema)
+
+
 def write_silver(
     context: dg.AssetExecutionContext, lake: LakeResource, name: str, frame: pl.DataFrame, sources: list[str]
 ) -> dict:
     """Overwrite ``silver/<name>`` with ``frame`` (cast to its contract schema); return metadata."""
-    schema = SILVER_SCHEMAS[name]
-    frame = frame.select(list(schema)).cast(schema)
+    frame = conform(name, frame)
     version = lake.write(
         silver_table(name), frame, run_id=context.run.run_id, commit_metadata={"inputs": input_versions(lake, sources)}
     )
     return {**table_metadata(frame), "delta_version": version}
 
 
+LEDGER_OUTPUTS = {
+    "trades": "Trades the ledger accepted (bronze trades minus oversells and unknown lots).",
+    "lots": "Every tax lot ever opened (long and short), with remaining quantity, cost basis, "
+    "wash-sale adjustment and holding start, by the portfolio's lot method.",
+    "realized_pnl": "Realised P&L per closing trade and lot: proceeds, basis, disallowed wash-sale "
+    "loss, term (SHORT <= 1 year < LONG).",
+    "ledger_rejections": "Trades the ledger refused (a SELL beyond the long quantity, a cover beyond "
+    "the short, an unknown lot), as quarantine rows with the reason.",
+}
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            silver_key("trades"),
+            silver_key(name),
             deps=[bronze_key("trades"), bronze_key("portfolios")],
-            description="Trades the ledger accepted (bronze trades minus oversells and unknown lots).",
+            description=description,
             kinds={"polars", "delta"},
-        ),
-        dg.AssetSpec(
-            silver_key("lots"),
-            deps=[bronze_key("trades"), bronze_key("portfolios")],
-            description="Every tax lot ever opened (long and short), with remaining quantity, cost "
-            "basis, wash-sale adjustment and holding start, by the portfolio's lot method.",
-            kinds={"polars", "delta"},
-        ),
-        dg.AssetSpec(
-            silver_key("realized_pnl"),
-            deps=[bronze_key("trades"), bronze_key("portfolios")],
-            description="Realised P&L per closing trade and lot: proceeds, basis, disallowed "
-            "wash-sale loss, term (SHORT <= 1 year < LONG).",
-            kinds={"polars", "delta"},
-        ),
-        dg.AssetSpec(
-            silver_key("ledger_rejections"),
-            deps=[bronze_key("trades"), bronze_key("portfolios")],
-            description="Trades the ledger refused (a SELL beyond the long quantity, a cover beyond "
-            "the short, an unknown lot), as quarantine rows with the reason.",
-            kinds={"polars", "delta"},
-        ),
+        )
+        for name, description in LEDGER_OUTPUTS.items()
     ],
     group_name=GROUP,
 )
 def ledger(context: dg.AssetExecutionContext, lake: LakeResource):
-    """Tax-lot ledger over all accepted bronze trades."""
+    """Tax-lot ledger over all bronze trades, computed shard by shard of portfolios.
+
+    Each shard's outputs are staged as Parquet and every table is then streamed into Delta in
+    one commit, so memory holds one shard (not the whole book) and readers never see half a
+    table.
+    """
     trades = read_bronze(lake, "trades")
     portfolios = read_bronze(lake, "portfolios")
-    result = build_ledger(trades, portfolios)
-    rejections = ledger_quarantine(result.rejected_trades).with_columns(
-        pl.lit(context.run.run_id).alias("run_id"), pl.lit(None, contract.TS).alias("quarantined_at")
-    )
+    shards = portfolio_shards(trades, LEDGER_SHARD_TRADES)
     sources = [bronze_table("trades"), bronze_table("portfolios")]
-    for name, frame in (
-        ("trades", result.accepted_trades),
-        ("lots", result.lots),
-        ("realized_pnl", result.realized_pnl),
-        ("ledger_rejections", rejections),
-    ):
-        meta = write_silver(context, lake, name, frame, sources)
-        yield dg.MaterializeResult(asset_key=silver_key(name), metadata=meta)
+    rows = dict.fromkeys(LEDGER_OUTPUTS, 0)
+    previews: dict[str, pl.DataFrame] = {}
+    with tempfile.TemporaryDirectory(prefix="ledger-") as staging:
+        for number, ids in enumerate(shards):
+            shard_ids = ids.implode()
+            result = build_ledger(
+                trades.filter(pl.col("portfolio_id").is_in(shard_ids)),
+                portfolios.filter(pl.col("portfolio_id").is_in(shard_ids)),
+            )
+            rejections = ledger_quarantine(result.rejected_trades).with_columns(
+                pl.lit(context.run.run_id).alias("run_id")
+            )
+            for name, frame in (
+                ("trades", result.accepted_trades),
+                ("lots", result.lots),
+                ("realized_pnl", result.realized_pnl),
+                ("ledger_rejections", rejections),
+            ):
+                frame = conform(name, frame)
+                folder = Path(staging) / name
+                folder.mkdir(exist_ok=True)
+                frame.write_parquet(folder / f"{number:05d}.parquet")
+                rows[name] += frame.height
+                previews.setdefault(name, frame.head(10))
+            context.log.info(f"ledger shard {number + 1}/{len(shards)}: {ids.len()} portfolios")
+        for name in LEDGER_OUTPUTS:
+            folder = Path(staging) / name
+            data = (
+                ds.dataset(folder, format="parquet").scanner().to_reader()
+                if folder.is_dir()
+                else pl.DataFrame(schema=SILVER_SCHEMAS[name])
+            )
+            version = lake.write(
+                silver_table(name), data, run_id=context.run.run_id,
+                commit_metadata={"inputs": input_versions(lake, sources), "shards": str(len(shards))},
+            )
+            yield dg.MaterializeResult(
+                asset_key=silver_key(name),
+                metadata={
+                    "dagster/row_count": rows[name],
+                    "preview": markdown_preview(previews.get(name, pl.DataFrame(schema=SILVER_SCHEMAS[name]))),
+                    "delta_version": version,
+                    "shards": len(shards),
+                },
+            )
 
 
 @dg.asset(
@@ -161,7 +213,7 @@ def positions(context: dg.AssetExecutionContext, lake: LakeResource):
     inputs = read_book_inputs(lake, accepted_trades=True)
     moment = book_moment(inputs)
     frame = build_positions(
-        read_silver(lake, "lots"),
+        read_silver(lake, "lots", where=pl.col("status") == "OPEN"),
         read_silver(lake, "cash_ledger"),
         inputs.prices,
         inputs.fx_rates,
@@ -204,7 +256,7 @@ def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource):
     moment = book_moment(inputs)
     frame = build_portfolio_state(
         read_silver(lake, "positions"),
-        read_silver(lake, "realized_pnl"),
+        read_silver(lake, "realized_pnl", ["portfolio_id", "instrument_id", "close_ts", "realized_pnl"]),
         inputs.portfolios,
         moment,
         inputs.fx_rates,

@@ -51,8 +51,8 @@ def nav_equals_cash_plus_market_value(lake: LakeResource) -> dg.AssetCheckResult
     additional_deps=[silver_key("trades")],
 )
 def lots_reconcile_to_trades(lake: LakeResource) -> dg.AssetCheckResult:
-    lots = read_silver(lake, "lots")
-    trades = read_silver(lake, "trades")
+    lots = read_silver(lake, "lots", ["portfolio_id", "instrument_id", "position_type", "quantity"])
+    trades = read_silver(lake, "trades", ["portfolio_id", "instrument_id", "side", "quantity"])
     negative = lots.filter(pl.col("quantity") < -QUANTITY_TOLERANCE).height
     from_lots = lots.group_by("portfolio_id", "instrument_id", "position_type").agg(pl.col("quantity").sum().alias("lots_qty"))
     from_trades = trades.group_by("portfolio_id", "instrument_id").agg(

@@ -194,3 +194,19 @@ def test_an_id_repeated_across_files_of_one_batch_is_kept_once(tmp_path, tiny_la
     assert all(f"first in trades/{first.name} row" in r for r in quarantine["reason"])
     log = lake.read("bronze/ingestion_log/trades").filter(pl.col("source_file") == "trades/zz_resent.csv")
     assert log.select("rows_read", "rows_accepted", "rows_quarantined").row(0) == (2, 0, 2)
+
+
+def test_ledger_in_many_shards_equals_one_shard(tmp_path, tiny_landing, built, monkeypatch):
+    """Shards are a filter on portfolio: any shard size gives the same silver tables."""
+    import assets.state
+
+    data_dir, _ = built
+    monkeypatch.setattr(assets.state, "LEDGER_SHARD_TRADES", 150)
+    other = tmp_path / "sharded"
+    shutil.copytree(tiny_landing, other / "landing")
+    result = materialize_all(other)
+    shards = [e.event_specific_data.materialization.metadata["shards"].value
+              for e in result.get_asset_materialization_events()
+              if e.event_specific_data.materialization.asset_key.to_user_string() == "silver/lots"]
+    assert shards[0] > 3
+    assert_same_tables(snapshot(data_dir), snapshot(other))
