@@ -46,6 +46,18 @@ class BookInputs:
         )
 
 
+    def for_portfolios(self, portfolio_ids: pl.Series) -> "BookInputs":
+        """The inputs of some portfolios only (a shard): their trades, flows and records;
+        market and reference data stay whole."""
+        ids = portfolio_ids.implode()
+        return replace(
+            self,
+            trades=self.trades.filter(pl.col("portfolio_id").is_in(ids)),
+            portfolios=self.portfolios.filter(pl.col("portfolio_id").is_in(ids)),
+            cash_flows=self.cash_flows.filter(pl.col("portfolio_id").is_in(ids)),
+        )
+
+
 @dataclass(frozen=True)
 class Book:
     """Every silver table of a book at one moment ``as_of``."""
