@@ -7,8 +7,11 @@ export PORTFOLIO_DATA_DIR := $(DATA_DIR)
 
 .PHONY: install demo run generate test ui bench clean
 
+# uv: on PATH, or as a module of python3; else pip installs it (into the active virtualenv,
+# else the user's site, else past an "externally managed" system Python's guard).
 install:
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --user --quiet uv \
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv 2>/dev/null \
+		|| python3 -m pip install --user --quiet uv 2>/dev/null \
 		|| python3 -m pip install --user --quiet --break-system-packages uv
 	@$(UV) sync --frozen --quiet
 
