@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary["failed_checks"]:
         _say(f"Failed checks     {', '.join(summary['failed_checks'])}")
     _say(f"Warehouse         {summary['warehouse']}")
-    _say(f"                  duckdb -readonly {summary['warehouse']}   (or any DuckDB client)")
+    _say("                  query it: uv run portfolio sql \"FROM portfolio_state LIMIT 5\"  (or any DuckDB client, read-only)")
     _say("Dagster UI        make ui   (then open http://127.0.0.1:3000)")
     _say(f"Finished in {time.perf_counter() - started:.1f} s.")
     return 0
@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_state(args: argparse.Namespace) -> int:
     data_dir = data_dir_from_env(args.data_dir)
-    with pl.Config(tbl_rows=args.rows, tbl_cols=12, tbl_width_chars=160, fmt_str_lengths=40):
+    with pl.Config(tbl_rows=args.rows, tbl_cols=12, tbl_width_chars=180, fmt_str_lengths=40, fmt_float="full", thousands_separator=","):
         if args.as_of:
             from assets.resources import resources_for
             from assets.state import read_book_inputs
@@ -189,9 +189,31 @@ def cmd_state(args: argparse.Namespace) -> int:
              f"(settled {row['settled_cash']:,.2f}, pending {row['pending_cash']:,.2f})")
         _say(f"  long {row['long_market_value']:,.2f}  short {row['short_market_value']:,.2f}  "
              f"unrealised {row['unrealized_pnl']:,.2f}  realised {row['realized_pnl']:,.2f}")
+        money = ("market_value", "cost_basis", "unrealized_pnl")
         _say(str(positions.select(
-            "instrument_id", "position_type", "quantity", "price", "market_value", "cost_basis", "unrealized_pnl", "weight"
+            "instrument_id", "position_type", "quantity", "price",
+            *(pl.col(c).round(2) for c in money), pl.col("weight").round(4),
         ).sort(pl.col("market_value").abs(), descending=True)))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    path = data_dir_from_env(args.data_dir) / "warehouse.duckdb"
+    if not path.exists():
+        _say(f"No warehouse at {path}: run `portfolio run` first.")
+        return 1
+    with duckdb.connect(str(path), read_only=True) as con:
+        try:
+            result = con.sql(args.query)
+        except duckdb.Error as error:
+            _say(f"Query failed: {error}")
+            return 1
+        if result is None:  # a statement with no result set
+            return 0
+        with pl.Config(tbl_rows=args.rows, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60, fmt_float="full", thousands_separator=","):
+            _say(str(result.limit(args.rows).pl()))
     return 0
 
 
@@ -223,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--as-of", help="ISO timestamp (UTC if no offset), e.g. 2025-06-30T21:00:00Z")
     s.add_argument("--rows", type=int, default=25, help="positions to show")
     s.set_defaults(func=cmd_state)
+
+    q = with_data_dir(sub.add_parser("sql", help="run a read-only SQL query on warehouse.duckdb"))
+    q.add_argument("query", help='e.g. "SELECT * FROM portfolio_state ORDER BY total_value DESC"')
+    q.add_argument("--rows", type=int, default=50, help="rows to show")
+    q.set_defaults(func=cmd_sql)
 
     b = with_data_dir(sub.add_parser("bench", help="benchmark the foundation (ledger, state, lookups)"))
     b.add_argument("--standard", action="store_true", help="also the standard book (1,000 portfolios, 10M trades)")

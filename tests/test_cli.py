@@ -43,6 +43,13 @@ def test_generate_run_state_on_a_fresh_data_dir(tmp_path):
     unknown = run("state", "NOPE", "--data-dir", str(data))
     assert unknown.returncode == 1
 
+    sql = run("sql", "SELECT portfolio_id, total_value FROM portfolio_state ORDER BY total_value DESC", "--data-dir", str(data))
+    assert sql.returncode == 0 and pid in sql.stdout
+    bad = run("sql", "SELECT nope FROM nowhere", "--data-dir", str(data))
+    assert bad.returncode == 1 and "Query failed" in bad.stdout
+    write = run("sql", "DROP TABLE trades", "--data-dir", str(data))
+    assert write.returncode == 1  # the warehouse is opened read-only
+
 
 def test_run_without_landing_files_says_what_to_do(tmp_path):
     result = run("run", "--data-dir", str(tmp_path))
