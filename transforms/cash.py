@@ -5,7 +5,10 @@ Sign convention (``CASH_LEDGER_SCHEMA``): ``amount`` is local-currency money, + 
 - trades, in the instrument's currency, settling on the trade's ``settle_date``:
   ``BUY`` / ``BUY_TO_COVER`` pay ``-(quantity * price + fees)``;
   ``SELL`` / ``SELL_SHORT`` receive ``quantity * price - fees`` (null fees count as 0; a null
-  settle_date is taken as the trade date).
+  settle_date is taken as the trade date). A trade settles in whole minor units of its
+  currency (cents; ``contract.CURRENCY_DECIMALS``), rounded half away from zero, as a broker
+  books it: cash never holds fractions of a cent. (Lots and realised P&L keep the exact
+  ``quantity * price``; the difference per trade is under half a cent.)
 - cash flows, in the flow's currency, settling on the UTC date of ``ts``:
   ``DEPOSIT``, ``DIVIDEND``, ``INTEREST`` add ``|amount|``; ``WITHDRAWAL`` and ``FEE`` subtract it.
   ``is_external`` is true for ``DEPOSIT`` and ``WITHDRAWAL`` only.
@@ -17,7 +20,7 @@ from datetime import datetime
 
 import polars as pl
 
-from transforms.contract import CASH_LEDGER_SCHEMA, TS
+from transforms.contract import CASH_LEDGER_SCHEMA, CURRENCY_DECIMALS, DEFAULT_CURRENCY_DECIMALS, TS
 from transforms.fx import as_of_date, as_utc
 
 PAYING_SIDES = ("BUY", "BUY_TO_COVER")
@@ -32,6 +35,16 @@ CASH_BALANCES_SCHEMA: dict[str, pl.DataType] = {
     "total_cash": pl.Float64,  # settled + pending
     "last_ts": TS,  # latest entry ts included
 }
+
+
+def settlement_amount(amount: pl.Expr, currency: pl.Expr = pl.col("currency")) -> pl.Expr:
+    """``amount`` rounded half away from zero to the minor unit of ``currency`` (cents unless
+    ``contract.CURRENCY_DECIMALS`` says otherwise)."""
+    rounded = amount.round(DEFAULT_CURRENCY_DECIMALS, mode="half_away_from_zero")
+    for decimals in sorted(set(CURRENCY_DECIMALS.values())):
+        codes = [c for c, d in CURRENCY_DECIMALS.items() if d == decimals]
+        rounded = pl.when(currency.is_in(codes)).then(amount.round(decimals, mode="half_away_from_zero")).otherwise(rounded)
+    return rounded
 
 
 def cash_ledger(
@@ -58,10 +71,9 @@ def cash_ledger(
             pl.col("trade_ts").alias("ts"),
             pl.coalesce("settle_date", pl.col("trade_ts").dt.date()).alias("settle_date"),
             "currency",
-            pl.when(pl.col("side").is_in(PAYING_SIDES))
-            .then(-(gross + fees))
-            .otherwise(gross - fees)
-            .alias("amount"),
+            settlement_amount(
+                pl.when(pl.col("side").is_in(PAYING_SIDES)).then(-(gross + fees)).otherwise(gross - fees)
+            ).alias("amount"),
             pl.lit(False).alias("is_external"),
         )
     )
