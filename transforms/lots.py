@@ -9,8 +9,10 @@ How it stays vectorised
 -----------------------
 A closing trade's result depends on every earlier close of its book, so the books are replayed
 in *rounds*: round ``k`` processes the ``k``-th closing trade of every book at once. Polars
-prepares the events (validation, integer book keys, event order) and assembles the output
-frames once at the end; the rounds run on numpy arrays (``_LotStore``), so a round costs a few
+validates the rows; portfolio and instrument become integer codes in name order (an Enum of
+the sorted distinct names), so event order is one integer sort and the working frames carry
+numbers only. Strings are gathered from the (rechunked) input by row number once per output
+column at the end. The rounds run on numpy arrays (``_LotStore``), so a round costs a few
 dozen array operations over the lots it can touch, not a Polars plan. The number of rounds is
 the largest number of closes in one book, not the number of trades.
 
@@ -183,18 +185,25 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
 
 def _build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
     """:func:`build_ledger` (kept as the entry point the tests use)."""
-    orig = trades.with_row_index("_r")
-    checked = _validate(orig, portfolios)
-    work = _events(checked.filter(pl.col("reason").is_null()))
+    # one chunk: gathers by row index over a many-chunk frame (e.g. concatenated shards) cost
+    # several times the copy, and the output is gathered from these columns
+    orig = trades.with_row_index("_r").rechunk()
+    checked, reasons = _validate(orig, portfolios)
+    work = _events(checked)
     lots, real, rej = _rounds(_open_lots(work), _closes(work))
-    return _assemble(orig, checked, work, rej, [lots], [real])
+    return _assemble(orig, reasons, work, rej, [lots], [real])
 
 
 # --- preparation ------------------------------------------------------------------------------
 
 
-def _validate(orig: pl.DataFrame, portfolios: pl.DataFrame) -> pl.DataFrame:
-    """Typed working columns of every input row, with a ``reason`` when it can never apply."""
+def _validate(
+    orig: pl.DataFrame, portfolios: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(typed working columns of the rows that may apply, ``_r, reason`` of those that never can).
+
+    The valid rows carry the portfolio's lot method code (``_mcode``) and ``_taxable``.
+    """
     t = orig
     for col in ("fees", "lot_id", "strategy_id"):
         if col not in t.columns:
@@ -204,7 +213,7 @@ def _validate(orig: pl.DataFrame, portfolios: pl.DataFrame) -> pl.DataFrame:
         *[
             pl.col(c).cast(d)
             for c, d in LANDING_SCHEMAS["trades"].items()
-            if c != "settle_date"
+            if c not in ("settle_date", "strategy_id")
         ],
     )
     pf = portfolios.select(
@@ -213,7 +222,11 @@ def _validate(orig: pl.DataFrame, portfolios: pl.DataFrame) -> pl.DataFrame:
         pl.col("lot_method").alias("_method"),
         pl.lit(True).alias("_known"),
     ).unique("portfolio_id", keep="first", maintain_order=True)
-    t = t.join(pf, on="portfolio_id", how="left")
+    pf = pf.with_columns(
+        _mcode=pl.col("_method").replace_strict(_METHOD_CODE, default=None, return_dtype=pl.Int8),
+        _taxable=pl.col("_tax") == "TAXABLE",
+    )
+    t = t.join(pf, on="portfolio_id", how="left", maintain_order="left")
 
     # duplicate ids: a sort of 64-bit hashes finds candidates cheaply; strings decide
     h = t.select(pl.col("trade_id").hash().sort()).to_series()
@@ -225,142 +238,153 @@ def _validate(orig: pl.DataFrame, portfolios: pl.DataFrame) -> pl.DataFrame:
     def bad(cond: pl.Expr) -> pl.Expr:  # a null comparison counts as bad
         return cond.fill_null(True)
 
+    # the first failing rule, as a small integer: the words are formatted afterwards for the
+    # (few) bad rows only, since ``pl.format`` in a when/then chain runs over every row
     q, p, f = pl.col("quantity"), pl.col("price"), pl.col("fees").fill_null(0.0)
-    reason = (
-        pl.when(pl.col("trade_id").is_null())
-        .then(pl.lit("trade_id is null"))
-        .when(dup)
-        .then(pl.format("duplicate trade_id {}", "trade_id"))
-        .when(pl.col("_known").is_null())
-        .then(pl.format("unknown portfolio_id {}", "portfolio_id"))
-        .when(
-            bad(
-                ~pl.col("_method").is_in(LOT_METHODS)
-                | ~pl.col("_tax").is_in(TAX_STATUSES)
-            )
-        )
-        .then(
-            pl.format(
-                "portfolio {} has an invalid tax_status or lot_method", "portfolio_id"
-            )
-        )
-        .when(pl.col("instrument_id").is_null())
-        .then(pl.lit("instrument_id is null"))
-        .when(bad(~pl.col("side").is_in(TRADE_SIDES)))
-        .then(pl.format("invalid side {}", "side"))
-        .when(pl.col("trade_ts").is_null())
-        .then(pl.lit("trade_ts is null"))
-        .when(bad(~((q > 0) & q.is_finite())))
-        .then(pl.lit("quantity must be positive and finite"))
-        .when(bad(~((p >= 0) & p.is_finite())))
-        .then(pl.lit("price must be non-negative and finite"))
-        .when(bad(~((f >= 0) & f.is_finite())))
-        .then(pl.lit("fees must be non-negative and finite"))
-    )
-    return t.with_columns(reason=reason)
+    rules = [
+        (pl.col("trade_id").is_null(), pl.lit("trade_id is null")),
+        (dup, pl.format("duplicate trade_id {}", "trade_id")),
+        (pl.col("_known").is_null(), pl.format("unknown portfolio_id {}", "portfolio_id")),
+        (
+            bad(~pl.col("_method").is_in(LOT_METHODS) | ~pl.col("_tax").is_in(TAX_STATUSES)),
+            pl.format("portfolio {} has an invalid tax_status or lot_method", "portfolio_id"),
+        ),
+        (pl.col("instrument_id").is_null(), pl.lit("instrument_id is null")),
+        (bad(~pl.col("side").is_in(TRADE_SIDES)), pl.format("invalid side {}", "side")),
+        (pl.col("trade_ts").is_null(), pl.lit("trade_ts is null")),
+        (bad(~((q > 0) & q.is_finite())), pl.lit("quantity must be positive and finite")),
+        (bad(~((p >= 0) & p.is_finite())), pl.lit("price must be non-negative and finite")),
+        (bad(~((f >= 0) & f.is_finite())), pl.lit("fees must be non-negative and finite")),
+    ]
+    code = pl.when(rules[0][0]).then(pl.lit(1, pl.Int8))
+    for i, (cond, _) in enumerate(rules[1:], start=2):
+        code = code.when(cond).then(pl.lit(i, pl.Int8))
+    t = t.with_columns(_code=code.otherwise(pl.lit(0, pl.Int8)))
+    if t.get_column("_code").sum() == 0:
+        return t, pl.DataFrame(schema={"_r": pl.UInt32, "reason": pl.String})
+    bad_rows = t.filter(pl.col("_code") > 0)
+    words = pl.when(pl.col("_code") == 1).then(rules[0][1])
+    for i, (_, what) in enumerate(rules[1:], start=2):
+        words = words.when(pl.col("_code") == i).then(what)
+    reasons = bad_rows.select(pl.col("_r"), reason=words)
+    return t.filter(pl.col("_code") == 0), reasons
+
+
+def _name_codes(s: pl.Series) -> tuple[np.ndarray, int]:
+    """Integer codes of a (null-free) String column in name order, and how many names.
+
+    An Enum of the sorted distinct names maps each name to its rank without a string sort or
+    join over every row."""
+    names = s.unique().sort()
+    return s.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64), names.len()
 
 
 def _events(t: pl.DataFrame) -> pl.DataFrame:
-    """Valid trades in event order, with book key ``bk``, position ``seq`` and round numbers.
+    """Valid trades in event order: numbers only (strings stay in the input, found by ``_r``).
 
-    Books are numbered in (portfolio_id, instrument_id, LONG before SHORT) order. A close's
-    ``round`` is the number of earlier closes in its book; an open's ``avail_round`` is the
-    number of closes before it, i.e. the first round in which it can be consumed.
+    Columns: ``_r`` (input row), book key ``bk``, position ``seq``, trade_ts, date, quantity,
+    price, fees, is_open, is_long, method, wash, ``round``, ``avail_round``, ``last_round``,
+    ``c_named``. Books are numbered in (portfolio_id, instrument_id, LONG before SHORT) order:
+    ``bk = pair index * 2 + is_short``. A close's ``round`` is the number of earlier closes in
+    its book; an open's ``avail_round`` is the number of closes before it, i.e. the first round
+    in which it can be consumed. ``c_named`` (closes) is the ``seq`` of the opening trade named
+    by ``lot_id`` (null when none is named, -1 when it is not an opening trade of the book).
     """
-    t = t.with_columns(
-        is_open=pl.col("side").is_in(OPENING_SIDES),
-        is_long=pl.col("side").is_in(["BUY", "SELL"]),
-        fees=pl.col("fees").fill_null(0.0),
-        method=pl.col("_method").replace_strict(_METHOD_CODE, return_dtype=pl.Int8),
-        wash=(pl.col("_tax") == "TAXABLE") & pl.col("side").is_in(["BUY", "SELL"]),
-        _kh=pl.struct("portfolio_id", "instrument_id").hash(),
-    )
-    # number the (portfolio, instrument) pairs in name order through a 64-bit hash: joining
-    # on one integer is much cheaper than on two strings; a collision is detected and avoided
-    keys = (
-        t.group_by("_kh")
-        .agg(
-            pl.first("portfolio_id").alias("_p"), pl.first("instrument_id").alias("_i")
+    n = t.height
+    side = t.get_column("side")
+    is_long = ((side == "BUY") | (side == "SELL")).to_numpy()
+    is_open = ((side == "BUY") | (side == "SELL_SHORT")).to_numpy()
+    pc, _ = _name_codes(t.get_column("portfolio_id"))
+    ic, n_i = _name_codes(t.get_column("instrument_id"))
+    pair = pc * n_i + ic
+    ts = t.get_column("trade_ts").to_physical().to_numpy()
+    # one integer sort key (pair, side of book, time, closes after opens) when it fits in 63
+    # bits, else a lexsort; exact ties (rare) are ordered by trade_id
+    tk = (ts - ts.min()) * 2 + ~is_open if n else ts
+    book = pair * 2 + ~is_long
+    span = int(tk.max()) + 1 if n else 1
+    if n and (int(book.max()) + 1) < (2**62) // span:
+        key = book * span + tk
+        order = pl.Series(key).arg_sort().to_numpy()
+        ks = key[order]
+        tied = bool((ks[1:] == ks[:-1]).any())
+    else:
+        order = np.lexsort((tk, book))
+        bs, ks = book[order], tk[order]
+        tied = bool(((bs[1:] == bs[:-1]) & (ks[1:] == ks[:-1])).any())
+    if tied:
+        order = (
+            pl.DataFrame({"b": book, "k": tk, "id": t.get_column("trade_id")})
+            .select(pl.arg_sort_by("b", "k", "id"))
+            .to_series()
+            .to_numpy()
         )
-        .sort("_p", "_i")
-        .with_row_index("_ki")
+    o_pair, o_long, o_open = pair[order], is_long[order], is_open[order]
+    new_pair = np.ones(n, bool)
+    new_pair[1:] = o_pair[1:] != o_pair[:-1]
+    bk = (np.cumsum(new_pair) - 1) * 2 + ~o_long
+    new_book = np.ones(n, bool)
+    new_book[1:] = bk[1:] != bk[:-1]
+    starts = np.flatnonzero(new_book)
+    lens = np.diff(np.append(starts, n))
+    is_close = ~o_open
+    cc = np.cumsum(is_close)
+    before_book = np.repeat(cc[starts] - is_close[starts], lens)  # closes of earlier books
+    n_before = cc - before_book  # closes of the book up to and including this event
+    total = np.repeat(np.add.reduceat(is_close.astype(np.int64), starts) if n else [], lens)
+    o = pl.Series(order)
+    ots = pl.Series(ts[order]).cast(TS)
+    work = t.select(
+        pl.col("_r").gather(o),
+        pl.col("quantity", "price").gather(o),
+        pl.col("fees").gather(o).fill_null(0.0),
+        method=pl.col("_mcode").gather(o),
+        wash=(pl.col("_taxable") & pl.col("side").is_in(["BUY", "SELL"])).gather(o),
+    ).with_columns(
+        bk=pl.Series(bk, dtype=pl.Int64),
+        seq=pl.int_range(n, dtype=pl.Int64),
+        trade_ts=ots,
+        date=ots.dt.date(),
+        is_open=pl.Series(o_open),
+        is_long=pl.Series(o_long),
+        round=pl.Series(n_before - 1, dtype=pl.Int64),  # meaningful on closes
+        avail_round=pl.Series(n_before, dtype=pl.Int64),  # meaningful on opens
+        last_round=pl.Series(total - 1, dtype=pl.Int64),
+        c_named=pl.lit(None, pl.Int64),
     )
-    t = t.join(keys, on="_kh", how="left")
-    if not t.select(
-        (
-            (pl.col("_p") == pl.col("portfolio_id"))
-            & (pl.col("_i") == pl.col("instrument_id"))
-        ).all()
-    ).item():
-        keys = (
-            t.select("portfolio_id", "instrument_id")
-            .unique()
-            .sort("portfolio_id", "instrument_id")
-            .with_row_index("_ki2")
-        )
-        t = t.join(keys, on=["portfolio_id", "instrument_id"], how="left").with_columns(
-            _ki=pl.col("_ki2")
-        )
-    t = t.with_columns(
-        bk=pl.col("_ki").cast(pl.Int64) * 2 + (~pl.col("is_long")).cast(pl.Int64),
-        _rank=(~pl.col("is_open")).cast(pl.Int8),
-    ).sort("bk", "trade_ts", "_rank")
-    tie = (
-        (pl.col("bk") == pl.col("bk").shift(1))
-        & (pl.col("trade_ts") == pl.col("trade_ts").shift(1))
-        & (pl.col("_rank") == pl.col("_rank").shift(1))
-    )
-    if t.height and t.select(tie.any()).item():
-        # ties on (book, time, side rank) are rare: only then pay for the string sort key
-        t = t.sort("bk", "trade_ts", "_rank", "trade_id")
 
-    is_close = ~pl.col("is_open")
-    n_before = is_close.cast(pl.Int64).cum_sum().over("bk")
-    return t.with_columns(
-        seq=pl.int_range(pl.len(), dtype=pl.Int64),
-        date=pl.col("trade_ts").dt.date(),
-        round=n_before - 1,  # meaningful on closes
-        avail_round=n_before,  # meaningful on opens
-        last_round=is_close.cast(pl.Int64).sum().over("bk") - 1,
-    ).drop(
-        "_kh",
-        "_p",
-        "_i",
-        "_ki",
-        "_rank",
-        "_tax",
-        "_method",
-        "_known",
-        "reason",
-        strict=False,
-    )
+    # named lots: resolve the few named closes against the opening trades by trade_id
+    lot_id = t.get_column("lot_id").gather(o)
+    named_pos = np.flatnonzero(is_close & lot_id.is_not_null().to_numpy())
+    if named_pos.size:
+        trade_id = t.get_column("trade_id").gather(o)
+        wanted = lot_id.gather(named_pos)
+        open_pos = np.flatnonzero(o_open & trade_id.is_in(wanted.unique().implode()).to_numpy())
+        opens = pl.DataFrame(
+            {"lot_id": trade_id.gather(open_pos), "_nseq": open_pos, "_nbk": bk[open_pos]}
+        )
+        resolved = (
+            pl.DataFrame({"lot_id": wanted, "seq": named_pos, "_bk": bk[named_pos]})
+            .join(opens, on="lot_id", how="left")
+            .select(
+                pl.col("seq").cast(pl.Int64),
+                _named=pl.when(pl.col("_nbk") == pl.col("_bk"))
+                .then(pl.col("_nseq"))
+                .otherwise(-1)
+                .cast(pl.Int64),
+            )
+        )
+        c_named = np.full(n, _NO_LOT, np.int64)
+        c_named[resolved.get_column("seq").to_numpy()] = resolved.get_column("_named").to_numpy()
+        work = work.with_columns(
+            c_named=pl.when(pl.Series(c_named) != _NO_LOT).then(pl.Series(c_named))
+        )
+    return work
 
 
 def _closes(work: pl.DataFrame) -> pl.DataFrame:
-    """Closing trades as round-engine rows; ``c_named`` is the named lot's opening ``seq``
-    (null when no lot is named, -1 when the named lot is not an opening trade of the book)."""
-    closes = work.filter(~pl.col("is_open"))
-    named = closes.filter(pl.col("lot_id").is_not_null())
-    c_named = pl.lit(None, pl.Int64)
-    if named.height:
-        opens = work.filter(pl.col("is_open")).select(
-            pl.col("trade_id").alias("lot_id"),
-            pl.col("seq").alias("_nseq"),
-            pl.col("bk").alias("_nbk"),
-        )
-        resolved = (
-            named.select("seq", "bk", "lot_id")
-            .join(opens, on="lot_id", how="left")
-            .select(
-                "seq",
-                _named=pl.when(pl.col("_nbk") == pl.col("bk"))
-                .then(pl.col("_nseq"))
-                .otherwise(-1),
-            )
-        )
-        closes = closes.join(resolved, on="seq", how="left")
-        c_named = pl.col("_named")
-    return closes.select(
+    """Closing trades as round-engine rows."""
+    return work.filter(~pl.col("is_open")).select(
         "bk",
         c_seq="seq",
         c_ts="trade_ts",
@@ -368,7 +392,7 @@ def _closes(work: pl.DataFrame) -> pl.DataFrame:
         c_qty="quantity",
         c_price="price",
         c_fees="fees",
-        c_named=c_named,
+        c_named="c_named",
         round="round",
         c_long="is_long",
         method="method",
@@ -432,7 +456,10 @@ class _LotStore:
     _BOOL = ("is_long", "wash", "used", "closed")
 
     def __init__(self, lots: pl.DataFrame, n_events: int, day_lo: int, day_hi: int):
-        lots = lots.sort("bk", "oseq")
+        # opening trades arrive in event order, which is (book, event) order: sort only if not
+        oseq = lots.get_column("oseq").to_numpy()
+        if oseq.size > 1 and not (oseq[1:] > oseq[:-1]).all():
+            lots = lots.sort("bk", "oseq")
         n = lots.height
         cap = max(16, 2 * n)
         self.n = self.n_orig = n
@@ -533,7 +560,10 @@ def _rounds(
     """
     if closes.height == 0:
         return lots, _empty_real(), pl.DataFrame(schema=_REJ_SCHEMA)
-    cl = closes.sort("round", "bk").select(
+    # closes arrive in (book, event) order, so a stable sort by round gives (round, book)
+    rnd = closes.get_column("round").to_numpy()
+    c_ord = np.argsort(rnd.astype(np.int16) if rnd.max() < 2**15 else rnd, kind="stable")
+    cl = closes[pl.Series(c_ord)].select(
         pl.col("bk", "c_seq", "round").cast(pl.Int64),
         pl.col("c_ts").cast(pl.Int64),
         pl.col("c_date").cast(pl.Int32).cast(pl.Int64),
@@ -730,19 +760,30 @@ def _empty_real() -> pl.DataFrame:
 
 def _assemble(
     orig: pl.DataFrame,
-    checked: pl.DataFrame,
+    reasons: pl.DataFrame,
     work: pl.DataFrame,
     ledger_rej: pl.DataFrame,
     lots_parts: list[pl.DataFrame],
     real_parts: list[pl.DataFrame],
 ) -> Ledger:
-    """Contract-typed, deterministically ordered output frames; strings gathered by ``seq``."""
-    trade_id = work.get_column("trade_id")
-    pid = work.get_column("portfolio_id")
-    iid = work.get_column("instrument_id")
+    """Contract-typed, deterministically ordered output frames.
 
-    def lot_id(oseq: pl.Series, split: pl.Series) -> pl.Series:
-        base = trade_id.gather(oseq)
+    Strings are gathered once per output column from the input (``orig``, one chunk) by input
+    row: event position ``seq`` -> ``work._r`` -> input row."""
+    row_of = work.get_column("_r").to_numpy()
+    trade_id = orig.get_column("trade_id").cast(pl.String)
+    pid = orig.get_column("portfolio_id").cast(pl.String)
+    iid = orig.get_column("instrument_id").cast(pl.String)
+    strategy = (
+        orig.get_column("strategy_id").cast(pl.String)
+        if "strategy_id" in orig.columns
+        else pl.Series([None] * orig.height, dtype=pl.String)
+    )
+
+    def rows(seq: pl.Series) -> np.ndarray:
+        return row_of[seq.to_numpy()]
+
+    def lot_id(base: pl.Series, split: pl.Series) -> pl.Series:
         if not split.len() or split.max() == 0:  # no wash-sale pieces: skip the formatting
             return base
         return (
@@ -757,17 +798,20 @@ def _assemble(
 
     side = pl.when(pl.col("is_long")).then(pl.lit("LONG")).otherwise(pl.lit("SHORT"))
 
-    lots = pl.concat([p.select(_LOT_STATE) for p in lots_parts]).sort(
-        "bk", "oseq", "split"
-    )
-    oseq = lots.get_column("oseq")
+    lots = pl.concat([p.select(_LOT_STATE) for p in lots_parts])
+    split = lots.get_column("split")
+    if split.len() and split.max() > 0:  # the store appends split-off pieces at the end
+        lots = lots.sort("bk", "oseq", "split")
+        split = lots.get_column("split")
+    r_open = rows(lots.get_column("oseq"))
+    open_id = trade_id.gather(r_open)
     lots = lots.select(
-        portfolio_id=pid.gather(oseq),
-        instrument_id=iid.gather(oseq),
-        lot_id=lot_id(oseq, lots.get_column("split")),
+        portfolio_id=pid.gather(r_open),
+        instrument_id=iid.gather(r_open),
+        lot_id=lot_id(open_id, split),
         position_type=side,
-        strategy_id=work.get_column("strategy_id").gather(oseq),
-        open_trade_id=trade_id.gather(oseq),
+        strategy_id=strategy.gather(r_open),
+        open_trade_id=open_id,
         open_ts="open_ts",
         open_price="open_price",
         original_quantity="orig",
@@ -782,16 +826,18 @@ def _assemble(
         closed_ts="closed_ts",
     ).select([pl.col(c).cast(d) for c, d in LOTS_SCHEMA.items()])
 
-    real = pl.concat([p.select(_REAL_STATE) for p in real_parts]).sort(
-        "bk", "c_seq", "alloc_idx"
-    )
-    c_seq = real.get_column("c_seq")
+    # event position orders books (bk ascends with seq), so (c_seq, alloc_idx) is the order;
+    # the rounds emit each close's rows contiguously in allocation order: a stable sort by
+    # c_seq is enough
+    real = pl.concat([p.select(_REAL_STATE) for p in real_parts])
+    real = real[pl.Series(np.argsort(real.get_column("c_seq").to_numpy(), kind="stable"))]
+    r_close = rows(real.get_column("c_seq"))
     long_term = pl.col("c_date") > pl.col("hstart").dt.offset_by("1y")
     real = real.select(
-        portfolio_id=pid.gather(c_seq),
-        instrument_id=iid.gather(c_seq),
-        trade_id=trade_id.gather(c_seq),
-        lot_id=lot_id(real.get_column("oseq"), real.get_column("split")),
+        portfolio_id=pid.gather(r_close),
+        instrument_id=iid.gather(r_close),
+        trade_id=trade_id.gather(r_close),
+        lot_id=lot_id(trade_id.gather(rows(real.get_column("oseq"))), real.get_column("split")),
         position_type=side,
         close_ts="c_ts",
         quantity="take",
@@ -808,11 +854,20 @@ def _assemble(
 
     # ledger rejections get their words here, from the few rejected rows only
     book = pl.when(pl.col("is_long")).then(pl.lit("LONG")).otherwise(pl.lit("SHORT"))
-    ledger_reasons = ledger_rej.join(
-        work.select("seq", "_r", "side", "quantity", "lot_id", "is_long"),
-        left_on="c_seq",
-        right_on="seq",
-        how="inner",
+    rej_seq = ledger_rej.get_column("c_seq").cast(pl.Int64)
+    rej_r = pl.Series("_r", rows(rej_seq), dtype=pl.UInt32)
+    ledger_reasons = pl.DataFrame(
+        {
+            "_r": rej_r,
+            "side": orig.get_column("side").cast(pl.String).gather(rej_r),
+            "quantity": orig.get_column("quantity").cast(pl.Float64).gather(rej_r),
+            "lot_id": orig.get_column("lot_id").cast(pl.String).gather(rej_r)
+            if "lot_id" in orig.columns
+            else pl.Series([None] * rej_r.len(), dtype=pl.String),
+            "is_long": work.get_column("is_long").gather(rej_seq),
+            "_code": ledger_rej.get_column("_code"),
+            "_avail": ledger_rej.get_column("_avail"),
+        }
     ).select(
         "_r",
         reason=pl.when(pl.col("_code") == 1)
@@ -834,20 +889,16 @@ def _assemble(
             )
         ),
     )
-    rejected_r = set(ledger_reasons.get_column("_r").to_list())
-    acc_r = work.get_column("_r")
-    if rejected_r:
-        acc_r = acc_r.filter(~acc_r.is_in(list(rejected_r)))
-    accepted = orig[acc_r].drop("_r")  # event order
+    # accepted: the input rows in event order (a plain gather of the one-chunk input)
+    acc_r = row_of
+    if ledger_rej.height:
+        acc_r = np.delete(row_of, rej_seq.to_numpy())
+    accepted = orig[pl.Series(acc_r)].drop("_r")
 
-    reasons = pl.concat(
-        [
-            checked.filter(pl.col("reason").is_not_null()).select("_r", "reason"),
-            ledger_reasons,
-        ]
-    )
+    reasons = pl.concat([reasons.with_columns(pl.col("_r").cast(pl.UInt32)), ledger_reasons])
     rejected = (
-        orig.join(reasons, on="_r", how="inner")
+        orig[reasons.get_column("_r")]
+        .with_columns(reason=reasons.get_column("reason"))
         .sort(
             "portfolio_id",
             "instrument_id",

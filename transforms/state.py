@@ -6,7 +6,7 @@ rows (``REALIZED_PNL_SCHEMA``) and the cash ledger:
 - ``total_value``         = NAV = sum of all positions' market_value (cash included);
 - ``cash_balance``        = market value of the CASH rows;
 - ``settled_cash`` / ``pending_cash`` = the ledger's settled / pending cash as of ``as_of``
-  converted at the fx of the as-of date (as the CASH rows are); pending = cash_balance - settled;
+  converted at the fx of the as-of date (as the CASH rows are), each summed from its own entries;
 - ``long_market_value`` / ``short_market_value`` = market value of LONG / SHORT rows;
 - ``unrealized_pnl``      = sum over rows (cash rows contribute 0);
 - ``realized_pnl``        = sum of ``realized_pnl`` with ``close_ts <= as_of``, each converted to
@@ -39,6 +39,7 @@ _ZERO_FILLED = (
     "total_value",
     "cash_balance",
     "settled_cash",
+    "pending_cash",
     "long_market_value",
     "short_market_value",
     "unrealized_pnl",
@@ -97,6 +98,8 @@ def portfolio_state(
         .group_by("portfolio_id")
         .agg(
             (pl.col("settled_cash") * pl.col("fx_rate")).sum().alias("settled_cash"),
+            # Summed from the pending entries, not cash - settled: no pending cash is exactly 0.
+            (pl.col("pending_cash") * pl.col("fx_rate")).sum().alias("pending_cash"),
             pl.col("last_ts").max().alias("_cash_updated"),
         )
     )
@@ -129,7 +132,6 @@ def portfolio_state(
         .join(weights, on="portfolio_id", how="left")
         .with_columns([pl.col(c).fill_null(0.0) for c in _ZERO_FILLED])
         .with_columns(
-            (pl.col("cash_balance") - pl.col("settled_cash")).alias("pending_cash"),
             pl.col("positions_count").fill_null(0),
             pl.col("weights").fill_null(pl.lit([], dtype=WEIGHTS_DTYPE)),
             pl.lit(moment).cast(PORTFOLIO_STATE_SCHEMA["as_of"]).alias("as_of"),

@@ -369,6 +369,31 @@ def test_same_timestamp_opening_side_first():
     assert row["holding_days"] == 0 and row["term"] == "SHORT"
 
 
+def test_same_time_and_side_ordered_by_trade_id_and_chunking_irrelevant():
+    """Exact ties (book, time, side rank) go by trade_id; a many-chunk input (as after
+    ``pl.concat(..., rechunk=False)``) gives the same ledger, strategy_id and lot_id included."""
+    moment = ts("2024-01-02")
+    rows = [
+        ("B2", moment, "BUY", 50, 11.0),
+        ("B1", moment, "BUY", 50, 10.0),
+        ("S1", "2024-01-05", "SELL", 60, 12.0),
+        ("S2", "2024-01-06", "SELL", 10, 12.0, 0.0, "B2"),
+    ]
+    trades = book(*rows)
+    chunked = pl.concat([trades[i : i + 1] for i in range(trades.height)], rechunk=False)
+    ledger = build_ledger(chunked, pf("FIFO"))
+    assert by_lot(realized(ledger, "S1"), "quantity") == {"B1": 50.0, "B2": 10.0}
+    assert by_lot(realized(ledger, "S2"), "quantity") == {"B2": 10.0}
+    assert ledger.accepted_trades["trade_id"].to_list() == ["B1", "B2", "S1", "S2"]
+    assert ledger.lots["strategy_id"].to_list() == ["S1", "S1"]
+    single = build_ledger(trades, pf("FIFO"))
+    for a, b in zip(
+        (ledger.lots, ledger.realized_pnl, ledger.accepted_trades, ledger.rejected_trades),
+        (single.lots, single.realized_pnl, single.accepted_trades, single.rejected_trades),
+    ):
+        assert_frame_equal(a, b)
+
+
 # --- rejections -------------------------------------------------------------------------------
 
 
