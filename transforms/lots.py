@@ -12,7 +12,7 @@ in *rounds*: round ``k`` processes the ``k``-th closing trade of every book at o
 validates the rows; portfolio and instrument become integer codes in name order (an Enum of
 the sorted distinct names), so event order is one integer sort and the working frames carry
 numbers only. Strings are gathered from the (rechunked) input by row number once per output
-column at the end. The rounds run on numpy arrays (``_LotStore``), so a round costs a few
+column at the end. The rounds run on numpy arrays (``LotStore``), so a round costs a few
 dozen array operations over the lots it can touch, not a Polars plan. The number of rounds is
 the largest number of closes in one book, not the number of trades.
 
@@ -43,18 +43,12 @@ from transforms.contract import (
     LANDING_SCHEMAS,
     LOT_METHODS,
     LOTS_SCHEMA,
-    OPENING_SIDES,
     REALIZED_PNL_SCHEMA,
     TAX_STATUSES,
     TRADE_SIDES,
     TS,
 )
-from transforms.wash_sales import (
-    EPS,
-    WASH_WINDOW_DAYS,
-    apply_wash_sales,
-    loss_rows,
-)
+from transforms.lot_rounds import LOT_STATE, NO_LOT, REAL_STATE, replay_rounds
 
 __all__ = ["Ledger", "build_ledger"]
 
@@ -78,29 +72,6 @@ class Ledger:
 # Internal frames carry only numbers: strings are gathered once at the end by event position
 # (``seq``), because copying string columns through every join dominated the run time.
 #
-# lot state: one row per lot (split pieces included)
-_LOT_STATE = [
-    "lk",  # unique lot key
-    "bk",  # book key: (portfolio, instrument) index * 2 + is_short
-    "oseq",  # event position of the opening trade (lot_id = that trade_id)
-    "split",  # 0 for the lot itself, n for the wash-sale piece "<lot_id>~W<n>"
-    "is_long",
-    "open_ts",
-    "open_price",
-    "orig",
-    "rem",
-    "cost",
-    "wadj",
-    "hstart",
-    "open_date",
-    "avail_round",  # first round whose close may consume it (= closes of the book before it)
-    "last_round",  # the book's last round
-    "method",  # 0 FIFO, 1 LIFO, 2 HIFO
-    "wash",  # TAXABLE and LONG: subject to wash sales
-    "used",  # already absorbed a disallowed loss (a share absorbs at most one)
-    "nsplit",  # pieces split off so far
-    "closed_ts",
-]
 
 _CLOSE_COLS = [
     "bk",
@@ -114,23 +85,6 @@ _CLOSE_COLS = [
     "round",
 ]
 
-_REAL_STATE = [
-    "bk",
-    "c_seq",
-    "oseq",
-    "split",
-    "is_long",
-    "c_ts",
-    "c_date",
-    "take",
-    "proceeds",
-    "basis",
-    "realized",
-    "wadj_rel",
-    "disallowed",
-    "hstart",
-    "alloc_idx",
-]
 
 _METHOD_CODE = {"FIFO": 0, "LIFO": 1, "HIFO": 2}
 
@@ -190,7 +144,7 @@ def _build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
     orig = trades.with_row_index("_r").rechunk()
     checked, reasons = _validate(orig, portfolios)
     work = _events(checked)
-    lots, real, rej = _rounds(_open_lots(work), _closes(work))
+    lots, real, rej = replay_rounds(_open_lots(work), _closes(work))
     return _assemble(orig, reasons, work, rej, [lots], [real])
 
 
@@ -374,10 +328,10 @@ def _events(t: pl.DataFrame) -> pl.DataFrame:
                 .cast(pl.Int64),
             )
         )
-        c_named = np.full(n, _NO_LOT, np.int64)
+        c_named = np.full(n, NO_LOT, np.int64)
         c_named[resolved.get_column("seq").to_numpy()] = resolved.get_column("_named").to_numpy()
         work = work.with_columns(
-            c_named=pl.when(pl.Series(c_named) != _NO_LOT).then(pl.Series(c_named))
+            c_named=pl.when(pl.Series(c_named) != NO_LOT).then(pl.Series(c_named))
         )
     return work
 
@@ -428,335 +382,10 @@ def _open_lots(work: pl.DataFrame) -> pl.DataFrame:
         nsplit=pl.lit(0, pl.Int64),
         closed_ts=pl.lit(None, TS),
     )
-    return lots.select(_LOT_STATE)
+    return lots.select(LOT_STATE)
 
 
 # --- the round engine -------------------------------------------------------------------------
-
-_REJ_SCHEMA = {"c_seq": pl.Int64, "_code": pl.Int8, "_avail": pl.Float64}
-_SPLIT_BITS = 20  # wash-sale piece number inside the static priority key
-_NO_LOT = -2  # c_named of a close that names no lot (-1: names a lot that is not of its book)
-
-
-class _LotStore:
-    """Lot state as numpy columns indexed by a lot number; split-off pieces are appended.
-
-    The first ``n_orig`` rows are the opened lots sorted by (book, event order), so the lots
-    of a book opened in a date range are one ``searchsorted`` away (``orig_key``).
-
-    Priority inside a book is the sort key (``k1``, ``tie``): ``k1`` is minus the per-unit
-    tax basis for HIFO lots (0 otherwise) and ``tie`` is the event position (negated for LIFO)
-    shifted left with the piece number in the low bits. Partial closes release basis pro rata,
-    so a lot's key only changes when a wash sale adds to its basis (``refresh_keys``).
-    """
-
-    _FLOAT = ("open_price", "orig", "rem", "cost", "wadj", "k1")
-    _INT = ("bk", "oseq", "split", "open_ts", "hstart", "open_date", "avail_round",
-            "last_round", "nsplit", "closed_ts", "tie", "key")
-    _BOOL = ("is_long", "wash", "used", "closed")
-
-    def __init__(self, lots: pl.DataFrame, n_events: int, day_lo: int, day_hi: int):
-        # opening trades arrive in event order, which is (book, event) order: sort only if not
-        oseq = lots.get_column("oseq").to_numpy()
-        if oseq.size > 1 and not (oseq[1:] > oseq[:-1]).all():
-            lots = lots.sort("bk", "oseq")
-        n = lots.height
-        cap = max(16, 2 * n)
-        self.n = self.n_orig = n
-        self.n_events = n_events
-        g = lots.select(
-            pl.col("bk", "oseq", "split", "avail_round", "last_round", "nsplit").cast(pl.Int64),
-            pl.col("open_ts").cast(pl.Int64),
-            pl.col("hstart", "open_date").cast(pl.Int32).cast(pl.Int64),
-            pl.col("closed_ts").cast(pl.Int64).fill_null(0),
-            pl.col("open_price", "orig", "rem", "cost", "wadj").cast(pl.Float64),
-            pl.col("is_long", "wash", "used"),
-            closed=pl.col("closed_ts").is_not_null(),
-            method=pl.col("method").cast(pl.Int8),
-        )
-        for names, dtype in ((self._FLOAT, np.float64), (self._INT, np.int64),
-                             (self._BOOL, np.bool_), (("method",), np.int8)):
-            for c in names:
-                arr = np.zeros(cap, dtype)
-                if c in g.columns:
-                    arr[:n] = g.get_column(c).to_numpy()
-                setattr(self, c, arr)
-        # date window search key over the original lots (open dates ascend inside a book)
-        self.day_min = day_lo - 4 * WASH_WINDOW_DAYS
-        self.day_span = day_hi - self.day_min + 4 * WASH_WINDOW_DAYS
-        self.orig_key = self.bk[:n] * self.day_span + (self.open_date[:n] - self.day_min)
-        self.tie_span = (np.int64(n_events) + 1) << (_SPLIT_BITS + 1)
-        max_bk = int(self.bk[:n].max()) if n else 0
-        self.packed = (max_bk + 1) * int(self.tie_span) < 2**62
-        self.refresh_keys(np.arange(n))
-
-    def refresh_keys(self, idx: np.ndarray) -> None:
-        """Recompute the priority keys of lots ``idx`` (after creation or a basis change)."""
-        if idx.size == 0:
-            return
-        m = self.method[idx]
-        rem = self.rem[idx]
-        ptb = (self.cost[idx] + self.wadj[idx]) / np.where(rem > 0, rem, 1.0)
-        self.k1[idx] = np.where(m == 2, -ptb, 0.0)
-        os = np.where(m == 1, -self.oseq[idx], self.oseq[idx])
-        self.tie[idx] = (os << _SPLIT_BITS) + self.split[idx]
-        if self.packed:
-            self.key[idx] = self.bk[idx] * self.tie_span + self.tie[idx] + (self.tie_span >> 1)
-
-    def append_copies(self, parents: np.ndarray) -> np.ndarray:
-        """New lots copying every column of ``parents``; returns their indices."""
-        k = parents.size
-        if k == 0:
-            return np.zeros(0, np.int64)
-        if self.n + k > self.rem.size:
-            cap = max(2 * self.rem.size, self.n + k)
-            for c in (*self._FLOAT, *self._INT, *self._BOOL, "method"):
-                old = getattr(self, c)
-                arr = np.zeros(cap, old.dtype)
-                arr[: self.n] = old[: self.n]
-                setattr(self, c, arr)
-        new = np.arange(self.n, self.n + k)
-        for c in (*self._FLOAT, *self._INT, *self._BOOL, "method"):
-            arr = getattr(self, c)
-            arr[new] = arr[parents]
-        self.n += k
-        return new
-
-    def order(self, w: np.ndarray, hifo: bool) -> np.ndarray:
-        """``w`` sorted by (book, priority)."""
-        if self.packed and not hifo:
-            return w[np.argsort(self.key[w], kind="stable")]
-        return w[np.lexsort((self.tie[w], self.k1[w], self.bk[w]))]
-
-    def frame(self) -> pl.DataFrame:
-        n = self.n
-        cols = {c: getattr(self, c)[:n] for c in (
-            "bk", "oseq", "split", "is_long", "open_price", "orig", "rem", "cost",
-            "wadj", "avail_round", "last_round", "wash", "used", "nsplit", "method")}
-        closed = self.closed[:n]
-        return pl.DataFrame(cols).with_columns(
-            lk=pl.int_range(n, dtype=pl.Int64),
-            open_ts=pl.Series(self.open_ts[:n]).cast(TS),
-            hstart=pl.Series(self.hstart[:n].astype(np.int32)).cast(pl.Date),
-            open_date=pl.Series(self.open_date[:n].astype(np.int32)).cast(pl.Date),
-            closed_ts=pl.when(pl.Series(closed))
-            .then(pl.Series(self.closed_ts[:n]).cast(TS)),
-        ).select(_LOT_STATE)
-
-
-def _rounds(
-    lots: pl.DataFrame, closes: pl.DataFrame
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Replay books round by round (round k = the k-th close of every book) on numpy arrays.
-
-    The working set ``w`` holds the lots that the round's closes may consume: opened before
-    the book's round-k close (``avail_round <= k``), not exhausted, of a book with a close
-    left; it is kept sorted by (book, lot priority), so one segmented cumulative sum per round
-    allocates every close: ``take = clip(close_qty - qty_before, 0, remaining)``. Lots enter
-    when they become available and leave when exhausted, so a round costs the open lots of
-    the books still closing, not the whole history.
-
-    Returns (lot state, realised rows, rejections ``c_seq, _code, _avail``).
-    """
-    if closes.height == 0:
-        return lots, _empty_real(), pl.DataFrame(schema=_REJ_SCHEMA)
-    # closes arrive in (book, event) order, so a stable sort by round gives (round, book)
-    rnd = closes.get_column("round").to_numpy()
-    c_ord = np.argsort(rnd.astype(np.int16) if rnd.max() < 2**15 else rnd, kind="stable")
-    cl = closes[pl.Series(c_ord)].select(
-        pl.col("bk", "c_seq", "round").cast(pl.Int64),
-        pl.col("c_ts").cast(pl.Int64),
-        pl.col("c_date").cast(pl.Int32).cast(pl.Int64),
-        pl.col("c_qty", "c_price", "c_fees").cast(pl.Float64),
-        pl.col("c_named").fill_null(_NO_LOT).cast(pl.Int64),
-        pl.col("c_long"),
-        wash=pl.col("wash"),
-    )
-    C = {c: cl.get_column(c).to_numpy() for c in cl.columns}
-    n_events = int(max(C["c_seq"].max(), lots["oseq"].max() if lots.height else 0)) + 1
-    d_lo, d_hi = int(C["c_date"].min()), int(C["c_date"].max())
-    if lots.height:
-        od = lots.select(pl.col("open_date").cast(pl.Int32).min().alias("a"),
-                         pl.col("open_date").cast(pl.Int32).max().alias("b")).row(0)
-        d_lo, d_hi = min(d_lo, od[0]), max(d_hi, od[1])
-    S = _LotStore(lots, n_events, d_lo, d_hi)
-    n_rounds = int(C["round"][-1]) + 1
-    c_bounds = np.searchsorted(C["round"], np.arange(n_rounds + 1))
-    any_named = bool((C["c_named"] != _NO_LOT).any())
-
-    # opened lots by the round in which they become available
-    n0 = S.n
-    can = np.flatnonzero((S.avail_round[:n0] <= S.last_round[:n0]) & (S.rem[:n0] > 0))
-    can = can[np.argsort(S.avail_round[can], kind="stable")]
-    e_bounds = np.searchsorted(S.avail_round[can], np.arange(n_rounds + 1))
-    pending: dict[int, list[np.ndarray]] = {}  # split-off pieces of not yet available lots
-    hifo = bool((S.method[:n0] == 2).any())
-
-    w = np.zeros(0, np.int64)
-    ready: list[np.ndarray] = []  # pieces split off last round from available lots
-    resort = False
-    out: dict[str, list[np.ndarray]] = {c: [] for c in (
-        "ci", "lot", "take", "proceeds", "basis", "realized", "wadj_rel", "dis", "hstart",
-        "aidx")}
-    rej: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for k in range(n_rounds):
-        c0, c1 = int(c_bounds[k]), int(c_bounds[k + 1])
-        entering = [can[e_bounds[k]: e_bounds[k + 1]], *ready, *pending.pop(k, [])]
-        ready = []
-        w = np.concatenate([w, *entering]) if len(entering) > 1 or entering[0].size else w
-        # lots of books with no close left are final
-        w = w[S.last_round[w] >= k]
-        if resort or w.size != 0 and entering[0].size + sum(e.size for e in entering[1:]):
-            w = S.order(w, hifo)
-        resort = False
-
-        cbk = C["bk"][c0:c1]
-        cq = C["c_qty"][c0:c1]
-        n_c = c1 - c0
-        ci = np.searchsorted(cbk, S.bk[w])  # the close of each working lot's book
-        rem = S.rem[w]
-        avail = np.bincount(ci, rem, minlength=n_c)
-        code = np.zeros(n_c, np.int8)
-        lots_w, named = w, None
-        if any_named:
-            cn = C["c_named"][c0:c1]
-            if (cn != _NO_LOT).any():
-                # the named lot (all its open pieces) first, then the method's order
-                named = S.oseq[w] == cn[ci]
-                named_ok = np.bincount(ci[named], minlength=n_c) > 0
-                code[(cn != _NO_LOT) & ~named_ok] = 1
-                if named.any():
-                    perm = np.lexsort((~named, ci))
-                    lots_w, ci, rem = w[perm], ci[perm], rem[perm]
-        code[(code == 0) & (cq > avail * (1 + EPS))] = 2
-        ok = code == 0
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            rej.append((C["c_seq"][c0 + bad], code[bad], avail[bad]))
-
-        cum = np.cumsum(rem)
-        seg0 = np.searchsorted(ci, np.arange(n_c))
-        off = np.concatenate(([0.0], cum))[seg0]
-        before = cum - rem - off[ci]
-        take = np.clip(cq[ci] - before, 0.0, rem)
-        # within tolerance of the whole lot: close it (no 1e-15 leftovers)
-        take = np.where(rem - take <= EPS * S.orig[lots_w], rem, take)
-        sel = (take > EPS * cq[ci]) & ok[ci]
-        a_c, a_lot, tk = ci[sel], lots_w[sel], take[sel]
-        if tk.size == 0:
-            continue
-        a_first = np.searchsorted(a_c, a_c)
-        g = a_c + c0
-        l_rem = S.rem[a_lot]
-        frac = tk / l_rem
-        cost_rel = S.cost[a_lot] * frac
-        wadj_rel = S.wadj[a_lot] * frac
-        fee_alloc = C["c_fees"][g] * tk / C["c_qty"][g]
-        at_price = tk * C["c_price"][g]
-        long = S.is_long[a_lot]
-        proceeds = np.where(long, at_price - fee_alloc, cost_rel)
-        basis = np.where(long, cost_rel, at_price + fee_alloc)
-        realized = proceeds - basis
-        tax_res = proceeds - basis - wadj_rel
-        hstart = S.hstart[a_lot]
-
-        full = tk >= l_rem
-        S.rem[a_lot] = np.where(full, 0.0, l_rem - tk)
-        S.cost[a_lot] = np.where(full, 0.0, S.cost[a_lot] - cost_rel)
-        S.wadj[a_lot] = np.where(full, 0.0, S.wadj[a_lot] - wadj_rel)
-        done = a_lot[full]
-        S.closed[done] = True
-        S.closed_ts[done] = C["c_ts"][g[full]]
-
-        loss = loss_rows(S.wash[a_lot], tax_res, cost_rel, wadj_rel)
-        if loss.any():
-            dis, children, adjusted = apply_wash_sales(
-                S, a_c, a_lot, tk, tax_res, loss, cbk, C["c_date"][c0:c1], hstart
-            )
-            if children.size:
-                now = S.avail_round[children] <= k
-                ready.append(children[now])
-                for r_k, grp in pl.DataFrame(
-                    {"r": S.avail_round[children[~now]], "i": children[~now]}
-                ).partition_by("r", as_dict=True).items():
-                    pending.setdefault(int(r_k[0]), []).append(grp["i"].to_numpy())
-            resort = hifo and adjusted.size > 0
-        else:
-            dis = np.zeros(tk.size)
-        w = w[S.rem[w] > 0]
-
-        out["ci"].append(g)
-        out["lot"].append(a_lot)
-        out["take"].append(tk)
-        out["proceeds"].append(proceeds)
-        out["basis"].append(basis)
-        out["realized"].append(realized)
-        out["wadj_rel"].append(wadj_rel)
-        out["dis"].append(dis)
-        out["hstart"].append(hstart)
-        out["aidx"].append(np.arange(tk.size) - a_first)
-
-    if not out["ci"]:
-        real = _empty_real()
-    else:
-        o = {c: np.concatenate(v) for c, v in out.items()}
-        g, lot = o["ci"], o["lot"]
-        real = pl.DataFrame(
-            {
-                "bk": C["bk"][g],
-                "c_seq": C["c_seq"][g],
-                "oseq": S.oseq[lot],
-                "split": S.split[lot],
-                "is_long": S.is_long[lot],
-                "c_ts": pl.Series(C["c_ts"][g]).cast(TS),
-                "c_date": pl.Series(C["c_date"][g].astype(np.int32)).cast(pl.Date),
-                "take": o["take"],
-                "proceeds": o["proceeds"],
-                "basis": o["basis"],
-                "realized": o["realized"],
-                "wadj_rel": o["wadj_rel"],
-                "disallowed": o["dis"],
-                "hstart": pl.Series(o["hstart"].astype(np.int32)).cast(pl.Date),
-                "alloc_idx": o["aidx"],
-            }
-        ).select(_REAL_STATE)
-    if rej:
-        rejected = pl.DataFrame(
-            {
-                "c_seq": np.concatenate([r[0] for r in rej]),
-                "_code": np.concatenate([r[1] for r in rej]),
-                "_avail": np.concatenate([r[2] for r in rej]),
-            },
-            schema=_REJ_SCHEMA,
-        )
-    else:
-        rejected = pl.DataFrame(schema=_REJ_SCHEMA)
-    return S.frame(), real, rejected
-
-
-def _empty_real() -> pl.DataFrame:
-    schema = {
-        "bk": pl.Int64,
-        "c_seq": pl.Int64,
-        "oseq": pl.Int64,
-        "split": pl.Int64,
-        "is_long": pl.Boolean,
-        "c_ts": TS,
-        "c_date": pl.Date,
-        "take": pl.Float64,
-        "proceeds": pl.Float64,
-        "basis": pl.Float64,
-        "realized": pl.Float64,
-        "wadj_rel": pl.Float64,
-        "disallowed": pl.Float64,
-        "hstart": pl.Date,
-        "alloc_idx": pl.Int64,
-    }
-    return pl.DataFrame(schema=schema)
-
-
-# --- output -----------------------------------------------------------------------------------
-
 
 def _assemble(
     orig: pl.DataFrame,
@@ -798,7 +427,7 @@ def _assemble(
 
     side = pl.when(pl.col("is_long")).then(pl.lit("LONG")).otherwise(pl.lit("SHORT"))
 
-    lots = pl.concat([p.select(_LOT_STATE) for p in lots_parts])
+    lots = pl.concat([p.select(LOT_STATE) for p in lots_parts])
     split = lots.get_column("split")
     if split.len() and split.max() > 0:  # the store appends split-off pieces at the end
         lots = lots.sort("bk", "oseq", "split")
@@ -829,7 +458,7 @@ def _assemble(
     # event position orders books (bk ascends with seq), so (c_seq, alloc_idx) is the order;
     # the rounds emit each close's rows contiguously in allocation order: a stable sort by
     # c_seq is enough
-    real = pl.concat([p.select(_REAL_STATE) for p in real_parts])
+    real = pl.concat([p.select(REAL_STATE) for p in real_parts])
     real = real[pl.Series(np.argsort(real.get_column("c_seq").to_numpy(), kind="stable"))]
     r_close = rows(real.get_column("c_seq"))
     long_term = pl.col("c_date") > pl.col("hstart").dt.offset_by("1y")

@@ -5,7 +5,7 @@ same key. This module takes the round's allocation rows (one row per sold lot) a
 lots *after* the round's consumption, and returns the disallowed loss per sold lot plus the
 replacement lots with their wash-sale adjustment, moved holding start and, where only part of a
 lot is a replacement, the split-off pieces. Everything is a numpy array operation over all books
-of the round at once (on the round engine's lot store, see ``transforms.lots._LotStore``): no
+of the round at once (on the round engine's lot store, see ``transforms.lots.LotStore``): no
 Python loop per sale or per book.
 
 The rule (TAXABLE portfolios, LONG lots only):
@@ -85,7 +85,7 @@ def apply_wash_sales(
     """Apply the wash-sale rule to one round, updating ``store`` in place.
 
     Inputs (allocation rows of the round, grouped by close in consumption order):
-        store: the lot store *after* the round's consumption (``transforms.lots._LotStore``);
+        store: the lot store *after* the round's consumption (``transforms.lots.LotStore``);
             its first ``store.n_orig`` rows are the opened lots sorted by (book, event order),
             with ``store.orig_key`` = book * span + open day for a window search.
         alloc_close, alloc_lot, take, tax_res: per allocation row: the close's index into the
