@@ -210,3 +210,20 @@ def test_ledger_in_many_shards_equals_one_shard(tmp_path, tiny_landing, built, m
               if e.event_specific_data.materialization.asset_key.to_user_string() == "silver/lots"]
     assert shards[0] > 3
     assert_same_tables(snapshot(data_dir), snapshot(other))
+
+
+def test_extra_columns_are_kept_out_and_logged(built):
+    data_dir, _ = built
+    landing = data_dir / "landing" / "instruments"
+    frame = pl.read_csv(sorted(landing.glob("*.csv"))[0], infer_schema=False).head(2)
+    frame.with_columns(
+        pl.lit("x").alias("analyst_note"), (pl.col("instrument_id") + "_X").alias("instrument_id")
+    ).write_csv(landing / "more.csv")
+    materialize_all(data_dir)
+    lake = resources_for(data_dir)["lake"]
+    log = lake.read("bronze/ingestion_log/instruments").filter(pl.col("source_file") == "instruments/more.csv")
+    assert log["extra_columns"].to_list() == ["analyst_note"]
+    assert "analyst_note" in log["message"][0]
+    bronze = lake.read("bronze/instruments")
+    assert "analyst_note" not in bronze.columns
+    assert bronze.filter(pl.col("source_file") == "instruments/more.csv").height == 2
