@@ -14,7 +14,7 @@ One writer per table: the nine assets never share a table, so they may run in pa
 
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from assets.metadata import markdown_preview
 from assets.resources import LakeResource, PipelineSettings
 from transforms import contract
 from transforms.validation import cross_file_duplicates, sha256_of, validate_file
-
 
 
 def bronze_table(kind: str) -> str:
@@ -107,10 +106,11 @@ def ingest_kind(
     existing_keys = existing.filter(~pl.col("source_file").is_in(batch_files)).select(key_cols)
 
     accepted_parts, quarantine_parts, results = [], [], []
-    for f in files:
-        result = validate_file(
-            kind, f.source_file, f.path.read_bytes(), known_ids=known_ids, existing_keys=existing_keys
-        )
+    for i, f in enumerate(files):
+        content = f.path.read_bytes()
+        # The lineage must name the bytes validated, even if the file changed since listing.
+        files[i] = f = replace(f, sha256=sha256_of(content))
+        result = validate_file(kind, f.source_file, content, known_ids=known_ids, existing_keys=existing_keys)
         results.append(result)
         accepted_parts.append(result.accepted.with_columns(pl.lit(f.sha256).alias("source_sha256")))
         quarantine_parts.append(result.quarantine.with_columns(pl.lit(f.sha256).alias("source_sha256")))
