@@ -112,8 +112,9 @@ def cash_balances(cash_ledger: pl.DataFrame | pl.LazyFrame, as_of: datetime) -> 
         .filter(pl.col("ts") <= moment)
         .group_by("portfolio_id", "currency")
         .agg(
-            pl.col("amount").filter(settled).sum().alias("settled_cash"),
-            pl.col("amount").filter(~settled).sum().alias("pending_cash"),
+            # when/then/otherwise(0) sums the same entries as a filter, without a gather per group
+            pl.when(settled).then(pl.col("amount")).otherwise(0.0).sum().alias("settled_cash"),
+            pl.when(~settled).then(pl.col("amount")).otherwise(0.0).sum().alias("pending_cash"),
             pl.col("amount").sum().alias("total_cash"),
             pl.col("ts").max().alias("last_ts"),
         )

@@ -13,6 +13,10 @@
 
 A currency that is never quoted (other than USD) has a null rate: the values it touches are null,
 never a made-up 1.0.
+
+Implementation: ``UsdTable`` cleans the (small) fx table once into per-currency sorted arrays;
+rows are resolved with ``np.searchsorted`` per currency present (or per calendar day of the
+range when rows outnumber days). Build one table per call site and pass it as ``fx_rates``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import TypeVar
 
+import numpy as np
 import polars as pl
 
 from transforms.contract import BASE_CURRENCY
@@ -41,9 +46,9 @@ def as_of_date(moment: datetime) -> date:
     return as_utc(moment).date()
 
 
-def _clean_rates(fx_rates: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """Typed, de-duplicated, null-free quotes sorted by date (USD added as 1.0 when absent)."""
-    rates = (
+def _clean_rates(fx_rates: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Typed, de-duplicated (last quote wins), null-free, positive quotes sorted by date."""
+    return (
         fx_rates.lazy()
         .select(
             pl.col("date").cast(pl.Date),
@@ -58,17 +63,76 @@ def _clean_rates(fx_rates: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
             & (pl.col("usd_per_unit") > 0)
         )
         .unique(subset=["date", "currency"], keep="last")
+        .sort("currency", "date")
+        .collect()
     )
-    usd_missing = pl.LazyFrame(
-        {"date": [date(1900, 1, 1)], "currency": [BASE_CURRENCY], "usd_per_unit": [1.0]},
-        schema=_FX_SCHEMA,
-    ).join(rates.filter(pl.col("currency") == BASE_CURRENCY), on="currency", how="anti")
-    return pl.concat([rates, usd_missing]).sort("date", "currency")
+
+
+class UsdTable:
+    """Per-currency quote arrays (day numbers ascending, USD per unit) for vectorised look-ups.
+
+    The fx table is small (one quote per currency and day), so it is cleaned once per call and
+    every row is resolved with one ``np.searchsorted`` per currency present in the rows.
+    """
+
+    def __init__(self, fx_rates: pl.DataFrame | pl.LazyFrame) -> None:
+        """Clean ``fx_rates`` (landing kind) once; build it once per call site and reuse it."""
+        rates = _clean_rates(fx_rates)
+        self.quotes: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            str(key[0]): (
+                part["date"].to_physical().cast(pl.Int64).to_numpy(),
+                part["usd_per_unit"].to_numpy(),
+            )
+            for key, part in rates.partition_by("currency", as_dict=True, maintain_order=True).items()
+        }
+        if BASE_CURRENCY not in self.quotes:  # USD is 1.0 whenever it is not quoted at all
+            self.quotes[BASE_CURRENCY] = (np.zeros(1, dtype=np.int64), np.ones(1))
+
+    def usd_per_unit(self, dates: pl.Series, currencies: pl.Series) -> np.ndarray:
+        """USD per unit for each (date, currency) row; NaN when null or never quoted."""
+        dates = dates.cast(pl.Date)
+        currencies = currencies.cast(pl.String)
+        day = dates.to_physical().cast(pl.Int64).fill_null(0).to_numpy()
+        out = np.full(dates.len(), np.nan)
+        for ccy in currencies.drop_nulls().unique().to_list():
+            if ccy not in self.quotes:
+                continue
+            mask = (currencies == ccy).fill_null(False).to_numpy()
+            out[mask] = self.lookup(ccy, day[mask])
+        out[dates.is_null().to_numpy()] = np.nan
+        return out
+
+    def lookup(self, ccy: str, day: np.ndarray) -> np.ndarray:
+        """USD per unit of ``ccy`` on each day number (days since 1970); NaN if never quoted."""
+        if ccy not in self.quotes:
+            return np.full(day.size, np.nan)
+        quote_days, values = self.quotes[ccy]
+        if day.size == 0:
+            return np.empty(0)
+        lo, hi = int(day.min()), int(day.max())
+        if hi - lo + 1 < day.size:
+            # many rows over few days: resolve each calendar day of the range once, then gather
+            return self.lookup(ccy, np.arange(lo, hi + 1, dtype=np.int64))[day - lo]
+        # latest quote on or before the day; before the first quote, the first one (back fill)
+        return values[np.maximum(np.searchsorted(quote_days, day, side="right") - 1, 0)]
+
+
+FxRates = pl.DataFrame | pl.LazyFrame | UsdTable
+
+
+def usd_table(fx_rates: FxRates) -> UsdTable:
+    """``fx_rates`` as a ``UsdTable`` (cleaned once; an existing table is returned as is)."""
+    return fx_rates if isinstance(fx_rates, UsdTable) else UsdTable(fx_rates)
+
+
+def _to_rate(values: np.ndarray, name: str) -> pl.Series:
+    # a missing rate is null, never NaN (quotes themselves are finite and positive)
+    return pl.Series(name, values, dtype=pl.Float64).fill_nan(None)
 
 
 def usd_per_unit_on(
     frame: Frame,
-    fx_rates: pl.DataFrame | pl.LazyFrame,
+    fx_rates: FxRates,
     *,
     date_col: str,
     currency_col: str,
@@ -79,35 +143,22 @@ def usd_per_unit_on(
     Rows keep their order (a null date or currency gives a null rate). See the module docstring
     for the fallback rules.
     """
-    rates = _clean_rates(fx_rates)
-    first = rates.group_by("currency").agg(pl.col("usd_per_unit").sort_by("date").first().alias("_first"))
-    lf = frame.lazy().with_columns(
-        pl.col(date_col).cast(pl.Date).alias("_d"), pl.col(currency_col).cast(pl.String).alias("_c")
+    table = usd_table(fx_rates)
+
+    def resolve(s: pl.Series) -> pl.Series:
+        return _to_rate(table.usd_per_unit(s.struct.field("d"), s.struct.field("c")), out)
+
+    expr = (
+        pl.struct(pl.col(date_col).alias("d"), pl.col(currency_col).alias("c"))
+        .map_batches(resolve, return_dtype=pl.Float64, is_elementwise=True)
+        .alias(out)
     )
-    # resolve each distinct (date, currency) once, then join back (keeping the row order)
-    keys = (
-        lf.select("_d", "_c")
-        .unique()
-        .filter(pl.col("_d").is_not_null())
-        .sort("_d")
-        .join_asof(
-            rates.rename({"date": "_fd", "currency": "_c", "usd_per_unit": "_r"}),
-            left_on="_d",
-            right_on="_fd",
-            by="_c",
-            strategy="backward",
-            check_sortedness=False,
-        )
-        .join(first.rename({"currency": "_c"}), on="_c", how="left")
-        .select("_d", "_c", pl.coalesce("_r", "_first").alias(out))
-    )
-    result = lf.join(keys, on=["_d", "_c"], how="left", nulls_equal=True, maintain_order="left").drop("_d", "_c")
-    return result.collect() if isinstance(frame, pl.DataFrame) else result
+    return frame.with_columns(expr)
 
 
 def base_per_local_on(
     frame: Frame,
-    fx_rates: pl.DataFrame | pl.LazyFrame,
+    fx_rates: FxRates,
     *,
     date_col: str,
     local_col: str,
@@ -117,17 +168,24 @@ def base_per_local_on(
     """Add column ``out`` = base ccy per unit of the local ccy on ``date_col`` (forward filled).
 
     ``base_per_local = usd_per_unit(local) / usd_per_unit(base)``; 1.0 when local == base.
+    Rows keep their order.
     """
-    lf = frame.lazy()
-    lf = usd_per_unit_on(lf, fx_rates, date_col=date_col, currency_col=local_col, out="_usd_local")
-    lf = usd_per_unit_on(lf, fx_rates, date_col=date_col, currency_col=base_col, out="_usd_base")
-    lf = lf.with_columns(
-        pl.when(pl.col(local_col) == pl.col(base_col))
-        .then(pl.lit(1.0))
-        .otherwise(pl.col("_usd_local") / pl.col("_usd_base"))
-        .alias(out)
-    ).drop("_usd_local", "_usd_base")
-    return lf.collect() if isinstance(frame, pl.DataFrame) else lf
+    table = usd_table(fx_rates)
+    same = pl.col(local_col).cast(pl.String) == pl.col(base_col).cast(pl.String)
+    if isinstance(frame, pl.DataFrame):
+        # eager: resolve the columns directly (no per-batch Python call inside the engine)
+        d = frame[date_col]
+        rate = table.usd_per_unit(d, frame[local_col]) / table.usd_per_unit(d, frame[base_col])
+        return frame.with_columns(pl.when(same).then(pl.lit(1.0)).otherwise(_to_rate(rate, out)).alias(out))
+
+    def resolve(s: pl.Series) -> pl.Series:
+        d = s.struct.field("d")
+        rate = table.usd_per_unit(d, s.struct.field("l")) / table.usd_per_unit(d, s.struct.field("b"))
+        return _to_rate(rate, out)
+
+    ratio = pl.struct(pl.col(date_col).alias("d"), pl.col(local_col).alias("l"), pl.col(base_col).alias("b"))
+    ratio = ratio.map_batches(resolve, return_dtype=pl.Float64, is_elementwise=True)
+    return frame.with_columns(pl.when(same).then(pl.lit(1.0)).otherwise(ratio).alias(out))
 
 
 def usd_per_unit_grid(

@@ -34,7 +34,7 @@ import polars as pl
 
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, POSITIONS_SCHEMA
-from transforms.fx import as_of_date, as_utc, base_per_local_on
+from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, usd_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -50,7 +50,7 @@ def positions(
     lots: AnyFrame,
     cash_ledger: AnyFrame,
     prices: AnyFrame,
-    fx_rates: AnyFrame,
+    fx_rates: FxRates,
     instruments: AnyFrame,
     portfolios: AnyFrame,
     as_of: datetime,
@@ -61,11 +61,14 @@ def positions(
     ``as_of`` is taken as UTC. Sorted by (portfolio_id, position_type, instrument_id).
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
+    fx = usd_table(fx_rates)  # cleaned once, used by the three conversions below
     ccy = instruments.lazy().select("instrument_id", "currency")
     base = portfolios.lazy().select("portfolio_id", "base_currency")
     short = pl.col("position_type") == "SHORT"
     sign = pl.when(short).then(pl.lit(-1.0)).otherwise(pl.lit(1.0))
 
+    # Eager from here on: each step is collected once (the fx look-ups read the rows they get,
+    # so a lazy plan would scan its input twice).
     open_lots = (
         lots.lazy()
         .filter(
@@ -81,10 +84,10 @@ def positions(
             pl.col("open_ts").dt.date().alias("_open_date"),
             sign.alias("_sign"),
         )
+        .collect()
     )
     open_lots = base_per_local_on(
-        open_lots, fx_rates, date_col="_open_date", local_col="currency", base_col="base_currency",
-        out="_fx_open",
+        open_lots, fx, date_col="_open_date", local_col="currency", base_col="base_currency", out="_fx_open"
     )
     held = open_lots.group_by("portfolio_id", "instrument_id", "position_type").agg(
         pl.col("currency").first(),
@@ -104,13 +107,14 @@ def positions(
             pl.col("close").sort_by("date").last().alias("_close"),
             pl.col("date").max().alias("_close_date"),
         )
+        .collect()
     )
     held = held.join(last_close, on="instrument_id", how="left").with_columns(
         pl.coalesce("_close", "_fallback_price").alias("price"),
         pl.coalesce("_close_date", "_fallback_date").alias("price_date"),
     )
     held = base_per_local_on(
-        held, fx_rates, date_col="price_date", local_col="currency", base_col="base_currency"
+        held, fx, date_col="price_date", local_col="currency", base_col="base_currency"
     ).with_columns(
         (pl.col("quantity") * pl.col("price") * pl.col("fx_rate")).alias("market_value"),
         (pl.col("_local_basis") / pl.col("quantity").abs()).alias("average_cost"),
@@ -121,9 +125,10 @@ def positions(
         .lazy()
         .join(base, on="portfolio_id", how="left")
         .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("price_date"))
+        .collect()
     )
     cash = base_per_local_on(
-        cash, fx_rates, date_col="price_date", local_col="currency", base_col="base_currency"
+        cash, fx, date_col="price_date", local_col="currency", base_col="base_currency"
     ).select(
         "portfolio_id",
         pl.concat_str(pl.lit("CASH:"), pl.col("currency")).alias("instrument_id"),
@@ -140,7 +145,7 @@ def positions(
     )
 
     cols = [c for c in POSITIONS_SCHEMA if c not in ("unrealized_pnl", "weight")]
-    rows = pl.concat([held.select(cols), cash.select(cols)], how="vertical_relaxed").with_columns(
+    rows = pl.concat([held.lazy().select(cols), cash.lazy().select(cols)], how="vertical_relaxed").with_columns(
         (pl.col("market_value") - pl.col("cost_basis")).alias("unrealized_pnl")
     )
     return (

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA
-from transforms.fx import as_of_date, as_utc, base_per_local_on
+from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, usd_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 WEIGHTS_DTYPE = PORTFOLIO_STATE_SCHEMA["weights"]
@@ -52,7 +53,7 @@ def portfolio_state(
     realized_pnl: AnyFrame,
     portfolios: AnyFrame,
     as_of: datetime,
-    fx_rates: AnyFrame,
+    fx_rates: FxRates,
     *,
     instruments: AnyFrame,
     cash_ledger: AnyFrame,
@@ -65,6 +66,7 @@ def portfolio_state(
     Sorted by portfolio_id.
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
+    fx = usd_table(fx_rates)
     base = portfolios.lazy().select("portfolio_id", pl.col("base_currency").fill_null(BASE_CURRENCY))
     pos = positions.lazy()
     mv = pl.col("market_value")
@@ -94,7 +96,7 @@ def portfolio_state(
         pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("_day")
     )
     settled = (
-        base_per_local_on(balances, fx_rates, date_col="_day", local_col="currency", base_col="base_currency")
+        base_per_local_on(balances.collect(), fx, date_col="_day", local_col="currency", base_col="base_currency")
         .group_by("portfolio_id")
         .agg(
             (pl.col("settled_cash") * pl.col("fx_rate")).sum().alias("settled_cash"),
@@ -102,25 +104,62 @@ def portfolio_state(
             (pl.col("pending_cash") * pl.col("fx_rate")).sum().alias("pending_cash"),
             pl.col("last_ts").max().alias("_cash_updated"),
         )
+        .lazy()
     )
 
-    ccy = instruments.lazy().select("instrument_id", "currency")
+    # Realised P&L. The rows come grouped by (portfolio, instrument) from the ledger, so the
+    # currencies are resolved once per run of equal keys (any order is correct, grouped is fast),
+    # the fx rate per row from per-currency searches over the small fx table, and the sum runs
+    # on an integer portfolio key rather than on strings.
     closes = (
         realized_pnl.lazy()
         .filter(pl.col("close_ts") <= moment)
-        .join(ccy, on="instrument_id", how="left")
-        .join(base, on="portfolio_id", how="left")
+        .select(
+            "portfolio_id",
+            "instrument_id",
+            "close_ts",
+            "realized_pnl",
+            pl.struct("portfolio_id", "instrument_id").rle_id().alias("_run"),
+        )
+        .collect()
+    )
+    run = closes["_run"].to_numpy()
+    starts = np.flatnonzero(np.diff(run, prepend=-1) != 0)
+    runs = (
+        closes.select("portfolio_id", "instrument_id")
+        .gather(starts)
+        .join(instruments.lazy().select("instrument_id", "currency").collect(), on="instrument_id", how="left",
+              maintain_order="left")
+        .join(base.collect(), on="portfolio_id", how="left", maintain_order="left")
         .with_columns(
-            pl.col("base_currency").fill_null(BASE_CURRENCY), pl.col("close_ts").dt.date().alias("_close_date")
+            pl.col("base_currency").fill_null(BASE_CURRENCY),
+            pl.col("portfolio_id").rank("dense").cast(pl.Int64).alias("_p"),
         )
     )
+    ccys = sorted(set(runs["currency"].drop_nulls()) | set(runs["base_currency"]))
+    code = {c: k for k, c in enumerate(ccys)}
+    local = runs["currency"].replace_strict(code, default=-1, return_dtype=pl.Int64).to_numpy()[run]
+    base_ccy = runs["base_currency"].replace_strict(code, return_dtype=pl.Int64).to_numpy()[run]
+    day = closes["close_ts"].dt.date().to_physical().cast(pl.Int64).to_numpy()
+    usd_local, usd_base = np.full(run.size, np.nan), np.full(run.size, np.nan)
+    for c, k in code.items():
+        m = local == k
+        usd_local[m] = fx.lookup(c, day[m])
+        m = base_ccy == k
+        usd_base[m] = fx.lookup(c, day[m])
+    with np.errstate(invalid="ignore"):
+        rate = np.where(local == base_ccy, 1.0, usd_local / usd_base)
     realized = (
-        base_per_local_on(closes, fx_rates, date_col="_close_date", local_col="currency", base_col="base_currency")
-        .group_by("portfolio_id")
-        .agg(
-            (pl.col("realized_pnl") * pl.col("fx_rate")).sum().alias("realized_pnl"),
-            pl.col("close_ts").max().alias("_realized_updated"),
+        closes.select(
+            pl.Series("_p", runs["_p"].to_numpy()[run]),
+            (pl.col("realized_pnl") * pl.Series(rate).fill_nan(None)).alias("realized_pnl"),
+            "close_ts",
         )
+        .group_by("_p")
+        .agg(pl.col("realized_pnl").sum(), pl.col("close_ts").max().alias("_realized_updated"))
+        .join(runs.select("_p", "portfolio_id").unique("_p"), on="_p")
+        .drop("_p")
+        .lazy()
     )
 
     state = (
