@@ -73,13 +73,20 @@ class LotStore:
     Priority inside a book is the sort key (``k1``, ``tie``): ``k1`` is minus the per-unit
     tax basis for HIFO lots (0 otherwise) and ``tie`` is the event position (negated for LIFO)
     shifted left with the piece number in the low bits. Partial closes release basis pro rata,
-    so a lot's key only changes when a wash sale adds to its basis (``refresh_keys``).
+    so a lot's key only changes when a wash sale adds to its basis (``refresh_k1``).
+
+    Wash-sale pieces are only ever split off opened lots (a piece has absorbed a loss, so it is
+    never a replacement itself); ``root`` is the opened lot a row belongs to (itself for an
+    opened lot) and ``mark`` a scratch mask over the opened lots, False between uses.
     """
 
     _FLOAT = ("open_price", "orig", "rem", "cost", "wadj", "k1")
     _INT = ("bk", "oseq", "split", "open_ts", "hstart", "open_date", "avail_round",
-            "last_round", "nsplit", "closed_ts", "tie", "key")
+            "last_round", "nsplit", "closed_ts", "tie", "key", "root")
     _BOOL = ("is_long", "wash", "used", "closed")
+    # what a wash-sale piece inherits from its parent (``append_pieces``)
+    _IDENTITY = ("bk", "oseq", "is_long", "open_ts", "open_price", "open_date", "avail_round",
+                 "last_round", "method", "wash", "root", "tie", "key")
 
     def __init__(self, lots: pl.DataFrame, n_events: int, day_lo: int, day_hi: int):
         # opening trades arrive in event order, which is (book, event) order: sort only if not
@@ -107,6 +114,10 @@ class LotStore:
                 if c in g.columns:
                     arr[:n] = g.get_column(c).to_numpy()
                 setattr(self, c, arr)
+        # the opened lot a row belongs to (itself, or the parent of a wash-sale piece), and a
+        # scratch mask over the opened lots (all False between uses)
+        self.root[:n] = np.arange(n)
+        self.mark = np.zeros(n, np.bool_)
         # date window search key over the original lots (open dates ascend inside a book)
         self.day_min = day_lo - 4 * WASH_WINDOW_DAYS
         self.day_span = day_hi - self.day_min + 4 * WASH_WINDOW_DAYS
@@ -129,8 +140,22 @@ class LotStore:
         if self.packed:
             self.key[idx] = self.bk[idx] * self.tie_span + self.tie[idx] + (self.tie_span >> 1)
 
-    def append_copies(self, parents: np.ndarray) -> np.ndarray:
-        """New lots copying every column of ``parents``; returns their indices."""
+    def refresh_k1(self, idx: np.ndarray) -> None:
+        """Recompute the basis part ``k1`` of the keys of lots ``idx`` (after a basis change:
+        the event-order part ``tie`` does not change)."""
+        if idx.size == 0:
+            return
+        rem = self.rem[idx]
+        ptb = (self.cost[idx] + self.wadj[idx]) / np.where(rem > 0, rem, 1.0)
+        self.k1[idx] = np.where(self.method[idx] == 2, -ptb, 0.0)
+
+    def append_pieces(self, parents: np.ndarray) -> np.ndarray:
+        """New lots for wash-sale pieces of the opened lots ``parents``; returns their indices.
+
+        Only the inherited columns (``_IDENTITY``) are copied, with the parent's priority key
+        shifted by the piece number (a parent has piece number 0, so this equals
+        ``refresh_keys``' tie and key); the caller sets the piece number (``split``, the amount
+        it adds to the keys), quantities, basis, holding start, flags and ``k1``."""
         k = parents.size
         if k == 0:
             return np.zeros(0, np.int64)
@@ -141,12 +166,12 @@ class LotStore:
                 arr = np.zeros(cap, old.dtype)
                 arr[: self.n] = old[: self.n]
                 setattr(self, c, arr)
-        new = np.arange(self.n, self.n + k)
-        for c in (*self._FLOAT, *self._INT, *self._BOOL, "method"):
+        new = slice(self.n, self.n + k)
+        for c in self._IDENTITY:
             arr = getattr(self, c)
             arr[new] = arr[parents]
         self.n += k
-        return new
+        return np.arange(new.start, new.stop)
 
     def order(self, w: np.ndarray, hifo: bool) -> np.ndarray:
         """``w`` sorted by (book, priority)."""
@@ -154,13 +179,33 @@ class LotStore:
             return w[np.argsort(self.key[w], kind="stable")]
         return w[np.lexsort((self.tie[w], self.k1[w], self.bk[w]))]
 
+    def output_order(self) -> np.ndarray:
+        """Store indices in (book, event order, piece number) order, without a sort.
+
+        Pieces are only ever split off opened lots (a piece has absorbed a loss, so it is never
+        a replacement again) and a lot's pieces are numbered 1..nsplit, so a row's place is
+        its opened lot's place, shifted by the pieces of earlier lots, plus its piece number.
+        Falls back to a sort if that ever does not give a permutation."""
+        n, n0 = self.n, self.n_orig
+        if n == n0:
+            return np.arange(n)
+        width = self.nsplit[:n0] + 1
+        start = np.cumsum(width) - width
+        pos = start[self.root[:n]] + self.split[:n]
+        if pos.size and int(pos.max()) < n and (np.bincount(pos, minlength=n) == 1).all():
+            order = np.empty(n, np.int64)
+            order[pos] = np.arange(n)
+            return order
+        return np.lexsort((self.split[:n], self.oseq[:n], self.bk[:n]))
+
     def frame(self) -> pl.DataFrame:
+        """The lot state, in (book, event order, piece number) order."""
         n = self.n
         cols = {c: getattr(self, c)[:n] for c in (
             "bk", "oseq", "split", "is_long", "open_price", "orig", "rem", "cost",
             "wadj", "avail_round", "last_round", "wash", "used", "nsplit", "method")}
         closed = self.closed[:n]
-        return pl.DataFrame(cols).with_columns(
+        f = pl.DataFrame(cols).with_columns(
             lk=pl.int_range(n, dtype=pl.Int64),
             open_ts=pl.Series(self.open_ts[:n]).cast(TS),
             hstart=pl.Series(self.hstart[:n].astype(np.int32)).cast(pl.Date),
@@ -168,6 +213,8 @@ class LotStore:
             closed_ts=pl.when(pl.Series(closed))
             .then(pl.Series(self.closed_ts[:n]).cast(TS)),
         ).select(LOT_STATE)
+        # pieces sit at the end: one (multi-threaded) Polars gather puts them in place
+        return f if n == self.n_orig else f[pl.Series(self.output_order())]
 
 
 def replay_rounds(
@@ -182,7 +229,9 @@ def replay_rounds(
     when they become available and leave when exhausted, so a round costs the open lots of
     the books still closing, not the whole history.
 
-    Returns (lot state, realised rows, rejections ``c_seq, _code, _avail``).
+    Returns (lot state in (book, event order, piece) order; realised rows ``REAL_STATE``
+    plus the lot's store index ``lk``, in (close event order, allocation order); rejections
+    ``c_seq, _code, _avail``).
     """
     if closes.height == 0:
         return lots, _empty_real(), pl.DataFrame(schema=_REJ_SCHEMA)
@@ -300,12 +349,18 @@ def replay_rounds(
                 S, a_c, a_lot, tk, tax_res, loss, cbk, C["c_date"][c0:c1], hstart
             )
             if children.size:
-                now = S.avail_round[children] <= k
+                ar = S.avail_round[children]
+                now = ar <= k
                 ready.append(children[now])
-                for r_k, grp in pl.DataFrame(
-                    {"r": S.avail_round[children[~now]], "i": children[~now]}
-                ).partition_by("r", as_dict=True).items():
-                    pending.setdefault(int(r_k[0]), []).append(grp["i"].to_numpy())
+                if not now.all():
+                    # group the later pieces by the round they become available (a numpy
+                    # sort + split: a Polars frame per round cost more than the round)
+                    later, ar = children[~now], ar[~now]
+                    o = np.argsort(ar, kind="stable")
+                    later, ar = later[o], ar[o]
+                    cut = np.flatnonzero(ar[1:] != ar[:-1]) + 1
+                    for r_k, grp in zip(ar[np.r_[0, cut]].tolist(), np.split(later, cut)):
+                        pending.setdefault(r_k, []).append(grp)
             resort = hifo and adjusted.size > 0
         else:
             dis = np.zeros(tk.size)
@@ -326,6 +381,21 @@ def replay_rounds(
         real = _empty_real()
     else:
         o = {c: np.concatenate(v) for c, v in out.items()}
+        # emit in close (event) order, each close's rows in allocation order: a close's rows
+        # are contiguous within its round, so each row's place is the rows of earlier closes
+        # plus its allocation index (a counting sort, not a sort of every row)
+        cs = closes.get_column("c_seq").to_numpy()
+        if cs.size < 2 or (cs[1:] > cs[:-1]).all():
+            rank = c_ord
+        else:
+            inv = np.empty(cs.size, np.int64)
+            inv[np.argsort(cs, kind="stable")] = np.arange(cs.size)
+            rank = inv[c_ord]
+        cnt = np.zeros(cs.size, np.int64)
+        cnt[rank] = np.bincount(o["ci"], minlength=cs.size)
+        start = np.cumsum(cnt) - cnt
+        perm = np.empty(o["ci"].size, np.int64)
+        perm[start[rank[o["ci"]]] + o["aidx"]] = np.arange(o["ci"].size)
         g, lot = o["ci"], o["lot"]
         real = pl.DataFrame(
             {
@@ -344,8 +414,12 @@ def replay_rounds(
                 "disallowed": o["dis"],
                 "hstart": pl.Series(o["hstart"].astype(np.int32)).cast(pl.Date),
                 "alloc_idx": o["aidx"],
+                "lk": lot,  # the lot's store index (= ``lk`` of the lot state)
             }
-        ).select(REAL_STATE)
+        ).select(*REAL_STATE, "lk")
+        # the reordering is one (multi-threaded) Polars gather: numpy gathers per column
+        # cost twice as much
+        real = real[pl.Series(perm)]
     if rej:
         rejected = pl.DataFrame(
             {

@@ -387,6 +387,27 @@ def _open_lots(work: pl.DataFrame) -> pl.DataFrame:
 
 # --- the round engine -------------------------------------------------------------------------
 
+def _long_term(real: pl.DataFrame) -> pl.Series:
+    """``c_date > hstart.offset_by("1y")`` per realised row.
+
+    Holding starts span a few thousand days, so the calendar offset is computed once per day
+    of that range (Polars ``offset_by``: Feb 29 + 1y = Feb 28) and looked up by day number,
+    rather than once per row."""
+    hs = real.get_column("hstart").to_physical().to_numpy()
+    if hs.size == 0:
+        return pl.Series("_long", [], dtype=pl.Boolean)
+    lo, hi = int(hs.min()), int(hs.max())
+    table = (
+        pl.int_range(lo, hi + 1, dtype=pl.Int32, eager=True)
+        .cast(pl.Date)
+        .dt.offset_by("1y")
+        .to_physical()
+        .to_numpy()
+    )
+    cd = real.get_column("c_date").to_physical().to_numpy()
+    return pl.Series("_long", cd > table[hs - lo])
+
+
 def _assemble(
     orig: pl.DataFrame,
     reasons: pl.DataFrame,
@@ -429,15 +450,20 @@ def _assemble(
 
     lots = pl.concat([p.select(LOT_STATE) for p in lots_parts])
     split = lots.get_column("split")
-    if split.len() and split.max() > 0:  # the store appends split-off pieces at the end
+    # the engine returns lots in (book, event order, piece) order already; sort only if not
+    key = (lots.get_column("oseq").to_numpy() << 20) + split.to_numpy()
+    bk = lots.get_column("bk").to_numpy()
+    if key.size > 1 and not ((key[1:] > key[:-1]).all() and (bk[1:] >= bk[:-1]).all()):
         lots = lots.sort("bk", "oseq", "split")
         split = lots.get_column("split")
     r_open = rows(lots.get_column("oseq"))
     open_id = trade_id.gather(r_open)
+    lots_lot_id = lot_id(open_id, split)
+    lk = lots.get_column("lk").to_numpy()
     lots = lots.select(
         portfolio_id=pid.gather(r_open),
         instrument_id=iid.gather(r_open),
-        lot_id=lot_id(open_id, split),
+        lot_id=lots_lot_id,
         position_type=side,
         strategy_id=strategy.gather(r_open),
         open_trade_id=open_id,
@@ -456,17 +482,29 @@ def _assemble(
     ).select([pl.col(c).cast(d) for c, d in LOTS_SCHEMA.items()])
 
     # event position orders books (bk ascends with seq), so (c_seq, alloc_idx) is the order;
-    # the rounds emit each close's rows contiguously in allocation order: a stable sort by
-    # c_seq is enough
-    real = pl.concat([p.select(REAL_STATE) for p in real_parts])
-    real = real[pl.Series(np.argsort(real.get_column("c_seq").to_numpy(), kind="stable"))]
+    # the engine emits the rows in that order (a stable sort by c_seq restores it otherwise).
+    # A realised row's lot_id is its lot's: gather the lots' strings by the lot key (``lk``,
+    # unique within one engine run) instead of formatting them again
+    by_lk = len(lots_parts) == 1 and all("lk" in p.columns for p in real_parts)
+    real = pl.concat([p.select(*REAL_STATE, *(["lk"] if by_lk else [])) for p in real_parts])
+    cs = real.get_column("c_seq").to_numpy()
+    if cs.size > 1 and not (cs[1:] >= cs[:-1]).all():  # the engine emits them in this order
+        real = real[pl.Series(np.argsort(cs, kind="stable"))]
     r_close = rows(real.get_column("c_seq"))
-    long_term = pl.col("c_date") > pl.col("hstart").dt.offset_by("1y")
+    if by_lk and real.height:
+        pos = np.zeros(int(lk.max()) + 1 if lk.size else 1, np.int64)
+        pos[lk] = np.arange(lk.size)
+        real_lot_id = lots_lot_id.gather(pos[real.get_column("lk").to_numpy()])
+    else:
+        real_lot_id = lot_id(
+            trade_id.gather(rows(real.get_column("oseq"))), real.get_column("split")
+        )
+    real = real.with_columns(_long=_long_term(real))
     real = real.select(
         portfolio_id=pid.gather(r_close),
         instrument_id=iid.gather(r_close),
         trade_id=trade_id.gather(r_close),
-        lot_id=lot_id(trade_id.gather(rows(real.get_column("oseq"))), real.get_column("split")),
+        lot_id=real_lot_id,
         position_type=side,
         close_ts="c_ts",
         quantity="take",
@@ -478,7 +516,7 @@ def _assemble(
         taxable_pnl=pl.col("realized") - pl.col("wadj_rel") + pl.col("disallowed"),
         holding_start="hstart",
         holding_days=(pl.col("c_date") - pl.col("hstart")).dt.total_days(),
-        term=pl.when(long_term).then(pl.lit("LONG")).otherwise(pl.lit("SHORT")),
+        term=pl.when("_long").then(pl.lit("LONG")).otherwise(pl.lit("SHORT")),
     ).select([pl.col(c).cast(d) for c, d in REALIZED_PNL_SCHEMA.items()])
 
     # ledger rejections get their words here, from the few rejected rows only

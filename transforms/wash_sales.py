@@ -65,6 +65,14 @@ def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:
     return np.repeat(first, np.diff(np.append(first, n)))
 
 
+def _lex_key(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """(group, value) as one sortable key: complex numbers order by real, then imaginary part."""
+    key = np.empty(group.size, np.complex128)
+    key.real = group
+    key.imag = value
+    return key
+
+
 def _segmented_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Inclusive cumulative sum restarting at each group (``starts`` from ``_group_starts``)."""
     cum = np.cumsum(values)
@@ -112,7 +120,10 @@ def apply_wash_sales(
 
     # replacement candidates: opened lots of the book within the window (a sorted range of
     # the original lots); split-off pieces have always absorbed a loss, so never qualify
-    sales = np.unique(l_close)
+    # alloc_close ascends (rows are grouped by close in close order): unique without a sort
+    first_l = np.ones(l_close.size, bool)
+    np.not_equal(l_close[1:], l_close[:-1], out=first_l[1:])
+    sales = l_close[first_l]
     span = store.day_span
     base = close_bk[sales] * span + (close_date[sales] - store.day_min)
     lo = np.searchsorted(store.orig_key, base - WASH_WINDOW_DAYS, "left")
@@ -124,11 +135,15 @@ def apply_wash_sales(
     sale_of = np.repeat(np.arange(sales.size), counts)
     cand = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
     keep = store.wash[cand] & ~store.used[cand] & (store.rem[cand] > 0)
-    # shares from a lot this sale consumed are not replacements for it
-    sold = np.isin(alloc_close, sales)
-    n_ev = np.int64(store.n_events + 1)
-    consumed = alloc_close[sold].astype(np.int64) * n_ev + store.oseq[alloc_lot[sold]]
-    keep &= ~np.isin(sales[sale_of].astype(np.int64) * n_ev + store.oseq[cand], consumed)
+    # shares from a lot this sale consumed are not replacements for it. A book has one close
+    # per round and a lot one book, so "consumed by this sale" is "consumed this round":
+    # flag the opened lot (``root``) of every consumed piece on a scratch mask (a set
+    # membership test without hashing), test the candidates, clear the flags.
+    roots = store.root[alloc_lot]
+    mark = store.mark
+    mark[roots] = True
+    keep &= ~mark[cand]
+    mark[roots] = False
     cand, sale_of = cand[keep], sale_of[keep]
     if cand.size == 0:
         return disallowed, none, none
@@ -136,25 +151,39 @@ def apply_wash_sales(
     c1 = _segmented_cumsum(r_rem, _group_starts(sale_of))
     c0 = c1 - r_rem
 
-    # pair loss shares with replacement shares by overlap of the cumulative intervals:
-    # every loss row of a sale against every candidate of the same sale
+    # pair loss shares with replacement shares by overlap of the cumulative intervals. The
+    # candidates overlapping loss row (a0, a1] of a sale are those of the sale with c1 > a0
+    # and c0 < a1: one contiguous range, found by two searches on (sale, c) keys (complex
+    # numbers order lexicographically: real part = sale, imaginary part = cumulative
+    # quantity). Every pair outside the range has no positive overlap, so enumerating only the
+    # range keeps exactly the pairs the overlap filter below would keep, in the same order.
     l_sale = np.searchsorted(sales, l_close)
-    r_count = np.bincount(sale_of, minlength=sales.size)
-    r_first = np.searchsorted(sale_of, np.arange(sales.size))
-    per_l = r_count[l_sale]
+    ck0 = _lex_key(sale_of, c0)
+    if ck0.size < 2 or (ck0[1:] >= ck0[:-1]).all():
+        lo = np.searchsorted(_lex_key(sale_of, c1), _lex_key(l_sale, a0), "right")
+        per_l = np.maximum(np.searchsorted(ck0, _lex_key(l_sale, a1), "left") - lo, 0)
+    else:  # c0 not monotone (float rounding): every candidate of the sale
+        r_count = np.bincount(sale_of, minlength=sales.size)
+        lo = np.searchsorted(sale_of, np.arange(sales.size))[l_sale]
+        per_l = r_count[l_sale]
     n_pairs = int(per_l.sum())
     if n_pairs == 0:
         return disallowed, none, none
     pl_i = np.repeat(np.arange(li_rows.size), per_l)
-    pr_i = np.repeat(r_first[l_sale] - np.cumsum(per_l) + per_l, per_l) + np.arange(n_pairs)
+    pr_i = np.repeat(lo - np.cumsum(per_l) + per_l, per_l) + np.arange(n_pairs)
     m = np.minimum(a1[pl_i], c1[pr_i]) - np.maximum(a0[pl_i], c0[pr_i])
     ok = m > EPS * take_s[pl_i]
     pl_i, pr_i, m = pl_i[ok], pr_i[ok], m[ok]
     if m.size == 0:
         return disallowed, none, none
     lot = cand[pr_i]
-    order = np.lexsort((a0[pl_i], lot))
-    pl_i, lot, m = pl_i[order], lot[order], m[order]
+    # pairs by (replacement lot, loss order). The ranges above move forward with the loss
+    # rows (a staircase), so the pairs usually come in that order already: check, sort if not
+    a0_p = a0[pl_i]
+    d_lot = lot[1:] - lot[:-1]
+    if not ((d_lot > 0) | ((d_lot == 0) & (a0_p[1:] >= a0_p[:-1]))).all():
+        order = np.lexsort((a0_p, lot))
+        pl_i, lot, m = pl_i[order], lot[order], m[order]
     dis = loss_s[pl_i] * m / take_s[pl_i]
     # the replacement inherits the sold lot's holding period
     held = close_date[l_close[pl_i]] - sold_hstart[li_rows[pl_i]]
@@ -173,20 +202,25 @@ def apply_wash_sales(
     # split-off pieces become new lots that copy the parent's identity
     child = ~in_place
     parent = lot[child]
-    children = store.append_copies(parent)
+    children = store.append_pieces(parent)
     if children.size:
+        new = slice(int(children[0]), int(children[-1]) + 1)  # appended: a contiguous range
         cm = m[child]
         cost = store.cost[parent] * cm / rem_before[child]
-        store.split[children] = store.nsplit[parent] + piece_idx[child] + 1
-        store.cost[children] = cost
-        store.orig[children] = cm
-        store.rem[children] = cm
-        store.wadj[children] = dis[child]
-        store.hstart[children] = new_hstart[child]
-        store.used[children] = True
-        store.nsplit[children] = 0
-        store.closed[children] = False
-        store.refresh_keys(children)
+        split = store.nsplit[parent] + piece_idx[child] + 1
+        store.split[new] = split
+        store.tie[new] += split
+        store.key[new] += split
+        store.cost[new] = cost
+        store.orig[new] = cm
+        store.rem[new] = cm
+        store.wadj[new] = dis[child]
+        store.hstart[new] = new_hstart[child]
+        store.used[new] = True
+        store.nsplit[new] = 0
+        store.closed[new] = False
+        store.closed_ts[new] = 0
+        store.refresh_k1(children)
 
     # the parents keep the unmatched remainder (or absorb the last piece in place)
     parents = lot[first == np.arange(lot.size)]
@@ -204,5 +238,5 @@ def apply_wash_sales(
     store.hstart[ip] = new_hstart[last[has_ip]]
     store.used[ip] = True
     store.rem[parents] = new_rem
-    store.refresh_keys(ip)
+    store.refresh_k1(ip)
     return disallowed, children, ip

@@ -356,6 +356,25 @@ def test_term_around_one_year():
     assert (s2["holding_days"], s2["term"]) == (366, "LONG")
 
 
+def test_term_lookup_equals_calendar_offset_per_row():
+    """The per-day lookup of ``hstart + 1y`` equals Polars' per-row ``offset_by("1y")``
+    (Feb 29 + 1y = Feb 28), on every holding start of a span crossing leap years."""
+    from transforms.lots import _long_term
+
+    starts = pl.date_range(date(2019, 12, 1), date(2025, 3, 31), eager=True)
+    hstart = pl.concat([starts, starts, starts])
+    year_on = starts.dt.offset_by("1y")
+    # closes a day before, on and after the anniversary
+    c_date = pl.concat([year_on + timedelta(days=d) for d in (-1, 0, 1)])
+    real = pl.DataFrame({"hstart": hstart, "c_date": c_date})
+    expected = real.select(pl.col("c_date") > pl.col("hstart").dt.offset_by("1y")).to_series()
+    assert _long_term(real).to_list() == expected.to_list()
+    assert _long_term(real.head(0)).len() == 0
+    leap = pl.DataFrame({"hstart": [date(2020, 2, 29)] * 2,
+                         "c_date": [date(2021, 2, 28), date(2021, 3, 1)]})
+    assert _long_term(leap).to_list() == [False, True]
+
+
 def test_same_timestamp_opening_side_first():
     moment = ts("2024-01-02")
     # the SELL's id sorts first and it comes first in the input: the BUY still goes first
