@@ -739,6 +739,11 @@ def _cash_flows(cal: np.ndarray, inst: dict, port: dict, keys: dict, trades: dic
         parts_inst.append(np.full(p.size, -1) if instrument is None else instrument)
         parts_sec.append(np.full(p.size, second) if np.isscalar(second) else second)
 
+    def gathered():
+        """The flows added so far: (portfolio, day, type, amount, instrument, second)."""
+        parts = (parts_p, parts_day, parts_type, parts_amt, parts_inst, parts_sec)
+        return tuple(np.concatenate(part) for part in parts)
+
     # monthly INTEREST and management FEE (0.75% a year) at month end, within the flow window
     pm_p = np.repeat(np.arange(n_p), month_end.size)
     pm_d = np.tile(month_end, n_p)
@@ -776,12 +781,7 @@ def _cash_flows(cal: np.ndarray, inst: dict, port: dict, keys: dict, trades: dic
     ok = (lots_held > 0) & (amount >= 0.01)
     add(keys["p"][dk[ok]], dd[ok], 2, amount[ok], di[ok], second=79_200)
 
-    p = np.concatenate(parts_p)
-    day = np.concatenate(parts_day)
-    ftype = np.concatenate(parts_type)
-    amt = np.concatenate(parts_amt)
-    fi = np.concatenate(parts_inst)
-    sec = np.concatenate(parts_sec)
+    p, day, ftype, amt, fi, sec = gathered()
     # base-currency cash by (portfolio, day): trades and the flows above
     flow_ccy = np.where(fi >= 0, inst["currency"][np.maximum(fi, 0)], base[p])
     signed = np.where(np.isin(ftype, (1, 4)), -amt, amt)
@@ -804,12 +804,7 @@ def _cash_flows(cal: np.ndarray, inst: dict, port: dict, keys: dict, trades: dic
     ok = left > 1.0
     add(closed[ok], nxt[ok], 1, np.floor(left[ok] * 98.0) / 100.0,
         second=np.where(nxt[ok] > cd[ok], 46_800, 84_600))
-    p = np.concatenate(parts_p)
-    day = np.concatenate(parts_day)
-    ftype = np.concatenate(parts_type)
-    amt = np.concatenate(parts_amt)
-    fi = np.concatenate(parts_inst)
-    sec = np.concatenate(parts_sec)
+    p, day, ftype, amt, fi, sec = gathered()
     ccy = np.where(fi >= 0, inst["currency"][np.maximum(fi, 0)], base[p])
     ts_us = cal[day] * _DAY_US + sec.astype(np.int64) * 1_000_000
     order = np.lexsort((fi, ftype, p, ts_us))
