@@ -37,3 +37,11 @@ def test_resources_follow_the_data_dir(tmp_path):
     lake = d.resources["lake"]
     assert lake.root == str(tmp_path / "lake")
     assert d.resources["warehouse"].path == str(tmp_path / "warehouse.duckdb")
+
+
+def test_lake_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PORTFOLIO_LAKE_ROOT", str(tmp_path / "elsewhere"))
+    d = build_definitions(str(tmp_path / "data"))
+    assert d.resources["lake"].root == str(tmp_path / "elsewhere")
+    assert d.resources["lake"].uri("silver/lots") == str(tmp_path / "elsewhere" / "silver" / "lots")
+    assert d.resources["warehouse"].path == str(tmp_path / "data" / "warehouse.duckdb")
