@@ -16,8 +16,10 @@ Sign convention (``CASH_LEDGER_SCHEMA``): ``amount`` is local-currency money, + 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from transforms.contract import CASH_LEDGER_SCHEMA, CURRENCY_DECIMALS, DEFAULT_CURRENCY_DECIMALS, TS
@@ -37,12 +39,21 @@ CASH_BALANCES_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def settlement_amount(amount: pl.Expr, currency: pl.Expr = pl.col("currency")) -> pl.Expr:
+def settlement_amount(
+    amount: pl.Expr, currency: pl.Expr = pl.col("currency"), present: Iterable[str] | None = None
+) -> pl.Expr:
     """``amount`` rounded half away from zero to the minor unit of ``currency`` (cents unless
-    ``contract.CURRENCY_DECIMALS`` says otherwise)."""
+    ``contract.CURRENCY_DECIMALS`` says otherwise).
+
+    ``present``, when given, lists every currency the rows can hold (nulls aside); branches for
+    minor units none of them use are left out (each branch is a full pass over the rows).
+    """
     rounded = amount.round(DEFAULT_CURRENCY_DECIMALS, mode="half_away_from_zero")
+    known = None if present is None else set(present)
     for decimals in sorted(set(CURRENCY_DECIMALS.values())):
-        codes = [c for c, d in CURRENCY_DECIMALS.items() if d == decimals]
+        codes = [c for c, d in CURRENCY_DECIMALS.items() if d == decimals and (known is None or c in known)]
+        if not codes:
+            continue
         rounded = pl.when(currency.is_in(codes)).then(amount.round(decimals, mode="half_away_from_zero")).otherwise(rounded)
     return rounded
 
@@ -56,12 +67,14 @@ def cash_ledger(
 
     Entries are sorted by (portfolio_id, ts, entry_id). See the module docstring for signs.
     """
-    ccy = instruments.lazy().select("instrument_id", pl.col("currency"))
+    ccy = instruments.lazy().select("instrument_id", pl.col("currency")).collect()
+    # trades take their currency from this (small) table, so only its currencies need rounding rules
+    present = ccy["currency"].drop_nulls().cast(pl.String).unique().to_list()
     gross = pl.col("quantity") * pl.col("price")
     fees = pl.col("fees").fill_null(0.0)
     trade_entries = (
-        trades.lazy()
-        .join(ccy, on="instrument_id", how="left")
+        _with_currency(trades.lazy().collect(), ccy)
+        .lazy()
         .select(
             "portfolio_id",
             pl.col("trade_id").alias("entry_id"),
@@ -72,7 +85,8 @@ def cash_ledger(
             pl.coalesce("settle_date", pl.col("trade_ts").dt.date()).alias("settle_date"),
             "currency",
             settlement_amount(
-                pl.when(pl.col("side").is_in(PAYING_SIDES)).then(-(gross + fees)).otherwise(gross - fees)
+                pl.when(pl.col("side").is_in(PAYING_SIDES)).then(-(gross + fees)).otherwise(gross - fees),
+                present=present,
             ).alias("amount"),
             pl.lit(False).alias("is_external"),
         )
@@ -91,11 +105,80 @@ def cash_ledger(
         pl.col("type").is_in(EXTERNAL_TYPES).alias("is_external"),
     )
     cast = [pl.col(c).cast(t) for c, t in CASH_LEDGER_SCHEMA.items()]
-    return (
-        pl.concat([trade_entries.select(cast), flow_entries.select(cast)])
-        .sort("portfolio_id", "ts", "entry_id")
-        .collect()
-    )
+    ledger = pl.concat([trade_entries.select(cast), flow_entries.select(cast)]).collect()
+    return _sort_entries(ledger)
+
+
+def _with_currency(trades: pl.DataFrame, ccy: pl.DataFrame) -> pl.DataFrame:
+    """``trades`` with the instrument's ``currency`` (null when unknown), as a left join would.
+
+    Trades come grouped by instrument (lots are built per portfolio and instrument), so the small
+    table is joined to one row per run of equal instrument ids and the result spread back over
+    the runs, instead of hashing every trade. Duplicate instrument ids keep the plain join (it
+    repeats the trade once per match).
+    """
+    if "currency" in trades.columns or ccy["instrument_id"].is_duplicated().any():
+        return trades.join(ccy, on="instrument_id", how="left")
+    if trades.height == 0:
+        return trades.with_columns(pl.lit(None, dtype=ccy.schema["currency"]).alias("currency"))
+    run = trades["instrument_id"].rle_id().to_numpy()
+    run_starts = np.flatnonzero(np.append(True, run[1:] != run[:-1]))
+    run_ids = pl.DataFrame({"instrument_id": trades["instrument_id"].gather(run_starts)})
+    run_ccy = run_ids.join(ccy, on="instrument_id", how="left", maintain_order="left")["currency"]
+    return trades.with_columns(run_ccy.gather(run))
+
+
+_TS_BITS = 52  # low bits of the packed sort key: microseconds since the earliest ts (~142 years)
+
+
+def _sort_entries(ledger: pl.DataFrame) -> pl.DataFrame:
+    """``ledger`` sorted by (portfolio_id, ts, entry_id), nulls first in each (polars' default).
+
+    Sorting on two strings is the cost, so (portfolio_id, ts) is packed into one Int64 key:
+    ``portfolio rank << 52 | 1 + microseconds since the earliest ts`` (rank 0 and offset 0 are
+    kept for nulls, so they still sort first). The key is sorted alone; only the rows that tie on
+    it (entries at the same moment, about a third of a book) are re-sorted by (key, entry_id).
+    Books whose ts span or portfolio count do not fit the key take the plain sort.
+    """
+    if ledger.height == 0:
+        return ledger
+    ledger = ledger.rechunk()  # the lazy concat yields many chunks; gathers across them are slow
+    # trades arrive grouped by portfolio: rank one id per run of equal ids, not every row
+    run = ledger["portfolio_id"].rle_id().to_numpy()
+    run_ids = ledger["portfolio_id"].gather(np.flatnonzero(np.append(True, run[1:] != run[:-1])))
+    portfolios = run_ids.unique().drop_nulls().sort()
+    ts = ledger["ts"].to_physical()
+    lo, hi = ts.min(), ts.max()
+    if lo is None or hi - lo + 1 >= 1 << _TS_BITS or portfolios.len() + 1 >= 1 << (63 - _TS_BITS):
+        return ledger.sort("portfolio_id", "ts", "entry_id")
+    # an Enum over the sorted ids: its physical code follows the string order (null: rank 0)
+    run_rank = run_ids.cast(pl.Enum(portfolios)).to_physical().cast(pl.Int64).fill_null(-1).to_numpy() + 1
+    offset = (ts - lo + 1).fill_null(0).to_numpy()
+    key = (run_rank[run] << _TS_BITS) + offset
+    return ledger.gather(order_by_key_then(key, ledger["entry_id"]))
+
+
+def order_by_key_then(key: np.ndarray, tie_break: pl.Series, rows: np.ndarray | None = None) -> np.ndarray:
+    """Row order (int64 indices) sorting by ``key`` (Int64) then ``tie_break`` (nulls first).
+
+    Sorting a string column is the expensive part, so the integer key is sorted alone and only
+    the rows that share a key with a neighbour are re-sorted by (key, tie_break). ``rows``, when
+    given, says which element of ``tie_break`` belongs to each key (``tie_break[rows[k]]``).
+    """
+    perm = np.argsort(key)  # need not be stable: every tied run is re-sorted below
+    sorted_key = key[perm]
+    same = sorted_key[1:] == sorted_key[:-1]
+    tied = np.zeros(key.size, dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    pos = np.flatnonzero(tied)
+    if pos.size:
+        tied_rows = perm[pos]
+        ties = pl.DataFrame(
+            {"key": sorted_key[pos], "tie": tie_break.gather(tied_rows if rows is None else rows[tied_rows])}
+        )
+        perm[pos] = tied_rows[ties.with_row_index().sort("key", "tie")["index"].to_numpy()]
+    return perm
 
 
 def cash_balances(cash_ledger: pl.DataFrame | pl.LazyFrame, as_of: datetime) -> pl.DataFrame:

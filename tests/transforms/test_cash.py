@@ -133,3 +133,47 @@ def test_no_nan_or_inf_in_float_columns(ledger):
         for name, dtype in frame.schema.items():
             if dtype == pl.Float64:
                 assert frame[name].is_finite().all(), name
+
+
+def test_ledger_sort_breaks_ties_by_entry_id_with_nulls_first():
+    # same (portfolio, ts) across trades and flows, a null ts and a null portfolio: the order is
+    # exactly polars' sort by (portfolio_id, ts, entry_id), nulls first
+    trades = mk("trades", [
+        {"trade_id": t, "portfolio_id": p, "instrument_id": "AAA", "trade_ts": ts(2), "settle_date": date(2024, 1, 4),
+         "side": "BUY", "quantity": 1.0, "price": 1.0}
+        for t, p in (("T9", "P2"), ("T10", "P1"), ("T2", "P1"), ("A1", "P1"))
+    ])
+    flows = mk("cash_flows", [
+        {"flow_id": "F1", "portfolio_id": "P1", "ts": ts(2), "type": "DEPOSIT", "amount": 5.0, "currency": "USD"},
+        {"flow_id": "F0", "portfolio_id": "P1", "ts": None, "type": "FEE", "amount": 1.0, "currency": "USD"},
+        {"flow_id": "F3", "portfolio_id": None, "ts": ts(1), "type": "FEE", "amount": 1.0, "currency": "USD"},
+        {"flow_id": "F2", "portfolio_id": "P2", "ts": ts(1), "type": "DEPOSIT", "amount": 5.0, "currency": "USD"},
+    ])
+    led = cash_ledger(trades, flows, INSTRUMENTS)
+    assert led.equals(led.sort("portfolio_id", "ts", "entry_id"))
+    assert led["entry_id"].to_list() == ["F3", "F0", "A1", "F1", "T10", "T2", "F2", "T9"]
+
+
+def test_ledger_sort_with_a_ts_span_too_wide_to_pack():
+    flows = mk("cash_flows", [
+        {"flow_id": f, "portfolio_id": "P1", "ts": datetime(y, 1, 1, tzinfo=UTC), "type": "DEPOSIT", "amount": 1.0,
+         "currency": "USD"}
+        for f, y in (("F2", 2190), ("F1", 1900), ("F3", 1900))
+    ])
+    led = cash_ledger(TRADES.clear(), flows, INSTRUMENTS)
+    assert led["entry_id"].to_list() == ["F1", "F3", "F2"]
+
+
+def test_trade_amounts_round_to_each_currency_minor_unit():
+    instruments = mk("instruments", [
+        {"instrument_id": "JJJ", "currency": "JPY", "asset_class": "EQUITY", "lot_size": 1},
+        {"instrument_id": "KKK", "currency": "KWD", "asset_class": "EQUITY", "lot_size": 1},
+        {"instrument_id": "AAA", "currency": "USD", "asset_class": "EQUITY", "lot_size": 1},
+    ])
+    trades = mk("trades", [
+        {"trade_id": t, "portfolio_id": "P1", "instrument_id": i, "trade_ts": ts(2), "settle_date": None,
+         "side": "SELL", "quantity": 1.0, "price": 10.12345}
+        for t, i in (("T1", "JJJ"), ("T2", "KKK"), ("T3", "AAA"), ("T4", "ZZZ"))  # ZZZ: unknown, cents
+    ])
+    got = dict(cash_ledger(trades, FLOWS.clear(), instruments).select("entry_id", "amount").iter_rows())
+    assert got == {"T1": 10.0, "T2": 10.123, "T3": 10.12, "T4": 10.12}

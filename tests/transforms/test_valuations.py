@@ -260,3 +260,48 @@ def test_matches_brute_force_oracle_and_nav_identity(book):
     for name, dtype in DAILY_VALUATIONS_SCHEMA.items():
         if dtype == pl.Float64:
             assert got[name].is_finite().all(), name
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_book())
+def test_block_size_does_not_change_any_sum(book):
+    trades, flows, prices, fx, instruments, portfolios = book
+    ledger = cash_ledger(trades, flows, instruments)
+    whole = daily_valuations(trades, ledger, prices, fx, instruments, portfolios)
+    for chunk_rows in (1, 7):
+        assert daily_valuations(trades, ledger, prices, fx, instruments, portfolios, chunk_rows=chunk_rows).equals(whole)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_book())
+def test_negative_closes_match_the_oracle(book):
+    # values per unit of either sign: long / short still follow the holding's sign
+    trades, flows, prices, fx, instruments, portfolios = book
+    prices = prices.with_columns(-pl.col("close"))
+    got = daily_valuations(trades, cash_ledger(trades, flows, instruments), prices, fx, instruments, portfolios)
+    expected = oracle(trades, flows, prices, fx, instruments, portfolios)
+    assert {(p, d) for p, d in got.select("portfolio_id", "date").iter_rows()} == set(expected)
+    for r in got.iter_rows(named=True):
+        for name, e in zip(COLUMNS, expected[(r["portfolio_id"], r["date"])]):
+            assert r[name] == pytest.approx(e, rel=1e-9, abs=1e-6), (r["portfolio_id"], r["date"], name)
+
+
+def test_unquoted_currency_is_null_not_nan():
+    # a holding in a currency fx_rates never quotes: its market values are null, never NaN
+    instruments = land("instruments", [{"instrument_id": "XXX", "currency": "ZZZ"}, {"instrument_id": "CAL", "currency": "USD"}])
+    trades = land("trades", [
+        {"trade_id": "T1", "portfolio_id": "P0", "instrument_id": "XXX", "trade_ts": datetime(2024, 3, 1, 12, tzinfo=UTC),
+         "settle_date": date(2024, 3, 1), "side": "BUY", "quantity": 2.0, "price": 5.0, "fees": 0.0},
+    ])
+    prices = land("prices", [{"instrument_id": "XXX", "date": date(2024, 3, 1), "close": 6.0},
+                             {"instrument_id": "CAL", "date": date(2024, 3, 4), "close": 1.0}])
+    portfolios = land("portfolios", [portfolio("P0", base="USD", inception=date(2024, 3, 1))])
+    fx = land("fx_rates", [{"date": date(2024, 3, 1), "currency": "EUR", "usd_per_unit": 1.1}])
+    got = daily_valuations(trades, cash_ledger(trades, land("cash_flows", []), instruments), prices, fx, instruments,
+                           portfolios)
+    assert got.height == 2
+    assert got["long_market_value"].null_count() == 2 and got["nav"].null_count() == 2
+    assert got["stale_prices"].to_list() == [0, 1]
+    for name, dtype in DAILY_VALUATIONS_SCHEMA.items():
+        if dtype == pl.Float64:
+            assert not got[name].is_nan().any(), name
