@@ -24,6 +24,7 @@ import polars as pl
 
 from transforms.contract import CASH_LEDGER_SCHEMA, CURRENCY_DECIMALS, DEFAULT_CURRENCY_DECIMALS, TS
 from transforms.fx import as_of_date, as_utc
+from transforms.ordering import order_by_key_then
 
 PAYING_SIDES = ("BUY", "BUY_TO_COVER")
 INFLOW_TYPES = ("DEPOSIT", "DIVIDEND", "INTEREST")
@@ -156,29 +157,6 @@ def _sort_entries(ledger: pl.DataFrame) -> pl.DataFrame:
     offset = (ts - lo + 1).fill_null(0).to_numpy()
     key = (run_rank[run] << _TS_BITS) + offset
     return ledger.gather(order_by_key_then(key, ledger["entry_id"]))
-
-
-def order_by_key_then(key: np.ndarray, tie_break: pl.Series, rows: np.ndarray | None = None) -> np.ndarray:
-    """Row order (int64 indices) sorting by ``key`` (Int64) then ``tie_break`` (nulls first).
-
-    Sorting a string column is the expensive part, so the integer key is sorted alone and only
-    the rows that share a key with a neighbour are re-sorted by (key, tie_break). ``rows``, when
-    given, says which element of ``tie_break`` belongs to each key (``tie_break[rows[k]]``).
-    """
-    perm = np.argsort(key)  # need not be stable: every tied run is re-sorted below
-    sorted_key = key[perm]
-    same = sorted_key[1:] == sorted_key[:-1]
-    tied = np.zeros(key.size, dtype=bool)
-    tied[1:] |= same
-    tied[:-1] |= same
-    pos = np.flatnonzero(tied)
-    if pos.size:
-        tied_rows = perm[pos]
-        ties = pl.DataFrame(
-            {"key": sorted_key[pos], "tie": tie_break.gather(tied_rows if rows is None else rows[tied_rows])}
-        )
-        perm[pos] = tied_rows[ties.with_row_index().sort("key", "tie")["index"].to_numpy()]
-    return perm
 
 
 def cash_balances(cash_ledger: pl.DataFrame | pl.LazyFrame, as_of: datetime) -> pl.DataFrame:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from transforms.cash import order_by_key_then
+from transforms.ordering import order_by_key_then
 from transforms.contract import BASE_CURRENCY, DAILY_VALUATIONS_SCHEMA
 from transforms.fx import UsdTable
 
