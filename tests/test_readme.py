@@ -35,6 +35,10 @@ def test_every_readme_query_runs_on_the_warehouse(data_dir):
     assert len(statements) >= 8
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         pid = con.sql("SELECT portfolio_id FROM portfolio_state ORDER BY portfolio_id LIMIT 1").fetchall()[0][0]
+        answered = 0
         for statement in statements:
-            rows = con.sql(statement.replace("'P001'", f"'{pid}'")).fetchall()
-            assert rows is not None
+            # Each statement must run (a renamed column or table raises here) ...
+            answered += bool(con.sql(statement.replace("'P001'", f"'{pid}'")).fetchall())
+        # ... and the ones about tables the tiny book fills must return rows; only the
+        # wash-sale lot list and this year's realised gains may be empty on a 60-day book.
+        assert answered >= len(statements) - 2
