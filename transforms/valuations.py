@@ -317,7 +317,7 @@ def _market_values(
         else:
             parts = ((long2d, np.where(qty > 0, value, 0.0)), (short2d, np.where(qty < 0, value, 0.0)))
         for acc2d, part in parts:
-            # a left fold from the running total: the same sums whatever the block size
+            # a left fold from the running total, so block size moves a sum by rounding only
             part[runs] += acc2d[run_p]
             acc2d[run_p] = np.add.reduceat(part, runs, axis=0)
         if row_stale[a:b].any():  # most closes are fresh: blocks without a stale one add nothing

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta, timezone
 
 import polars as pl
+from polars.testing import assert_frame_equal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -269,7 +270,10 @@ def test_block_size_does_not_change_any_sum(book):
     ledger = cash_ledger(trades, flows, instruments)
     whole = daily_valuations(trades, ledger, prices, fx, instruments, portfolios)
     for chunk_rows in (1, 7):
-        assert daily_valuations(trades, ledger, prices, fx, instruments, portfolios, chunk_rows=chunk_rows).equals(whole)
+        blocked = daily_valuations(trades, ledger, prices, fx, instruments, portfolios, chunk_rows=chunk_rows)
+        # Same rows and values; a different block size may add in another order, which can move
+        # the last bit of a float (4.0 vs 3.9999999999999996 was found), never a cent.
+        assert_frame_equal(blocked, whole, check_exact=False, rel_tol=1e-12, abs_tol=1e-9)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
