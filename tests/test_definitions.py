@@ -26,8 +26,8 @@ def test_every_asset_has_group_kinds_and_description():
 
 
 def test_schedule_job_and_checks():
-    assert defs.get_schedule_def("daily_post_close").cron_schedule == "30 17 * * 1-5"
-    assert defs.get_job_def("daily_refresh") is not None
+    assert defs.resolve_schedule_def("daily_post_close").cron_schedule == "30 17 * * 1-5"
+    assert defs.resolve_job_def("daily_refresh").name == "daily_refresh"
     check_names = {k.name for k in defs.get_repository_def().asset_graph.asset_check_keys}
     assert {"nav_equals_cash_plus_market_value", "lots_reconcile_to_trades", "quarantine_share_under_limit"} <= check_names
 
