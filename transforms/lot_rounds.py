@@ -125,11 +125,12 @@ class LotStore:
         self.tie_span = (np.int64(n_events) + 1) << (_SPLIT_BITS + 1)
         max_bk = int(self.bk[:n].max()) if n else 0
         self.packed = (max_bk + 1) * int(self.tie_span) < 2**62
-        self.refresh_keys(np.arange(n))
+        self.refresh_keys(slice(0, n))
 
-    def refresh_keys(self, idx: np.ndarray) -> None:
-        """Recompute the priority keys of lots ``idx`` (after creation or a basis change)."""
-        if idx.size == 0:
+    def refresh_keys(self, idx: np.ndarray | slice) -> None:
+        """Recompute the priority keys of lots ``idx`` (after creation or a basis change);
+        ``idx`` may be a slice (views, not gathers)."""
+        if not isinstance(idx, slice) and idx.size == 0:
             return
         m = self.method[idx]
         rem = self.rem[idx]
@@ -262,125 +263,185 @@ def replay_rounds(
     # opened lots by the round in which they become available
     n0 = S.n
     can = np.flatnonzero((S.avail_round[:n0] <= S.last_round[:n0]) & (S.rem[:n0] > 0))
-    can = can[np.argsort(S.avail_round[can], kind="stable")]
+    ar_can = S.avail_round[can]
+    # a stable sort of 16-bit keys is a radix sort
+    can = can[np.argsort(ar_can.astype(np.int16) if n_rounds < 2**15 else ar_can, kind="stable")]
     e_bounds = np.searchsorted(S.avail_round[can], np.arange(n_rounds + 1))
     pending: dict[int, list[np.ndarray]] = {}  # split-off pieces of not yet available lots
     hifo = bool((S.method[:n0] == 2).any())
+
+    # per-round facts found once, so a round with few closes costs few numpy calls
+    cb = c_bounds.tolist()
+    eb = e_bounds.tolist()
+    named_round = (
+        (np.bincount(C["round"][C["c_named"] != NO_LOT], minlength=n_rounds) > 0).tolist()
+        if any_named else [False] * n_rounds
+    )
+    # a book leaves the working set after its last round: rounds after which some book ends
+    ends = (np.bincount(np.maximum(S.last_round[:n0], 0), minlength=n_rounds + 1)[:n_rounds]
+            > 0).tolist()
+    # no TAXABLE LONG lot: no wash sale can happen (pieces, basis changes, holding starts)
+    wash_any = bool(S.wash[:n0].any())
+    wadj_zero = not wash_any and not S.wadj[:n0].any()
+    c_bk, c_qty = C["bk"], C["c_qty"]
 
     w = np.zeros(0, np.int64)
     ready: list[np.ndarray] = []  # pieces split off last round from available lots
     resort = False
     out: dict[str, list[np.ndarray]] = {c: [] for c in (
-        "ci", "lot", "take", "proceeds", "basis", "realized", "wadj_rel", "dis", "hstart",
-        "aidx")}
+        "ci", "lot", "take", "cost_rel", "wadj_rel", "full", "hstart")}
+    dis_parts: list[tuple[int, np.ndarray]] = []  # (first row, disallowed) of rounds with losses
+    n_rows = 0
     rej: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for k in range(n_rounds):
-        c0, c1 = int(c_bounds[k]), int(c_bounds[k + 1])
-        entering = [can[e_bounds[k]: e_bounds[k + 1]], *ready, *pending.pop(k, [])]
-        ready = []
-        w = np.concatenate([w, *entering]) if len(entering) > 1 or entering[0].size else w
-        # lots of books with no close left are final
-        w = w[S.last_round[w] >= k]
-        if resort or w.size != 0 and entering[0].size + sum(e.size for e in entering[1:]):
+        c0, c1 = cb[k], cb[k + 1]
+        e0, e1 = eb[k], eb[k + 1]
+        entering = [can[e0:e1]] if e1 > e0 else []
+        if ready:
+            entering += ready
+            ready = []
+        if pending:
+            entering += pending.pop(k, [])
+        if entering:
+            w = np.concatenate([w, *entering])
+            resort = True
+        if resort and w.size:
             w = S.order(w, hifo)
         resort = False
 
-        cbk = C["bk"][c0:c1]
-        cq = C["c_qty"][c0:c1]
+        cbk = c_bk[c0:c1]
+        cq = c_qty[c0:c1]
         n_c = c1 - c0
         ci = np.searchsorted(cbk, S.bk[w])  # the close of each working lot's book
         rem = S.rem[w]
         avail = np.bincount(ci, rem, minlength=n_c)
-        code = np.zeros(n_c, np.int8)
-        lots_w, named = w, None
-        if any_named:
+        over = cq > avail * (1 + EPS)
+        lots_w = w
+        code = None
+        if named_round[k]:
+            code = np.zeros(n_c, np.int8)
             cn = C["c_named"][c0:c1]
-            if (cn != NO_LOT).any():
-                # the named lot (all its open pieces) first, then the method's order
-                named = S.oseq[w] == cn[ci]
-                named_ok = np.bincount(ci[named], minlength=n_c) > 0
-                code[(cn != NO_LOT) & ~named_ok] = 1
-                if named.any():
-                    perm = np.lexsort((~named, ci))
-                    lots_w, ci, rem = w[perm], ci[perm], rem[perm]
-        code[(code == 0) & (cq > avail * (1 + EPS))] = 2
-        ok = code == 0
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            rej.append((C["c_seq"][c0 + bad], code[bad], avail[bad]))
+            # the named lot (all its open pieces) first, then the method's order
+            named = S.oseq[w] == cn[ci]
+            named_ok = np.bincount(ci[named], minlength=n_c) > 0
+            code[(cn != NO_LOT) & ~named_ok] = 1
+            if named.any():
+                perm = np.lexsort((~named, ci))
+                lots_w, ci, rem = w[perm], ci[perm], rem[perm]
+            code[(code == 0) & over] = 2
+        elif over.any():
+            code = np.zeros(n_c, np.int8)
+            code[over] = 2
+        ok = None
+        if code is not None:
+            okc = code == 0
+            if not okc.all():
+                bad = np.flatnonzero(~okc)
+                rej.append((C["c_seq"][c0 + bad], code[bad], avail[bad]))
+                ok = okc
 
         cum = np.cumsum(rem)
         seg0 = np.searchsorted(ci, np.arange(n_c))
         off = np.concatenate(([0.0], cum))[seg0]
         before = cum - rem - off[ci]
-        take = np.clip(cq[ci] - before, 0.0, rem)
+        cq_ci = cq[ci]
+        take = cq_ci - before  # clipped to [0, rem]
+        np.maximum(take, 0.0, out=take)
+        np.minimum(take, rem, out=take)
         # within tolerance of the whole lot: close it (no 1e-15 leftovers)
         take = np.where(rem - take <= EPS * S.orig[lots_w], rem, take)
-        sel = (take > EPS * cq[ci]) & ok[ci]
+        sel = take > EPS * cq_ci
+        if ok is not None:
+            sel &= ok[ci]
         a_c, a_lot, tk = ci[sel], lots_w[sel], take[sel]
-        if tk.size == 0:
-            continue
-        a_first = np.searchsorted(a_c, a_c)
-        g = a_c + c0
-        l_rem = S.rem[a_lot]
-        frac = tk / l_rem
-        cost_rel = S.cost[a_lot] * frac
-        wadj_rel = S.wadj[a_lot] * frac
-        fee_alloc = C["c_fees"][g] * tk / C["c_qty"][g]
-        at_price = tk * C["c_price"][g]
-        long = S.is_long[a_lot]
-        proceeds = np.where(long, at_price - fee_alloc, cost_rel)
-        basis = np.where(long, cost_rel, at_price + fee_alloc)
-        realized = proceeds - basis
-        tax_res = proceeds - basis - wadj_rel
-        hstart = S.hstart[a_lot]
-
-        full = tk >= l_rem
-        S.rem[a_lot] = np.where(full, 0.0, l_rem - tk)
-        S.cost[a_lot] = np.where(full, 0.0, S.cost[a_lot] - cost_rel)
-        S.wadj[a_lot] = np.where(full, 0.0, S.wadj[a_lot] - wadj_rel)
-        done = a_lot[full]
-        S.closed[done] = True
-        S.closed_ts[done] = C["c_ts"][g[full]]
-
-        loss = loss_rows(S.wash[a_lot], tax_res, cost_rel, wadj_rel)
-        if loss.any():
-            dis, children, adjusted = apply_wash_sales(
-                S, a_c, a_lot, tk, tax_res, loss, cbk, C["c_date"][c0:c1], hstart
-            )
-            if children.size:
-                ar = S.avail_round[children]
-                now = ar <= k
-                ready.append(children[now])
-                if not now.all():
-                    # group the later pieces by the round they become available (a numpy
-                    # sort + split: a Polars frame per round cost more than the round)
-                    later, ar = children[~now], ar[~now]
-                    o = np.argsort(ar, kind="stable")
-                    later, ar = later[o], ar[o]
-                    cut = np.flatnonzero(ar[1:] != ar[:-1]) + 1
-                    for r_k, grp in zip(ar[np.r_[0, cut]].tolist(), np.split(later, cut)):
-                        pending.setdefault(r_k, []).append(grp)
-            resort = hifo and adjusted.size > 0
-        else:
-            dis = np.zeros(tk.size)
-        w = w[S.rem[w] > 0]
-
-        out["ci"].append(g)
-        out["lot"].append(a_lot)
-        out["take"].append(tk)
-        out["proceeds"].append(proceeds)
-        out["basis"].append(basis)
-        out["realized"].append(realized)
-        out["wadj_rel"].append(wadj_rel)
-        out["dis"].append(dis)
-        out["hstart"].append(hstart)
-        out["aidx"].append(np.arange(tk.size) - a_first)
+        if tk.size:
+            g = a_c + c0
+            l_rem = S.rem[a_lot]
+            l_cost = S.cost[a_lot]
+            frac = tk / l_rem
+            cost_rel = l_cost * frac
+            full = tk >= l_rem
+            S.rem[a_lot] = np.where(full, 0.0, l_rem - tk)
+            S.cost[a_lot] = np.where(full, 0.0, l_cost - cost_rel)
+            if wadj_zero:
+                wadj_rel = None
+            else:
+                l_wadj = S.wadj[a_lot]
+                wadj_rel = l_wadj * frac
+                S.wadj[a_lot] = np.where(full, 0.0, l_wadj - wadj_rel)
+                out["wadj_rel"].append(wadj_rel)
+            hstart = None
+            if wash_any:
+                hstart = S.hstart[a_lot]
+                out["hstart"].append(hstart)
+                l_wash = S.wash[a_lot]
+                if l_wash.any():
+                    fee_alloc = C["c_fees"][g] * tk / c_qty[g]
+                    at_price = tk * C["c_price"][g]
+                    long = S.is_long[a_lot]
+                    proceeds = np.where(long, at_price - fee_alloc, cost_rel)
+                    basis = np.where(long, cost_rel, at_price + fee_alloc)
+                    tax_res = proceeds - basis - wadj_rel
+                    loss = loss_rows(l_wash, tax_res, cost_rel, wadj_rel)
+                    if loss.any():
+                        dis, children, adjusted = apply_wash_sales(
+                            S, a_c, a_lot, tk, tax_res, loss, cbk, C["c_date"][c0:c1], hstart
+                        )
+                        dis_parts.append((n_rows, dis))
+                        if children.size:
+                            ar = S.avail_round[children]
+                            # a piece of a lot opened after its book's last close never enters
+                            live = ar <= S.last_round[children]
+                            now = ar <= k
+                            nxt = children[now & (S.last_round[children] > k)]
+                            if nxt.size:
+                                ready.append(nxt)
+                            later_m = ~now & live
+                            if later_m.any():
+                                # group the later pieces by the round they become available (a
+                                # numpy sort + split: a Polars frame per round cost more than
+                                # the round)
+                                later, ar = children[later_m], ar[later_m]
+                                o = np.argsort(ar, kind="stable")
+                                later, ar = later[o], ar[o]
+                                cut = np.flatnonzero(ar[1:] != ar[:-1]) + 1
+                                for r_k, grp in zip(ar[np.r_[0, cut]].tolist(),
+                                                    np.split(later, cut)):
+                                    pending.setdefault(r_k, []).append(grp)
+                        resort = hifo and adjusted.size > 0
+            out["ci"].append(g)
+            out["lot"].append(a_lot)
+            out["take"].append(tk)
+            out["cost_rel"].append(cost_rel)
+            out["full"].append(full)
+            n_rows += tk.size
+            keep = S.rem[w] > 0
+            if ends[k]:
+                keep &= S.last_round[w] > k
+            w = w[keep]
+        elif ends[k]:
+            w = w[S.last_round[w] > k]
 
     if not out["ci"]:
         real = _empty_real()
     else:
-        o = {c: np.concatenate(v) for c, v in out.items()}
+        g = np.concatenate(out["ci"])
+        lot = np.concatenate(out["lot"])
+        tk = np.concatenate(out["take"])
+        cost_rel = np.concatenate(out["cost_rel"])
+        full = np.concatenate(out["full"])
+        wadj_rel = np.concatenate(out["wadj_rel"]) if out["wadj_rel"] else np.zeros(tk.size)
+        dis = np.zeros(tk.size)
+        for r0, d in dis_parts:
+            dis[r0: r0 + d.size] = d
+        # a lot is closed by the close that takes its last share (once: it then leaves)
+        done = lot[full]
+        S.closed[done] = True
+        S.closed_ts[done] = C["c_ts"][g[full]]
+        # the closes' rows follow in close order (rounds ascend, closes ascend in a round), so
+        # a row's allocation index is its place after the rows of earlier closes
+        g_cnt = np.bincount(g, minlength=C["c_seq"].size)
+        aidx = np.arange(g.size) - (np.cumsum(g_cnt) - g_cnt)[g]
         # emit in close (event) order, each close's rows in allocation order: a close's rows
         # are contiguous within its round, so each row's place is the rows of earlier closes
         # plus its allocation index (a counting sort, not a sort of every row)
@@ -392,34 +453,42 @@ def replay_rounds(
             inv[np.argsort(cs, kind="stable")] = np.arange(cs.size)
             rank = inv[c_ord]
         cnt = np.zeros(cs.size, np.int64)
-        cnt[rank] = np.bincount(o["ci"], minlength=cs.size)
+        cnt[rank] = g_cnt
         start = np.cumsum(cnt) - cnt
-        perm = np.empty(o["ci"].size, np.int64)
-        perm[start[rank[o["ci"]]] + o["aidx"]] = np.arange(o["ci"].size)
-        g, lot = o["ci"], o["lot"]
+        perm = np.empty(g.size, np.int64)
+        perm[start[rank[g]] + aidx] = np.arange(g.size)
+        # put the rows in place first (a few numpy gathers): every other column is then
+        # gathered or computed row by row in output order
+        g, lot, tk, cost_rel, dis, aidx = (
+            g[perm], lot[perm], tk[perm], cost_rel[perm], dis[perm], aidx[perm])
+        wadj_rel = wadj_rel[perm] if out["wadj_rel"] else wadj_rel
+        hstart = np.concatenate(out["hstart"])[perm] if out["hstart"] else S.hstart[lot]
+        fee_alloc = C["c_fees"][g] * tk / c_qty[g]
+        at_price = tk * C["c_price"][g]
+        long = S.is_long[lot]
+        proceeds = np.where(long, at_price - fee_alloc, cost_rel)
+        basis = np.where(long, cost_rel, at_price + fee_alloc)
+        realized = proceeds - basis
         real = pl.DataFrame(
             {
                 "bk": C["bk"][g],
                 "c_seq": C["c_seq"][g],
                 "oseq": S.oseq[lot],
                 "split": S.split[lot],
-                "is_long": S.is_long[lot],
+                "is_long": long,
                 "c_ts": pl.Series(C["c_ts"][g]).cast(TS),
                 "c_date": pl.Series(C["c_date"][g].astype(np.int32)).cast(pl.Date),
-                "take": o["take"],
-                "proceeds": o["proceeds"],
-                "basis": o["basis"],
-                "realized": o["realized"],
-                "wadj_rel": o["wadj_rel"],
-                "disallowed": o["dis"],
-                "hstart": pl.Series(o["hstart"].astype(np.int32)).cast(pl.Date),
-                "alloc_idx": o["aidx"],
+                "take": tk,
+                "proceeds": proceeds,
+                "basis": basis,
+                "realized": realized,
+                "wadj_rel": wadj_rel,
+                "disallowed": dis,
+                "hstart": pl.Series(hstart.astype(np.int32)).cast(pl.Date),
+                "alloc_idx": aidx,
                 "lk": lot,  # the lot's store index (= ``lk`` of the lot state)
             }
-        ).select(*REAL_STATE, "lk")
-        # the reordering is one (multi-threaded) Polars gather: numpy gathers per column
-        # cost twice as much
-        real = real[pl.Series(perm)]
+        )
     if rej:
         rejected = pl.DataFrame(
             {

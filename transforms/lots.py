@@ -293,7 +293,8 @@ def _events(t: pl.DataFrame) -> pl.DataFrame:
         pl.col("quantity", "price").gather(o),
         pl.col("fees").gather(o).fill_null(0.0),
         method=pl.col("_mcode").gather(o),
-        wash=(pl.col("_taxable") & pl.col("side").is_in(["BUY", "SELL"])).gather(o),
+        # valid sides only here: BUY/SELL (LONG book) is ``is_long``, no string test
+        wash=pl.col("_taxable").gather(o) & pl.lit(pl.Series(o_long)),
     ).with_columns(
         bk=pl.Series(bk, dtype=pl.Int64),
         seq=pl.int_range(n, dtype=pl.Int64),
@@ -308,14 +309,17 @@ def _events(t: pl.DataFrame) -> pl.DataFrame:
     )
 
     # named lots: resolve the few named closes against the opening trades by trade_id
-    lot_id = t.get_column("lot_id").gather(o)
-    named_pos = np.flatnonzero(is_close & lot_id.is_not_null().to_numpy())
+    # (string columns are tested and gathered in input order: no gather of every string)
+    lot_id = t.get_column("lot_id")
+    named_pos = np.flatnonzero(is_close & lot_id.is_not_null().to_numpy()[order])
     if named_pos.size:
-        trade_id = t.get_column("trade_id").gather(o)
-        wanted = lot_id.gather(named_pos)
-        open_pos = np.flatnonzero(o_open & trade_id.is_in(wanted.unique().implode()).to_numpy())
+        trade_id = t.get_column("trade_id")
+        wanted = lot_id.gather(order[named_pos])
+        in_wanted = trade_id.is_in(wanted.unique().implode()).to_numpy()[order]
+        open_pos = np.flatnonzero(o_open & in_wanted)
         opens = pl.DataFrame(
-            {"lot_id": trade_id.gather(open_pos), "_nseq": open_pos, "_nbk": bk[open_pos]}
+            {"lot_id": trade_id.gather(order[open_pos]), "_nseq": open_pos,
+             "_nbk": bk[open_pos]}
         )
         resolved = (
             pl.DataFrame({"lot_id": wanted, "seq": named_pos, "_bk": bk[named_pos]})
@@ -560,7 +564,7 @@ def _assemble(
     acc_r = row_of
     if ledger_rej.height:
         acc_r = np.delete(row_of, rej_seq.to_numpy())
-    accepted = orig[pl.Series(acc_r)].drop("_r")
+    accepted = orig.drop("_r")[pl.Series(acc_r)]
 
     reasons = pl.concat([reasons.with_columns(pl.col("_r").cast(pl.UInt32)), ledger_reasons])
     rejected = (
