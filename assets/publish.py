@@ -1,6 +1,5 @@
 """Publish: the analysts' ``warehouse.duckdb``, rebuilt from the lake in one atomic swap."""
 
-
 from collections.abc import Callable
 
 import dagster as dg
@@ -11,7 +10,7 @@ from assets.resources import LakeResource, WarehouseResource
 from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
 from transforms import contract
 
-# Published name -> silver table it is a copy of.
+# Silver tables published under their own names.
 SILVER_PUBLISHED = (
     "portfolio_state",
     "positions",
@@ -21,7 +20,7 @@ SILVER_PUBLISHED = (
     "daily_valuations",
     "trades",
 )
-# Published name -> bronze kind (reference and market data, published as validated).
+# Bronze kinds published under their own names (reference and market data, as validated).
 BRONZE_PUBLISHED = ("prices", "instruments", "portfolios", "fx_rates", "cash_flows", "targets", "benchmarks", "signals")
 
 # Views and macros an analyst gets with the file (see README for examples).
@@ -74,7 +73,7 @@ WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED}
 
 @dg.asset(
     key=dg.AssetKey(["publish", "warehouse"]),
-    deps=[silver_key(n) for n in SILVER_PUBLISHED if n in SILVER_SCHEMAS]
+    deps=[silver_key(n) for n in SILVER_PUBLISHED]
     + [silver_key("ledger_rejections")]
     + [dg.AssetKey(["bronze", k]) for k in contract.INGEST_ORDER],
     group_name="publish",

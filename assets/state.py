@@ -8,6 +8,7 @@ back to the exact bronze input.
 
 
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +19,7 @@ from assets.ingest import bronze_schema_of, bronze_table
 from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource
 from transforms import contract
-from transforms.book import BookInputs, book_moment, ledger_quarantine
+from transforms.book import BookInputs, ledger_quarantine, moment_of
 from transforms.cash import cash_ledger as build_cash_ledger
 from transforms.lots import build_ledger
 from transforms.positions import positions as build_positions
@@ -81,6 +82,20 @@ def read_book_inputs(lake: LakeResource, accepted_trades: bool = False) -> BookI
         prices=read_bronze(lake, "prices"),
         fx_rates=read_bronze(lake, "fx_rates"),
         cash_flows=read_bronze(lake, "cash_flows"),
+    )
+
+
+def current_moment(lake: LakeResource) -> datetime:
+    """The moment the current state describes (``transforms.book.moment_of``), from three
+    maxima pushed down to the Delta scans: no table is read whole for it."""
+
+    def last(table: str, schema: dict[str, pl.DataType], column: str):
+        return lake.scan(table, schema).select(pl.col(column).max()).collect().item()
+
+    return moment_of(
+        last(bronze_table("prices"), bronze_schema_of("prices"), "date"),
+        last(silver_table("trades"), SILVER_SCHEMAS["trades"], "trade_ts"),
+        last(bronze_table("cash_flows"), bronze_schema_of("cash_flows"), "ts"),
     )
 
 
@@ -203,22 +218,21 @@ def cash_ledger(context: dg.AssetExecutionContext, lake: LakeResource):
 
 @dg.asset(
     key=silver_key("positions"),
-    deps=[silver_key("lots"), silver_key("cash_ledger"), bronze_key("prices"), bronze_key("fx_rates"), bronze_key("portfolios")],
+    deps=[silver_key("lots"), silver_key("cash_ledger")] + [bronze_key(k) for k in ("prices", "fx_rates", "instruments", "portfolios")],
     group_name=GROUP,
     kinds={"polars", "delta"},
     description="Current positions per portfolio (LONG, SHORT and one CASH row per currency): "
     "quantity, cost basis, average cost, market value, unrealised P&L and weight in the base currency.",
 )
 def positions(context: dg.AssetExecutionContext, lake: LakeResource):
-    inputs = read_book_inputs(lake, accepted_trades=True)
-    moment = book_moment(inputs)
+    moment = current_moment(lake)
     frame = build_positions(
         read_silver(lake, "lots", where=pl.col("status") == "OPEN"),
         read_silver(lake, "cash_ledger"),
-        inputs.prices,
-        inputs.fx_rates,
-        inputs.instruments,
-        inputs.portfolios,
+        read_bronze(lake, "prices"),
+        read_bronze(lake, "fx_rates"),
+        read_bronze(lake, "instruments"),
+        read_bronze(lake, "portfolios"),
         moment,
     )
     sources = [silver_table("lots"), silver_table("cash_ledger"), bronze_table("prices"), bronze_table("fx_rates")]
@@ -245,22 +259,21 @@ def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource):
 
 @dg.asset(
     key=silver_key("portfolio_state"),
-    deps=[silver_key("positions"), silver_key("realized_pnl"), silver_key("cash_ledger"), bronze_key("portfolios")],
+    deps=[silver_key("positions"), silver_key("realized_pnl"), silver_key("cash_ledger")] + [bronze_key(k) for k in ("fx_rates", "instruments", "portfolios")],
     group_name=GROUP,
     kinds={"polars", "delta"},
     description="One row per portfolio: total value (NAV), cash, long/short market value, "
     "unrealised and realised P&L, weights, status and the moment the state describes.",
 )
 def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource):
-    inputs = read_book_inputs(lake, accepted_trades=True)
-    moment = book_moment(inputs)
+    moment = current_moment(lake)
     frame = build_portfolio_state(
         read_silver(lake, "positions"),
         read_silver(lake, "realized_pnl", ["portfolio_id", "instrument_id", "close_ts", "realized_pnl"]),
-        inputs.portfolios,
+        read_bronze(lake, "portfolios"),
         moment,
-        inputs.fx_rates,
-        instruments=inputs.instruments,
+        read_bronze(lake, "fx_rates"),
+        instruments=read_bronze(lake, "instruments"),
         cash_ledger=read_silver(lake, "cash_ledger"),
     )
     sources = [silver_table("positions"), silver_table("realized_pnl"), bronze_table("portfolios")]

@@ -133,9 +133,10 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
     def ours_positions():
         parts = []
         for shard in shards:
-            ledger = build_ledger(shard.trades, fifo_exempt(shard.portfolios))
+            portfolios = fifo_exempt(shard.portfolios)
+            ledger = build_ledger(shard.trades, portfolios)
             parts.append(
-                build_positions(ledger.lots, cash, inputs.prices, inputs.fx_rates, inputs.instruments, fifo_exempt(shard.portfolios), moment)
+                build_positions(ledger.lots, cash, inputs.prices, inputs.fx_rates, inputs.instruments, portfolios, moment)
             )
         return pl.concat(parts)
 

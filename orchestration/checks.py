@@ -4,7 +4,7 @@
 import dagster as dg
 import polars as pl
 
-from assets.publish import ingestion_log_frame, quarantine_frame
+from assets.publish import ingestion_log_frame
 from assets.resources import LakeResource, PipelineSettings
 from assets.state import read_silver, silver_key
 
@@ -79,8 +79,7 @@ def quarantine_share_under_limit(lake: LakeResource, settings: PipelineSettings)
     log = ingestion_log_frame(lake)
     current = log.sort("version").group_by("kind", "source_file").last()
     rows_read = int(current["rows_read"].sum() or 0)
-    quarantine = quarantine_frame(lake)
-    ledger_rows = quarantine.filter(pl.col("stage") == "ledger").height
+    ledger_rows = read_silver(lake, "ledger_rejections", ["kind"]).height
     quarantined = int(current["rows_quarantined"].sum() or 0) + ledger_rows
     share = quarantined / rows_read if rows_read else 0.0
     return dg.AssetCheckResult(

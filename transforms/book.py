@@ -8,7 +8,7 @@ same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timezone
 
 import polars as pl
@@ -80,17 +80,18 @@ def to_utc(moment: datetime | date) -> datetime:
     return as_utc(moment)
 
 
-def book_moment(inputs: BookInputs) -> datetime:
-    """The moment the current state describes: the end of the last price date, or the latest
-    trade or cash flow if one is later. Taken from the data, never the wall clock, so a
-    rebuild of the same input gives the same state."""
-    candidates: list[datetime] = []
-    if inputs.prices.height:
-        candidates.append(to_utc(inputs.prices["date"].max()))
-    for frame, column in ((inputs.trades, "trade_ts"), (inputs.cash_flows, "ts")):
-        if frame.height:
-            candidates.append(to_utc(frame[column].max()))
+def moment_of(last_price_date: date | None, *last_events: datetime | None) -> datetime:
+    """The moment the current state describes: the end of ``last_price_date``, or the latest of
+    ``last_events`` (last trade, last cash flow) if one is later; 1970 for an empty book.
+    Taken from the data, never the wall clock, so a rebuild of the same input gives the same
+    state."""
+    candidates = [to_utc(m) for m in (last_price_date, *last_events) if m is not None]
     return max(candidates) if candidates else datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def book_moment(inputs: BookInputs) -> datetime:
+    """``moment_of`` the last price date, trade and cash flow of ``inputs``."""
+    return moment_of(inputs.prices["date"].max(), inputs.trades["trade_ts"].max(), inputs.cash_flows["ts"].max())
 
 
 def build_book(inputs: BookInputs, as_of: datetime | None = None, *, with_daily: bool = True) -> Book:
@@ -136,12 +137,17 @@ def build_book(inputs: BookInputs, as_of: datetime | None = None, *, with_daily:
 def ledger_quarantine(rejected_trades: pl.DataFrame) -> pl.DataFrame:
     """Ledger rejections (oversells, unknown lots) as quarantine rows (stage ``ledger``)."""
     raw_columns = [c for c in contract.LANDING_SCHEMAS["trades"] if c in rejected_trades.columns]
-    lineage = {c: rejected_trades[c] for c in ("source_file", "source_sha256", "source_row") if c in rejected_trades.columns}
+
+    def lineage(name: str) -> pl.Expr:  # trades built in memory (tests, notebooks) have none
+        dtype = contract.LINEAGE[name]
+        value = pl.col(name) if name in rejected_trades.columns else pl.lit(None, dtype)
+        return value.cast(dtype).alias(name)
+
     frame = rejected_trades.select(
         pl.lit("trades").alias("kind"),
-        (pl.col("source_file") if "source_file" in lineage else pl.lit(None, pl.String)).alias("source_file"),
-        (pl.col("source_sha256") if "source_sha256" in lineage else pl.lit(None, pl.String)).alias("source_sha256"),
-        (pl.col("source_row") if "source_row" in lineage else pl.lit(None, pl.Int64)).cast(pl.Int64).alias("source_row"),
+        lineage("source_file"),
+        lineage("source_sha256"),
+        lineage("source_row"),
         pl.lit(None, pl.String).alias("column"),
         pl.col("reason"),
         pl.struct(pl.col(raw_columns).cast(pl.String)).struct.json_encode().alias("raw"),
@@ -151,5 +157,3 @@ def ledger_quarantine(rejected_trades: pl.DataFrame) -> pl.DataFrame:
     )
     return frame.cast(contract.QUARANTINE_SCHEMA)
 
-
-BOOK_TABLES = tuple(f.name for f in fields(Book) if f.name != "as_of")
