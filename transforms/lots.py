@@ -3,33 +3,20 @@
 ``build_ledger(trades, portfolios)`` is a pure function over Polars frames (no Dagster, no file
 system). It replays every book (portfolio, instrument, LONG or SHORT) in event order, opens a lot
 per opening trade, lets each closing trade consume lots by the portfolio's lot method, rejects
-trades that cannot be applied, and applies the wash-sale rule (``transforms.wash_sales``).
+trades that cannot be applied, and applies the wash-sale rule (``transforms.lot_kernel``).
 
-How it stays vectorised
------------------------
-A closing trade's result depends on every earlier close of its book, so the books are replayed
-in *rounds*: round ``k`` processes the ``k``-th closing trade of every book at once. Polars
-validates the rows; portfolio and instrument become integer codes in name order (an Enum of
-the sorted distinct names), so event order is one integer sort and the working frames carry
-numbers only. Strings are gathered from the (rechunked) input by row number once per output
-column at the end. The rounds run on numpy arrays (``LotStore``), so a round costs a few
-dozen array operations over the lots it can touch, not a Polars plan. The number of rounds is
-the largest number of closes in one book, not the number of trades.
-
-Within a book the lot method's priority is static: FIFO is event order, LIFO reverse event
-order, HIFO the per-unit tax basis (descending; ties by event order), and a partial close
-releases basis pro rata, so a lot's priority only changes when a wash sale adds to its basis.
-The working set (lots opened before the book's round-k close, not exhausted, of a book with
-closes left) is kept sorted by (book, priority); lots enter when they become available and
-leave when exhausted. One segmented cumulative sum then allocates every close of the round:
-``take = clip(close_qty - qty_before, 0, remaining)``. A named ``lot_id`` moves that lot's open
-pieces to the front of its book for that close only. Wash sales (``transforms.wash_sales``)
-search the round's loss sales' replacement windows with ``searchsorted`` on the opened lots and
-append split-off pieces to the store.
-
-FIFO books need nothing special: without oversells, named lots or wash sales the same rounds
-give the cumulative-interval FIFO allocation (the tests compare every path with a per-trade
-specification loop).
+How it is split
+---------------
+- ``_validate`` (Polars): the rules a row breaks on its own (nulls, sides, signs, duplicate
+  ids, unknown portfolios), as a small integer per row; words only for the bad rows.
+- ``_events`` (numpy): portfolio and instrument become integer codes in name order (an Enum of
+  the sorted distinct names), so event order is one integer sort; the valid trades become the
+  numeric columns the replay reads, in that order.
+- ``transforms.lot_kernel.replay_books`` (compiled): the history-dependent rules, one book
+  after the other, in one pass.
+- ``_assemble`` (Polars): contract-typed output frames. Strings are gathered from the
+  (rechunked) input by row number once per output column, and the kernel emits lots and
+  realised rows already in output order, so nothing is sorted here.
 """
 
 from __future__ import annotations
@@ -48,7 +35,7 @@ from transforms.contract import (
     TRADE_SIDES,
     TS,
 )
-from transforms.lot_rounds import LOT_STATE, NO_LOT, REAL_STATE, replay_rounds
+from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, replay_books
 
 __all__ = ["Ledger", "build_ledger"]
 
@@ -69,24 +56,7 @@ class Ledger:
     rejected_trades: pl.DataFrame
 
 
-# Internal frames carry only numbers: strings are gathered once at the end by event position
-# (``seq``), because copying string columns through every join dominated the run time.
-#
-
-_CLOSE_COLS = [
-    "bk",
-    "c_seq",
-    "c_ts",
-    "c_date",
-    "c_qty",
-    "c_price",
-    "c_fees",
-    "c_named",
-    "round",
-]
-
-
-_METHOD_CODE = {"FIFO": 0, "LIFO": 1, "HIFO": 2}
+_METHOD_CODE = {"FIFO": FIFO, "LIFO": LIFO, "HIFO": HIFO}
 
 
 def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
@@ -130,22 +100,20 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
           when close date > holding_start + 1 calendar year (Polars ``offset_by("1y")``; Feb 29
           + 1y = Feb 28), else SHORT: a lot bought 2023-01-10 is SHORT when sold on 2024-01-10
           and LONG on 2024-01-11.
-        - Wash sales: see ``transforms.wash_sales`` (TAXABLE portfolios, LONG lots only; short
+        - Wash sales: see ``transforms.lot_kernel`` (TAXABLE portfolios, LONG lots only; short
           sales are not subject to wash-sale processing). taxable_pnl = realized_pnl -
           wash_sale_adjustment + disallowed_loss, with disallowed_loss >= 0.
     """
-    return _build_ledger(trades, portfolios)
-
-
-def _build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
-    """:func:`build_ledger` (kept as the entry point the tests use)."""
     # one chunk: gathers by row index over a many-chunk frame (e.g. concatenated shards) cost
     # several times the copy, and the output is gathered from these columns
     orig = trades.with_row_index("_r").rechunk()
     checked, reasons = _validate(orig, portfolios)
-    work = _events(checked)
-    lots, real, rej = replay_rounds(_open_lots(work), _closes(work))
-    return _assemble(orig, reasons, work, rej, [lots], [real])
+    ev = _events(checked)
+    out = replay_books(
+        ev.bk, ev.is_open, ev.is_long, ev.qty, ev.price, ev.fees, ev.ts, ev.day, ev.method,
+        ev.wash, ev.named,
+    )
+    return _assemble(orig, reasons, ev, out)
 
 
 # --- preparation ------------------------------------------------------------------------------
@@ -233,17 +201,38 @@ def _name_codes(s: pl.Series) -> tuple[np.ndarray, int]:
     return s.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64), names.len()
 
 
-def _events(t: pl.DataFrame) -> pl.DataFrame:
-    """Valid trades in event order: numbers only (strings stay in the input, found by ``_r``).
+@dataclass(frozen=True)
+class _Events:
+    """Valid trades in event order, as the numpy columns the replay kernel reads.
 
-    Columns: ``_r`` (input row), book key ``bk``, position ``seq``, trade_ts, date, quantity,
-    price, fees, is_open, is_long, method, wash, ``round``, ``avail_round``, ``last_round``,
-    ``c_named``. Books are numbered in (portfolio_id, instrument_id, LONG before SHORT) order:
-    ``bk = pair index * 2 + is_short``. A close's ``round`` is the number of earlier closes in
-    its book; an open's ``avail_round`` is the number of closes before it, i.e. the first round
-    in which it can be consumed. ``c_named`` (closes) is the ``seq`` of the opening trade named
-    by ``lot_id`` (null when none is named, -1 when it is not an opening trade of the book).
+    ``row``: input row (``_r``); ``bk``: book key, numbered in (portfolio_id, instrument_id,
+    LONG before SHORT) order (``pair index * 2 + is_short``), so books are contiguous and
+    ascend; ``ts`` (µs) and ``day`` (UTC day number); ``method`` the portfolio's lot method
+    code; ``wash``: TAXABLE and LONG; ``named``: for a close naming a ``lot_id``, the event
+    position of that opening trade (-1 when it is not an opening trade of the book), else
+    ``NO_LOT``.
     """
+
+    row: np.ndarray
+    bk: np.ndarray
+    is_open: np.ndarray
+    is_long: np.ndarray
+    qty: np.ndarray
+    price: np.ndarray
+    fees: np.ndarray
+    ts: np.ndarray
+    day: np.ndarray
+    method: np.ndarray
+    wash: np.ndarray
+    named: np.ndarray
+
+
+_US_PER_DAY = 86_400_000_000
+
+
+def _events(t: pl.DataFrame) -> _Events:
+    """The valid trades ``t`` (from ``_validate``) in event order; strings stay in the input,
+    found by ``row``."""
     n = t.height
     side = t.get_column("side")
     is_long = ((side == "BUY") | (side == "SELL")).to_numpy()
@@ -277,41 +266,13 @@ def _events(t: pl.DataFrame) -> pl.DataFrame:
     new_pair = np.ones(n, bool)
     new_pair[1:] = o_pair[1:] != o_pair[:-1]
     bk = (np.cumsum(new_pair) - 1) * 2 + ~o_long
-    new_book = np.ones(n, bool)
-    new_book[1:] = bk[1:] != bk[:-1]
-    starts = np.flatnonzero(new_book)
-    lens = np.diff(np.append(starts, n))
-    is_close = ~o_open
-    cc = np.cumsum(is_close)
-    before_book = np.repeat(cc[starts] - is_close[starts], lens)  # closes of earlier books
-    n_before = cc - before_book  # closes of the book up to and including this event
-    total = np.repeat(np.add.reduceat(is_close.astype(np.int64), starts) if n else [], lens)
-    o = pl.Series(order)
-    ots = pl.Series(ts[order]).cast(TS)
-    work = t.select(
-        pl.col("_r").gather(o),
-        pl.col("quantity", "price").gather(o),
-        pl.col("fees").gather(o).fill_null(0.0),
-        method=pl.col("_mcode").gather(o),
-        # valid sides only here: BUY/SELL (LONG book) is ``is_long``, no string test
-        wash=pl.col("_taxable").gather(o) & pl.lit(pl.Series(o_long)),
-    ).with_columns(
-        bk=pl.Series(bk, dtype=pl.Int64),
-        seq=pl.int_range(n, dtype=pl.Int64),
-        trade_ts=ots,
-        date=ots.dt.date(),
-        is_open=pl.Series(o_open),
-        is_long=pl.Series(o_long),
-        round=pl.Series(n_before - 1, dtype=pl.Int64),  # meaningful on closes
-        avail_round=pl.Series(n_before, dtype=pl.Int64),  # meaningful on opens
-        last_round=pl.Series(total - 1, dtype=pl.Int64),
-        c_named=pl.lit(None, pl.Int64),
-    )
+    o_ts = ts[order]
 
     # named lots: resolve the few named closes against the opening trades by trade_id
     # (string columns are tested and gathered in input order: no gather of every string)
+    named = np.full(n, NO_LOT, np.int64)
     lot_id = t.get_column("lot_id")
-    named_pos = np.flatnonzero(is_close & lot_id.is_not_null().to_numpy()[order])
+    named_pos = np.flatnonzero(~o_open & lot_id.is_not_null().to_numpy()[order])
     if named_pos.size:
         trade_id = t.get_column("trade_id")
         wanted = lot_id.gather(order[named_pos])
@@ -323,7 +284,7 @@ def _events(t: pl.DataFrame) -> pl.DataFrame:
         )
         resolved = (
             pl.DataFrame({"lot_id": wanted, "seq": named_pos, "_bk": bk[named_pos]})
-            .join(opens, on="lot_id", how="left")
+            .join(opens, on="lot_id", how="left", maintain_order="left")
             .select(
                 pl.col("seq").cast(pl.Int64),
                 _named=pl.when(pl.col("_nbk") == pl.col("_bk"))
@@ -332,75 +293,38 @@ def _events(t: pl.DataFrame) -> pl.DataFrame:
                 .cast(pl.Int64),
             )
         )
-        c_named = np.full(n, NO_LOT, np.int64)
-        c_named[resolved.get_column("seq").to_numpy()] = resolved.get_column("_named").to_numpy()
-        work = work.with_columns(
-            c_named=pl.when(pl.Series(c_named) != NO_LOT).then(pl.Series(c_named))
-        )
-    return work
+        named[resolved.get_column("seq").to_numpy()] = resolved.get_column("_named").to_numpy()
 
+    def column(name: str, dtype) -> np.ndarray:
+        return t.get_column(name).to_numpy().astype(dtype, copy=False)[order]
 
-def _closes(work: pl.DataFrame) -> pl.DataFrame:
-    """Closing trades as round-engine rows."""
-    return work.filter(~pl.col("is_open")).select(
-        "bk",
-        c_seq="seq",
-        c_ts="trade_ts",
-        c_date="date",
-        c_qty="quantity",
-        c_price="price",
-        c_fees="fees",
-        c_named="c_named",
-        round="round",
-        c_long="is_long",
-        method="method",
-        wash="wash",
+    return _Events(
+        row=column("_r", np.int64),
+        bk=bk.astype(np.int64),
+        is_open=o_open,
+        is_long=o_long,
+        qty=column("quantity", np.float64),
+        price=column("price", np.float64),
+        fees=t.get_column("fees").fill_null(0.0).to_numpy().astype(np.float64, copy=False)[order],
+        ts=o_ts,
+        day=o_ts // _US_PER_DAY,  # floor: the UTC date of a timestamp before 1970 too
+        method=column("_mcode", np.int8),
+        wash=column("_taxable", np.bool_) & o_long,
+        named=named,
     )
 
 
-def _open_lots(work: pl.DataFrame) -> pl.DataFrame:
-    """One lot per opening trade, with the first round whose close may consume it."""
-    opens = work.filter(pl.col("is_open"))
-    qp = pl.col("quantity") * pl.col("price")
-    lots = opens.select(
-        lk="seq",
-        bk="bk",
-        oseq="seq",
-        split=pl.lit(0, pl.Int64),
-        is_long="is_long",
-        open_ts="trade_ts",
-        open_price="price",
-        orig="quantity",
-        rem="quantity",
-        cost=pl.when(pl.col("is_long"))
-        .then(qp + pl.col("fees"))
-        .otherwise(qp - pl.col("fees")),
-        wadj=pl.lit(0.0),
-        hstart="date",
-        open_date="date",
-        avail_round="avail_round",
-        last_round="last_round",
-        method="method",
-        wash="wash",
-        used=pl.lit(False),
-        nsplit=pl.lit(0, pl.Int64),
-        closed_ts=pl.lit(None, TS),
-    )
-    return lots.select(LOT_STATE)
+# --- output -----------------------------------------------------------------------------------
 
-
-# --- the round engine -------------------------------------------------------------------------
-
-def _long_term(real: pl.DataFrame) -> pl.Series:
-    """``c_date > hstart.offset_by("1y")`` per realised row.
+def _long_term(hstart: np.ndarray, close_day: np.ndarray) -> np.ndarray:
+    """``close date > holding_start.offset_by("1y")`` per realised row (day numbers in).
 
     Holding starts span a few thousand days, so the calendar offset is computed once per day
     of that range (Polars ``offset_by``: Feb 29 + 1y = Feb 28) and looked up by day number,
     rather than once per row."""
-    hs = real.get_column("hstart").to_physical().to_numpy()
-    if hs.size == 0:
-        return pl.Series("_long", [], dtype=pl.Boolean)
-    lo, hi = int(hs.min()), int(hs.max())
+    if hstart.size == 0:
+        return np.zeros(0, np.bool_)
+    lo, hi = int(hstart.min()), int(hstart.max())
     table = (
         pl.int_range(lo, hi + 1, dtype=pl.Int32, eager=True)
         .cast(pl.Date)
@@ -408,23 +332,29 @@ def _long_term(real: pl.DataFrame) -> pl.Series:
         .to_physical()
         .to_numpy()
     )
-    cd = real.get_column("c_date").to_physical().to_numpy()
-    return pl.Series("_long", cd > table[hs - lo])
+    return close_day > table[hstart - lo]
 
 
-def _assemble(
-    orig: pl.DataFrame,
-    reasons: pl.DataFrame,
-    work: pl.DataFrame,
-    ledger_rej: pl.DataFrame,
-    lots_parts: list[pl.DataFrame],
-    real_parts: list[pl.DataFrame],
-) -> Ledger:
-    """Contract-typed, deterministically ordered output frames.
+def _dates(days: np.ndarray) -> pl.Series:
+    return pl.Series(days.astype(np.int32)).cast(pl.Date)
+
+
+def _times(us: np.ndarray) -> pl.Series:
+    return pl.Series(us).cast(TS)
+
+
+def _sides(is_long: np.ndarray) -> pl.Series:
+    """"LONG" / "SHORT" per row (a categorical gather: no per-row string building)."""
+    return pl.Series(["SHORT", "LONG"]).gather(pl.Series(is_long.astype(np.uint8)))
+
+
+def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple) -> Ledger:
+    """Contract-typed, deterministically ordered output frames from the kernel's arrays.
 
     Strings are gathered once per output column from the input (``orig``, one chunk) by input
-    row: event position ``seq`` -> ``work._r`` -> input row."""
-    row_of = work.get_column("_r").to_numpy()
+    row: event position -> ``ev.row`` -> input row."""
+    lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail = out
+    n_lots, n_real, n_rej = lot_f.shape[1], real_f.shape[1], rej_seq.size
     trade_id = orig.get_column("trade_id").cast(pl.String)
     pid = orig.get_column("portfolio_id").cast(pl.String)
     iid = orig.get_column("instrument_id").cast(pl.String)
@@ -434,14 +364,14 @@ def _assemble(
         else pl.Series([None] * orig.height, dtype=pl.String)
     )
 
-    def rows(seq: pl.Series) -> np.ndarray:
-        return row_of[seq.to_numpy()]
-
-    def lot_id(base: pl.Series, split: pl.Series) -> pl.Series:
-        if not split.len() or split.max() == 0:  # no wash-sale pieces: skip the formatting
-            return base
-        return (
-            pl.DataFrame({"b": base, "s": split})
+    # lots: already in (book, event, piece) order
+    oseq = lot_i[0, :n_lots]
+    split = lot_i[1, :n_lots]
+    r_open = pl.Series(ev.row[oseq])
+    open_id = trade_id.gather(r_open)
+    if split.any():  # wash-sale pieces are "<lot_id>~W<n>"
+        lot_id = (
+            pl.DataFrame({"b": open_id, "s": split})
             .select(
                 pl.when(pl.col("s") > 0)
                 .then(pl.col("b") + "~W" + pl.col("s").cast(pl.String))
@@ -449,84 +379,65 @@ def _assemble(
             )
             .to_series()
         )
-
-    side = pl.when(pl.col("is_long")).then(pl.lit("LONG")).otherwise(pl.lit("SHORT"))
-
-    lots = pl.concat([p.select(LOT_STATE) for p in lots_parts])
-    split = lots.get_column("split")
-    # the engine returns lots in (book, event order, piece) order already; sort only if not
-    key = (lots.get_column("oseq").to_numpy() << 20) + split.to_numpy()
-    bk = lots.get_column("bk").to_numpy()
-    if key.size > 1 and not ((key[1:] > key[:-1]).all() and (bk[1:] >= bk[:-1]).all()):
-        lots = lots.sort("bk", "oseq", "split")
-        split = lots.get_column("split")
-    r_open = rows(lots.get_column("oseq"))
-    open_id = trade_id.gather(r_open)
-    lots_lot_id = lot_id(open_id, split)
-    lk = lots.get_column("lk").to_numpy()
-    lots = lots.select(
-        portfolio_id=pid.gather(r_open),
-        instrument_id=iid.gather(r_open),
-        lot_id=lots_lot_id,
-        position_type=side,
-        strategy_id=strategy.gather(r_open),
-        open_trade_id=open_id,
-        open_ts="open_ts",
-        open_price="open_price",
-        original_quantity="orig",
-        quantity="rem",
-        cost_basis="cost",
-        wash_sale_adjustment="wadj",
-        tax_basis=pl.col("cost") + pl.col("wadj"),
-        holding_start="hstart",
-        status=pl.when(pl.col("rem") > 0)
-        .then(pl.lit("OPEN"))
-        .otherwise(pl.lit("CLOSED")),
-        closed_ts="closed_ts",
-    ).select([pl.col(c).cast(d) for c, d in LOTS_SCHEMA.items()])
-
-    # event position orders books (bk ascends with seq), so (c_seq, alloc_idx) is the order;
-    # the engine emits the rows in that order (a stable sort by c_seq restores it otherwise).
-    # A realised row's lot_id is its lot's: gather the lots' strings by the lot key (``lk``,
-    # unique within one engine run) instead of formatting them again
-    by_lk = len(lots_parts) == 1 and all("lk" in p.columns for p in real_parts)
-    real = pl.concat([p.select(*REAL_STATE, *(["lk"] if by_lk else [])) for p in real_parts])
-    cs = real.get_column("c_seq").to_numpy()
-    if cs.size > 1 and not (cs[1:] >= cs[:-1]).all():  # the engine emits them in this order
-        real = real[pl.Series(np.argsort(cs, kind="stable"))]
-    r_close = rows(real.get_column("c_seq"))
-    if by_lk and real.height:
-        pos = np.zeros(int(lk.max()) + 1 if lk.size else 1, np.int64)
-        pos[lk] = np.arange(lk.size)
-        real_lot_id = lots_lot_id.gather(pos[real.get_column("lk").to_numpy()])
     else:
-        real_lot_id = lot_id(
-            trade_id.gather(rows(real.get_column("oseq"))), real.get_column("split")
-        )
-    real = real.with_columns(_long=_long_term(real))
-    real = real.select(
-        portfolio_id=pid.gather(r_close),
-        instrument_id=iid.gather(r_close),
-        trade_id=trade_id.gather(r_close),
-        lot_id=real_lot_id,
-        position_type=side,
-        close_ts="c_ts",
-        quantity="take",
-        proceeds="proceeds",
-        cost_basis="basis",
-        realized_pnl="realized",
-        wash_sale_adjustment="wadj_rel",
-        disallowed_loss="disallowed",
-        taxable_pnl=pl.col("realized") - pl.col("wadj_rel") + pl.col("disallowed"),
-        holding_start="hstart",
-        holding_days=(pl.col("c_date") - pl.col("hstart")).dt.total_days(),
-        term=pl.when("_long").then(pl.lit("LONG")).otherwise(pl.lit("SHORT")),
-    ).select([pl.col(c).cast(d) for c, d in REALIZED_PNL_SCHEMA.items()])
+        lot_id = open_id
+    cost, wadj, rem = lot_f[2, :n_lots], lot_f[3, :n_lots], lot_f[1, :n_lots]
+    closed = lot_i[3, :n_lots].astype(np.bool_)
+    lots = pl.DataFrame(
+        {
+            "portfolio_id": pid.gather(r_open),
+            "instrument_id": iid.gather(r_open),
+            "lot_id": lot_id,
+            "position_type": _sides(ev.is_long[oseq]),
+            "strategy_id": strategy.gather(r_open),
+            "open_trade_id": open_id,
+            "open_ts": _times(ev.ts[oseq]),
+            "open_price": ev.price[oseq],
+            "original_quantity": lot_f[0, :n_lots],
+            "quantity": rem,
+            "cost_basis": cost,
+            "wash_sale_adjustment": wadj,
+            "tax_basis": cost + wadj,
+            "holding_start": _dates(lot_i[2, :n_lots]),
+            "status": pl.Series(["CLOSED", "OPEN"]).gather(pl.Series((rem > 0).astype(np.uint8))),
+            "closed_ts": _times(lot_i[4, :n_lots]).set(pl.Series(~closed), None),
+        },
+        schema=LOTS_SCHEMA,
+    )
+
+    # realised rows: already in (close event, allocation) order
+    cseq = real_i[0, :n_real]
+    r_close = pl.Series(ev.row[cseq])
+    hstart = real_i[2, :n_real]
+    c_day = ev.day[cseq]
+    realized, wadj_rel, dis = real_f[3, :n_real], real_f[4, :n_real], real_f[5, :n_real]
+    real = pl.DataFrame(
+        {
+            "portfolio_id": pid.gather(r_close),
+            "instrument_id": iid.gather(r_close),
+            "trade_id": trade_id.gather(r_close),
+            "lot_id": lot_id.gather(pl.Series(real_i[1, :n_real])),
+            "position_type": _sides(ev.is_long[cseq]),
+            "close_ts": _times(ev.ts[cseq]),
+            "quantity": real_f[0, :n_real],
+            "proceeds": real_f[1, :n_real],
+            "cost_basis": real_f[2, :n_real],
+            "realized_pnl": realized,
+            "wash_sale_adjustment": wadj_rel,
+            "disallowed_loss": dis,
+            "taxable_pnl": realized - wadj_rel + dis,
+            "holding_start": _dates(hstart),
+            "holding_days": c_day - hstart,
+            "term": pl.Series(["SHORT", "LONG"]).gather(
+                pl.Series(_long_term(hstart, c_day).astype(np.uint8))
+            ),
+        },
+        schema=REALIZED_PNL_SCHEMA,
+    )
 
     # ledger rejections get their words here, from the few rejected rows only
+    rej_r = pl.Series("_r", ev.row[rej_seq], dtype=pl.UInt32)
     book = pl.when(pl.col("is_long")).then(pl.lit("LONG")).otherwise(pl.lit("SHORT"))
-    rej_seq = ledger_rej.get_column("c_seq").cast(pl.Int64)
-    rej_r = pl.Series("_r", rows(rej_seq), dtype=pl.UInt32)
     ledger_reasons = pl.DataFrame(
         {
             "_r": rej_r,
@@ -534,10 +445,10 @@ def _assemble(
             "quantity": orig.get_column("quantity").cast(pl.Float64).gather(rej_r),
             "lot_id": orig.get_column("lot_id").cast(pl.String).gather(rej_r)
             if "lot_id" in orig.columns
-            else pl.Series([None] * rej_r.len(), dtype=pl.String),
-            "is_long": work.get_column("is_long").gather(rej_seq),
-            "_code": ledger_rej.get_column("_code"),
-            "_avail": ledger_rej.get_column("_avail"),
+            else pl.Series([None] * n_rej, dtype=pl.String),
+            "is_long": ev.is_long[rej_seq],
+            "_code": rej_code[:n_rej],
+            "_avail": rej_avail[:n_rej],
         }
     ).select(
         "_r",
@@ -561,9 +472,7 @@ def _assemble(
         ),
     )
     # accepted: the input rows in event order (a plain gather of the one-chunk input)
-    acc_r = row_of
-    if ledger_rej.height:
-        acc_r = np.delete(row_of, rej_seq.to_numpy())
+    acc_r = np.delete(ev.row, rej_seq) if n_rej else ev.row
     accepted = orig.drop("_r")[pl.Series(acc_r)]
 
     reasons = pl.concat([reasons.with_columns(pl.col("_r").cast(pl.UInt32)), ledger_reasons])
