@@ -6,7 +6,7 @@ A book is ``keys`` (portfolio, instrument) pairs with ``trades`` trades each. Ea
 random position path that never goes below zero (so every SELL is valid): the trades are the
 path's steps, BUY when it rises and SELL when it falls; every 4th key is a short book
 (SELL_SHORT / BUY_TO_COVER) instead. One trade per key per calendar day, so wash-sale windows
-are full in TAXABLE runs (the worst case for the wash-sale rounds).
+are full in TAXABLE runs (the worst case for wash-sale matching).
 
 Prints trades/second for FIFO, LIFO and HIFO (EXEMPT and TAXABLE), best of ``--repeat`` runs.
 

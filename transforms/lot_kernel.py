@@ -19,7 +19,7 @@ wash-sale pieces as they are split off. ``live`` holds the lots a close may cons
 before it) sorted for consumption: by (event, piece) for FIFO, walked forwards, and for LIFO,
 walked backwards one lot at a time (a lot's pieces stay together, in piece order); by
 (per-unit tax basis descending, event, piece) for HIFO, walked forwards. Exhausted lots stay
-in place until they are a third of the array (lazy deletion), so a close costs the lots it
+in place until they outnumber the open ones two to one (lazy deletion), so a close costs the lots it
 touches, not the book's history. A named ``lot_id`` puts that lot's open pieces first. A close
 takes ``min(left, rem)`` from each lot in that order, where ``left`` is the close quantity
 minus the remaining quantity of the lots before it; a lot left within ``1e-9`` of its
@@ -139,22 +139,15 @@ def _collect(live, head, tail, F, I, lifo, nm, pick, order, k, left):
     ``(event == nm) == pick``, until ``left`` minus their quantities is <= 0 (the same
     subtraction the consumption repeats, so both stop at the same lot). LIFO walks the lots
     backwards, each lot's pieces forwards. Returns ``(k, left)``."""
-    if not lifo:
-        for t in range(head, tail):
-            j = live[t]
-            if F[_REM, j] > 0.0 and (I[_OSEQ, j] == nm) == pick:
-                order[k] = j
-                k += 1
-                left -= F[_REM, j]
-                if left <= 0.0:
-                    return k, left
-        return k, left
     g_end = tail
     while g_end > head:
-        g_start = g_end - 1
-        o = I[_OSEQ, live[g_start]]
-        while g_start > head and I[_OSEQ, live[g_start - 1]] == o:
-            g_start -= 1
+        if lifo:  # the newest lot still in ``live``, with its pieces
+            g_start = g_end - 1
+            o = I[_OSEQ, live[g_start]]
+            while g_start > head and I[_OSEQ, live[g_start - 1]] == o:
+                g_start -= 1
+        else:  # one forward pass over everything
+            g_start = head
         for t in range(g_start, g_end):
             j = live[t]
             if F[_REM, j] > 0.0 and (I[_OSEQ, j] == nm) == pick:
@@ -165,6 +158,39 @@ def _collect(live, head, tail, F, I, lifo, nm, pick, order, k, left):
                     return k, left
         g_end = g_start
     return k, left
+
+
+@njit(cache=True)
+def _set_lot(F, I, k, qty, cost, wadj, oseq, split, hstart, oday, used, root):
+    """Write a new, open lot ``k`` of ``qty`` shares into the book table (no pieces yet)."""
+    F[_ORIG, k] = qty
+    F[_REM, k] = qty
+    F[_COST, k] = cost
+    F[_WADJ, k] = wadj
+    F[_PTB, k] = (cost + wadj) / qty
+    I[_OSEQ, k] = oseq
+    I[_SPLIT, k] = split
+    I[_HSTART, k] = hstart
+    I[_ODAY, k] = oday
+    I[_NSPLIT, k] = 0
+    I[_USED, k] = used
+    I[_CLOSED, k] = 0
+    I[_CLOSED_TS, k] = 0
+    I[_ROOT, k] = root
+    I[_NEXT, k] = -1
+    I[_TAIL, k] = -1
+
+
+@njit(cache=True)
+def _compact(live, head, tail, F):
+    """Drop exhausted lots from ``live[head:tail]``, moving the rest to the front; returns the
+    new ``tail`` (``head`` becomes 0)."""
+    k = 0
+    for t in range(head, tail):
+        if F[_REM, live[t]] > 0.0:
+            live[k] = live[t]
+            k += 1
+    return k
 
 
 # room the kernel asks for when it runs out (a bit mask); the driver doubles it and replays the
@@ -303,22 +329,7 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
             if is_open[e]:
                 q = qty[e]
                 cost = q * price[e] + fees[e] if is_long[e] else q * price[e] - fees[e]
-                F[_ORIG, nl] = q
-                F[_REM, nl] = q
-                F[_COST, nl] = cost
-                F[_WADJ, nl] = 0.0
-                F[_PTB, nl] = cost / q
-                I[_OSEQ, nl] = e
-                I[_SPLIT, nl] = 0
-                I[_HSTART, nl] = day[e]
-                I[_ODAY, nl] = day[e]
-                I[_NSPLIT, nl] = 0
-                I[_USED, nl] = 0
-                I[_CLOSED, nl] = 0
-                I[_CLOSED_TS, nl] = 0
-                I[_ROOT, nl] = nl
-                I[_NEXT, nl] = -1
-                I[_TAIL, nl] = -1
+                _set_lot(F, I, nl, q, cost, 0.0, e, 0, day[e], day[e], 0, nl)
                 nl += 1
         n_orig = nl
         book_real0 = n_real
@@ -333,13 +344,8 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
         opened = 0
         for e in range(b0, b1):
             if tail + 2 > live.size or (tail - head > 3 * n_alive + 48):
-                k = 0  # drop exhausted lots (and make room at the end)
-                for t in range(head, tail):
-                    if F[_REM, live[t]] > 0.0:
-                        live[k] = live[t]
-                        k += 1
+                tail = _compact(live, head, tail, F)  # (and make room at the end)
                 head = 0
-                tail = k
             if is_open[e]:
                 # the lot becomes available, with the pieces already split off it
                 j = opened
@@ -555,22 +561,8 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
                     if nl == cap:
                         return b0, lots0, real0, rej0, _NEED_BOOK
                     cost = cost_before * mq / rem_before
-                    F[_ORIG, nl] = mq
-                    F[_REM, nl] = mq
-                    F[_COST, nl] = cost
-                    F[_WADJ, nl] = dis
-                    F[_PTB, nl] = (cost + dis) / mq
-                    I[_OSEQ, nl] = I[_OSEQ, j]
-                    I[_SPLIT, nl] = I[_NSPLIT, j] + (u - p) + 1
-                    I[_HSTART, nl] = new_hstart
-                    I[_ODAY, nl] = I[_ODAY, j]
-                    I[_NSPLIT, nl] = 0
-                    I[_USED, nl] = 1
-                    I[_CLOSED, nl] = 0
-                    I[_CLOSED_TS, nl] = 0
-                    I[_ROOT, nl] = j
-                    I[_NEXT, nl] = -1
-                    I[_TAIL, nl] = -1
+                    _set_lot(F, I, nl, mq, cost, dis, I[_OSEQ, j], I[_NSPLIT, j] + (u - p) + 1,
+                             new_hstart, I[_ODAY, j], 1, j)
                     if I[_TAIL, j] < 0:
                         I[_NEXT, j] = nl
                     else:
@@ -578,13 +570,8 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
                     I[_TAIL, j] = nl
                     if in_live:
                         if tail + 2 > live.size:
-                            k = 0
-                            for t in range(head, tail):
-                                if F[_REM, live[t]] > 0.0:
-                                    live[k] = live[t]
-                                    k += 1
+                            tail = _compact(live, head, tail, F)
                             head = 0
-                            tail = k
                         s = _position(live, head, tail, F, I, nl, hifo)
                         for v in range(tail, s, -1):
                             live[v] = live[v - 1]

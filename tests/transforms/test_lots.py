@@ -1016,3 +1016,20 @@ def test_kernel_that_runs_out_of_room_replays_the_book_to_the_same_result(method
     assert default[4].size == 6  # two rejections per book
     for a, b in zip(default, tiny):
         np.testing.assert_array_equal(a, b)
+
+
+def test_close_of_exactly_the_open_quantity_after_many_fractional_trades():
+    """The open quantity is a running sum with a rounding bound; a close at the boundary is
+    decided on an exact count: 0.1 bought 30 times, 0.7 sold 3 times, then exactly the rest
+    (float sums leave ~1e-15 either way) is accepted and closes every lot, and a close of
+    1e-6 more than the rest is rejected with the open quantity in its reason."""
+    rows = [(f"B{i:02d}", f"2024-01-{1 + i % 28:02d}", "BUY", 0.1, 10.0) for i in range(30)]
+    rows += [(f"S{i}", "2024-02-01", "SELL", 0.7, 11.0) for i in range(3)]
+    exact = book(*rows, ("S9", "2024-02-02", "SELL", 3.0 - 2.1, 12.0))
+    ledger = build_ledger(exact, pf())
+    assert ledger.rejected_trades.height == 0
+    assert ledger.lots["quantity"].max() == 0.0
+    over = book(*rows, ("S9", "2024-02-02", "SELL", 0.900001, 12.0))
+    ledger = build_ledger(over, pf())
+    assert ledger.rejected_trades["trade_id"].to_list() == ["S9"]
+    assert "exceeds open LONG quantity 0.9" in ledger.rejected_trades["reason"][0]
