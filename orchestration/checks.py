@@ -28,8 +28,8 @@ def nav_equals_cash_plus_market_value(lake: LakeResource) -> dg.AssetCheckResult
     )
     latest = daily.filter(pl.col("date") == pl.col("date").max().over("portfolio_id"))
     paths = (
-        state.filter(pl.col("as_of").dt.date() == latest["date"].max())
-        .join(latest, on="portfolio_id", how="inner")
+        state.join(latest, on="portfolio_id", how="inner")
+        .filter(pl.col("as_of").dt.date() == pl.col("date"))  # the same day on both sides
         .filter((pl.col("total_value") - pl.col("nav")).abs() > NAV_TOLERANCE)
         .select("portfolio_id", "date", "nav", "total_value")
     )
