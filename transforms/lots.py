@@ -354,7 +354,7 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
     Strings are gathered once per output column from the input (``orig``, one chunk) by input
     row: event position -> ``ev.row`` -> input row."""
     lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail = out
-    n_lots, n_real, n_rej = lot_f.shape[1], real_f.shape[1], rej_seq.size
+    n_rej = rej_seq.size
     trade_id = orig.get_column("trade_id").cast(pl.String)
     pid = orig.get_column("portfolio_id").cast(pl.String)
     iid = orig.get_column("instrument_id").cast(pl.String)
@@ -365,8 +365,8 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
     )
 
     # lots: already in (book, event, piece) order
-    oseq = lot_i[0, :n_lots]
-    split = lot_i[1, :n_lots]
+    oseq = lot_i[0]
+    split = lot_i[1]
     r_open = pl.Series(ev.row[oseq])
     open_id = trade_id.gather(r_open)
     if split.any():  # wash-sale pieces are "<lot_id>~W<n>"
@@ -381,8 +381,8 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
         )
     else:
         lot_id = open_id
-    cost, wadj, rem = lot_f[2, :n_lots], lot_f[3, :n_lots], lot_f[1, :n_lots]
-    closed = lot_i[3, :n_lots].astype(np.bool_)
+    cost, wadj, rem = lot_f[2], lot_f[3], lot_f[1]
+    closed = lot_i[3].astype(np.bool_)
     lots = pl.DataFrame(
         {
             "portfolio_id": pid.gather(r_open),
@@ -393,35 +393,35 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
             "open_trade_id": open_id,
             "open_ts": _times(ev.ts[oseq]),
             "open_price": ev.price[oseq],
-            "original_quantity": lot_f[0, :n_lots],
+            "original_quantity": lot_f[0],
             "quantity": rem,
             "cost_basis": cost,
             "wash_sale_adjustment": wadj,
             "tax_basis": cost + wadj,
-            "holding_start": _dates(lot_i[2, :n_lots]),
+            "holding_start": _dates(lot_i[2]),
             "status": pl.Series(["CLOSED", "OPEN"]).gather(pl.Series((rem > 0).astype(np.uint8))),
-            "closed_ts": _times(lot_i[4, :n_lots]).set(pl.Series(~closed), None),
+            "closed_ts": _times(lot_i[4]).set(pl.Series(~closed), None),
         },
         schema=LOTS_SCHEMA,
     )
 
     # realised rows: already in (close event, allocation) order
-    cseq = real_i[0, :n_real]
+    cseq = real_i[0]
     r_close = pl.Series(ev.row[cseq])
-    hstart = real_i[2, :n_real]
+    hstart = real_i[2]
     c_day = ev.day[cseq]
-    realized, wadj_rel, dis = real_f[3, :n_real], real_f[4, :n_real], real_f[5, :n_real]
+    realized, wadj_rel, dis = real_f[3], real_f[4], real_f[5]
     real = pl.DataFrame(
         {
             "portfolio_id": pid.gather(r_close),
             "instrument_id": iid.gather(r_close),
             "trade_id": trade_id.gather(r_close),
-            "lot_id": lot_id.gather(pl.Series(real_i[1, :n_real])),
+            "lot_id": lot_id.gather(pl.Series(real_i[1])),
             "position_type": _sides(ev.is_long[cseq]),
             "close_ts": _times(ev.ts[cseq]),
-            "quantity": real_f[0, :n_real],
-            "proceeds": real_f[1, :n_real],
-            "cost_basis": real_f[2, :n_real],
+            "quantity": real_f[0],
+            "proceeds": real_f[1],
+            "cost_basis": real_f[2],
             "realized_pnl": realized,
             "wash_sale_adjustment": wadj_rel,
             "disallowed_loss": dis,
@@ -447,8 +447,8 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
             if "lot_id" in orig.columns
             else pl.Series([None] * n_rej, dtype=pl.String),
             "is_long": ev.is_long[rej_seq],
-            "_code": rej_code[:n_rej],
-            "_avail": rej_avail[:n_rej],
+            "_code": rej_code,
+            "_avail": rej_avail,
         }
     ).select(
         "_r",
