@@ -9,7 +9,8 @@ realises, which closes are rejected, and the wash-sale rule. The rules are state
 Why compiled: a close's result depends on every earlier close of its book, so the replay is a
 loop over trades. Vectorising it across books (round k = the k-th close of every book) costs a
 few dozen array calls per round, and a book with hundreds of closes makes hundreds of rounds;
-the loop itself, compiled, costs a few nanoseconds per lot touched.
+the loop itself, compiled, costs tens of nanoseconds per lot touched (demo book: 25 ms for
+195K lots and 227K realised rows).
 
 How a book is replayed
 ----------------------

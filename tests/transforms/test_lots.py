@@ -685,25 +685,28 @@ def random_books_named(draw, tax: str | None = None):
     return trades.with_columns(lot_id=pl.Series(names, dtype=pl.String)), portfolios
 
 
+def spec_event_order(trades: pl.DataFrame) -> list[dict]:
+    """The trades as dicts in the specification's event order: portfolio, instrument, time,
+    opening sides before closing sides, trade_id."""
+    rank = {"BUY": 0, "SELL_SHORT": 0, "SELL": 1, "BUY_TO_COVER": 1}
+    return sorted(
+        trades.to_dicts(),
+        key=lambda r: (
+            r["portfolio_id"], r["instrument_id"], r["trade_ts"], rank[r["side"]], r["trade_id"]
+        ),
+    )
+
+
 def full_reference_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame):
     """A plain per-trade loop of every rule, wash sales and named lots included.
 
     Returns ({(trade_id, lot_id): realised row fields}, rejected ids, {lot_id: lot fields}).
-    The production code must stay vectorised; this is the specification, trade by trade.
+    This is the specification, trade by trade, in plain Python; the compiled kernel is checked
+    against it.
     """
     method = dict(zip(portfolios["portfolio_id"], portfolios["lot_method"]))
     taxable = dict(zip(portfolios["portfolio_id"], portfolios["tax_status"]))
-    rank = {"BUY": 0, "SELL_SHORT": 0, "SELL": 1, "BUY_TO_COVER": 1}
-    rows = sorted(
-        trades.to_dicts(),
-        key=lambda r: (
-            r["portfolio_id"],
-            r["instrument_id"],
-            r["trade_ts"],
-            rank[r["side"]],
-            r["trade_id"],
-        ),
-    )
+    rows = spec_event_order(trades)
     eps = 1e-9
     # every lot is known up front (a wash sale may replace into a later purchase)
     books: dict = {}
@@ -882,19 +885,9 @@ def test_fifo_books_equal_reference_and_input_order_is_irrelevant(data):
 
 def reference_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame):
     """A plain per-trade loop (no wash sales): {(trade_id, lot_id): (qty, pnl)}, rejected ids,
-    {lot_id: remaining}. Only for EXEMPT books; the production code must stay vectorised."""
+    {lot_id: remaining}. Only for EXEMPT books: the smallest statement of the lot methods."""
     method = dict(zip(portfolios["portfolio_id"], portfolios["lot_method"]))
-    rank = {"BUY": 0, "SELL_SHORT": 0, "SELL": 1, "BUY_TO_COVER": 1}
-    rows = sorted(
-        trades.to_dicts(),
-        key=lambda r: (
-            r["portfolio_id"],
-            r["instrument_id"],
-            r["trade_ts"],
-            rank[r["side"]],
-            r["trade_id"],
-        ),
-    )
+    rows = spec_event_order(trades)
     books: dict = {}
     matches, rejected, remaining = {}, set(), {}
     for seq, r in enumerate(rows):
@@ -1019,10 +1012,10 @@ def test_kernel_that_runs_out_of_room_replays_the_book_to_the_same_result(method
 
 
 def test_close_of_exactly_the_open_quantity_after_many_fractional_trades():
-    """The open quantity is a running sum with a rounding bound; a close at the boundary is
-    decided on an exact count: 0.1 bought 30 times, 0.7 sold 3 times, then exactly the rest
-    (float sums leave ~1e-15 either way) is accepted and closes every lot, and a close of
-    1e-6 more than the rest is rejected with the open quantity in its reason."""
+    """Closes at the open quantity after many fractional trades (the kernel keeps it as a
+    running sum and recounts near the boundary): 0.1 bought 30 times, 0.7 sold 3 times, then
+    exactly the rest (float sums leave ~1e-15 either way) is accepted and closes every lot,
+    and a close of 1e-6 more than the rest is rejected with the open quantity in its reason."""
     rows = [(f"B{i:02d}", f"2024-01-{1 + i % 28:02d}", "BUY", 0.1, 10.0) for i in range(30)]
     rows += [(f"S{i}", "2024-02-01", "SELL", 0.7, 11.0) for i in range(3)]
     exact = book(*rows, ("S9", "2024-02-02", "SELL", 3.0 - 2.1, 12.0))
