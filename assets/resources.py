@@ -24,6 +24,8 @@ import pyarrow.dataset  # noqa: F401  (pa.dataset)
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from transforms.shards import SHARD_WORKERS
+
 DEFAULT_DATA_DIR = "data"
 
 # Point-in-time reconstruction reads old versions, so history must outlive the delta-rs
@@ -66,6 +68,9 @@ class PipelineSettings(dg.ConfigurableResource):
 
     data_dir: str = DEFAULT_DATA_DIR
     quarantine_max_share: float = 0.05  # of rows read, across all kinds and the ledger
+    # ledger shards computed at once (threads); memory grows by about 2 GB per extra worker
+    # on a book with many wash-sale splits (see assets.state.LEDGER_SHARD_TRADES)
+    shard_workers: int = SHARD_WORKERS
 
     @property
     def landing_dir(self) -> Path:

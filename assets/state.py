@@ -17,13 +17,13 @@ import pyarrow.dataset as ds
 
 from assets.ingest import bronze_schema_of, bronze_table
 from assets.metadata import markdown_preview, table_metadata
-from assets.resources import LakeResource
+from assets.resources import LakeResource, PipelineSettings
 from transforms import contract
 from transforms.book import BookInputs, ledger_quarantine, moment_of
 from transforms.cash import cash_ledger as build_cash_ledger
 from transforms.lots import build_ledger
 from transforms.positions import positions as build_positions
-from transforms.shards import portfolio_shards
+from transforms.shards import map_shards, portfolio_shards
 from transforms.state import portfolio_state as build_portfolio_state
 from transforms.valuations import daily_valuations as build_daily_valuations
 
@@ -144,11 +144,12 @@ LEDGER_OUTPUTS = {
     ],
     group_name=GROUP,
 )
-def ledger(context: dg.AssetExecutionContext, lake: LakeResource):
+def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
     """Tax-lot ledger over all bronze trades, computed shard by shard of portfolios.
 
+    ``settings.shard_workers`` shards are built at once (``transforms.shards.map_shards``).
     Each shard's outputs are staged as Parquet and every table is then streamed into Delta in
-    one commit, so memory holds one shard (not the whole book) and readers never see half a
+    one commit, so memory holds a few shards (not the whole book) and readers never see half a
     table.
     """
     trades = read_bronze(lake, "trades")
@@ -157,13 +158,17 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource):
     sources = [bronze_table("trades"), bronze_table("portfolios")]
     rows = dict.fromkeys(LEDGER_OUTPUTS, 0)
     previews: dict[str, pl.DataFrame] = {}
+
+    def build(ids: pl.Series):
+        shard_ids = ids.implode()
+        return build_ledger(
+            trades.filter(pl.col("portfolio_id").is_in(shard_ids)),
+            portfolios.filter(pl.col("portfolio_id").is_in(shard_ids)),
+        )
+
     with tempfile.TemporaryDirectory(prefix="ledger-") as staging:
-        for number, ids in enumerate(shards):
-            shard_ids = ids.implode()
-            result = build_ledger(
-                trades.filter(pl.col("portfolio_id").is_in(shard_ids)),
-                portfolios.filter(pl.col("portfolio_id").is_in(shard_ids)),
-            )
+        built = map_shards(build, shards, settings.shard_workers)
+        for number, (ids, result) in enumerate(zip(shards, built)):
             rejections = ledger_quarantine(result.rejected_trades).with_columns(
                 pl.lit(context.run.run_id).alias("run_id")
             )
@@ -180,6 +185,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource):
                 rows[name] += frame.height
                 previews.setdefault(name, frame.head(10))
             context.log.info(f"ledger shard {number + 1}/{len(shards)}: {ids.len()} portfolios")
+            del result, rejections, frame  # written: free it while the next shards are built
         for name in LEDGER_OUTPUTS:
             folder = Path(staging) / name
             data = (

@@ -4,8 +4,10 @@ Figures, all measured in one process run so that their ratios are meaningful on 
 machine:
 
 - ``rebuild``: lots, realised P&L, cash ledger, positions, state and daily valuations rebuilt
-  from in-memory bronze frames (``transforms.book.build_book``), in trades per second, and the
-  ledger + positions part alone;
+  from in-memory bronze frames (``transforms.book.build_book``) shard by shard, each shard's
+  tables dropped before the next as in the pipeline, in trades per second, and the ledger +
+  positions part alone. The compiled replay kernel is loaded before the clock starts (a
+  once-per-process cost of about a second);
 - ``pandas_baseline``: the same positions computation (FIFO lots → quantity, cost basis,
   market value, unrealised P&L per portfolio and instrument) written the straightforward pandas
   way (group by key, walk the trades with a lot queue), and its ratio to ours;
@@ -36,7 +38,7 @@ from transforms.book import BookInputs, book_moment, build_book
 from transforms.cash import cash_ledger
 from transforms.lots import build_ledger
 from transforms.positions import positions as build_positions
-from transforms.shards import portfolio_shards
+from transforms.shards import SHARD_WORKERS, map_shards, portfolio_shards
 
 RESULTS = Path(__file__).resolve().parent / "results" / "foundation.json"
 
@@ -116,13 +118,30 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
     """Time the full rebuild and the ledger+positions part, and the pandas baseline beside it.
 
     Both of ours run shard by shard of portfolios (``LEDGER_SHARD_TRADES`` trades each), as
-    the pipeline does; the demo book is a single shard.
+    the pipeline's ledger does; the full rebuild ``SHARD_WORKERS`` shards at a time, as the
+    pipeline's ledger does. The demo book is a single shard.
     """
     n = inputs.trades.height
     shards = [inputs.for_portfolios(ids) for ids in portfolio_shards(inputs.trades, LEDGER_SHARD_TRADES)]
-    _say(f"[{label}] full rebuild of {n:,} trades in {len(shards)} shard(s) …")
-    full_s, books = _timed(lambda: [build_book(shard) for shard in shards], repeat)
-    del books
+    # once per process, not per trade: the first ledger call loads the compiled replay kernel
+    build_ledger(inputs.trades.head(1_000), inputs.portfolios)
+    _say(f"[{label}] full rebuild of {n:,} trades in {len(shards)} shard(s), {SHARD_WORKERS} at a time …")
+
+    def rebuild() -> int:
+        # as the pipeline's ledger does: SHARD_WORKERS shards at once, each one's tables used
+        # (here counted) and dropped as it arrives, so memory holds a few shards
+        rows = 0
+        for book in map_shards(build_book, shards, SHARD_WORKERS):
+            rows += book.lots.height + book.realized_pnl.height + book.daily_valuations.height
+        return rows
+
+    # each run timed: the first one also grows the process heap (fresh pages), later ones reuse it
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        rebuild()
+        times.append(time.perf_counter() - started)
+    full_s = min(times)
 
     def fifo_exempt(portfolios: pl.DataFrame) -> pl.DataFrame:
         return portfolios.with_columns(pl.lit("FIFO").alias("lot_method"), pl.lit("EXEMPT").alias("tax_status"))
@@ -146,11 +165,13 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
         "portfolios": inputs.portfolios.height,
         "shards": len(shards),
         "full_rebuild_seconds": round(full_s, 3),
+        "full_rebuild_runs_seconds": [round(t, 3) for t in times],
+        "shard_workers": SHARD_WORKERS,
         "full_rebuild_trades_per_second": round(n / full_s),
         "ledger_positions_seconds": round(pos_s, 3),
         "ledger_positions_trades_per_second": round(n / pos_s),
     }
-    _say(f"  full rebuild        {full_s:8.2f} s   {n / full_s:>12,.0f} trades/s (lots, realised P&L, cash, positions, state, daily valuations; methods and tax as generated)")
+    _say(f"  full rebuild        {full_s:8.2f} s   {n / full_s:>12,.0f} trades/s (lots, realised P&L, cash, positions, state, daily valuations; methods and tax as generated; best of {repeat}: {', '.join(f'{t:.2f}' for t in times)} s)")
     _say(f"  ledger + positions  {pos_s:8.2f} s   {n / pos_s:>12,.0f} trades/s (FIFO, EXEMPT: same rules as the baseline)")
     if pandas_baseline:
         trades_pd = inputs.trades.select("trade_id", "portfolio_id", "instrument_id", "trade_ts", "side", "quantity", "price", "fees").to_pandas()
@@ -233,7 +254,7 @@ def main(data_dir: Path, standard: bool = False, output: str | None = None, seed
         figures = bench_end_to_end(bench_dir / scale, scale, seed)
         figures.update(bench_lookups(bench_dir / scale / "warehouse.duckdb"))
         inputs = book_inputs_from(generate_book(scale, seed, include_bad_rows=False))
-        figures.update(bench_rebuild(inputs, scale, pandas_baseline=True, repeat=3 if scale == "demo" else 1))
+        figures.update(bench_rebuild(inputs, scale, pandas_baseline=True, repeat=3 if scale == "demo" else 2))
         results[scale] = figures
     target = Path(output) if output else RESULTS
     target.parent.mkdir(parents=True, exist_ok=True)

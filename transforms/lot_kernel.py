@@ -297,7 +297,7 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, start,
             n_lots, n_real, n_rej, lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail,
             F, I, live, order, cand, cand_rem, mark, out_pos, pair_row, pair_cand, pair_m):

@@ -2,7 +2,7 @@ import polars as pl
 import pytest
 from hypothesis import given, strategies as st
 
-from transforms.shards import portfolio_shards
+from transforms.shards import map_shards, portfolio_shards
 
 
 def test_shards_pack_portfolios_in_id_order():
@@ -29,3 +29,47 @@ def test_every_portfolio_in_exactly_one_shard(ids, max_rows):
         rows = sum(counts[p] for p in s.to_list())
         # a shard stops before the portfolio that starts at the next multiple of max_rows
         assert rows - counts[s[-1]] < max_rows
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_map_shards_keeps_shard_order_and_bounds_shards_in_flight(workers):
+    import threading
+    import time
+
+    lock, alive, peak = threading.Lock(), [0], [0]
+    first_batch = threading.Barrier(workers) if workers > 1 else None
+
+    def work(k):
+        with lock:
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+        if first_batch is not None and k < workers:
+            first_batch.wait(timeout=10)  # the first `workers` shards really run at once
+        time.sleep(0.002 * (k % 3))  # later shards may finish first
+        return k * k
+
+    out = []
+    for result in map_shards(work, range(12), workers):
+        out.append(result)
+        with lock:  # the caller is done with this shard's result
+            alive[0] -= 1
+    assert out == [k * k for k in range(12)]
+    # a shard counts from its start until the caller has taken its result
+    assert peak[0] == max(1, workers)
+
+
+def test_map_shards_raises_the_failing_shards_error_at_its_turn():
+    def work(k):
+        if k == 3:
+            raise ValueError("bad shard 3")
+        return k
+
+    seen = []
+    with pytest.raises(ValueError, match="bad shard 3"):
+        for result in map_shards(work, range(6), 2):
+            seen.append(result)
+    assert seen == [0, 1, 2]
+
+
+def test_map_shards_of_nothing_is_empty():
+    assert list(map_shards(lambda k: k, [], 2)) == []
