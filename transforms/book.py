@@ -15,7 +15,7 @@ import polars as pl
 
 from transforms import contract
 from transforms.cash import cash_ledger
-from transforms.fx import as_utc
+from transforms.fx import as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
 from transforms.state import portfolio_state
@@ -107,17 +107,14 @@ def build_book(inputs: BookInputs, as_of: datetime | None = None, *, with_daily:
     moment = to_utc(as_of) if as_of is not None else book_moment(inputs)
     ledger = build_ledger(inputs.trades, inputs.portfolios)
     cash = cash_ledger(ledger.accepted_trades, inputs.cash_flows, inputs.instruments)
-    pos = positions(
-        ledger.lots, cash, inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios, moment
-    )
+    fx = usd_table(inputs.fx_rates)  # cleaned once for the three conversions below
+    pos = positions(ledger.lots, cash, inputs.prices, fx, inputs.instruments, inputs.portfolios, moment)
     state = portfolio_state(
-        pos, ledger.realized_pnl, inputs.portfolios, moment, inputs.fx_rates,
+        pos, ledger.realized_pnl, inputs.portfolios, moment, fx,
         instruments=inputs.instruments, cash_ledger=cash,
     )
     daily = (
-        daily_valuations(
-            ledger.accepted_trades, cash, inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios
-        )
+        daily_valuations(ledger.accepted_trades, cash, inputs.prices, fx, inputs.instruments, inputs.portfolios)
         if with_daily
         else None
     )

@@ -45,7 +45,7 @@ import polars as pl
 
 from transforms.ordering import order_by_key_then
 from transforms.contract import BASE_CURRENCY, DAILY_VALUATIONS_SCHEMA
-from transforms.fx import UsdTable
+from transforms.fx import FxRates, usd_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -386,7 +386,7 @@ def daily_valuations(
     trades: AnyFrame,
     cash_ledger: AnyFrame,
     prices: AnyFrame,
-    fx_rates: AnyFrame,
+    fx_rates: FxRates,
     instruments: AnyFrame,
     portfolios: AnyFrame,
     *,
@@ -473,7 +473,7 @@ def daily_valuations(
         dtype=pl.String,
     )
     n_ccy = currencies.len()  # row n_ccy of the usd table is all NaN: a currency never seen
-    fx = UsdTable(fx_rates)
+    fx = usd_table(fx_rates)
     day_numbers = _day_numbers(days)
     usd2d = np.full((n_ccy + 1, n_days), np.nan)
     for k, code in enumerate(currencies.to_list()):
