@@ -27,6 +27,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orchestration  # noqa: F401  (first: the memory policy must precede Polars' import)
+
 import numpy as np
 import polars as pl
 
