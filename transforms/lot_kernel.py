@@ -297,6 +297,8 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     )
 
 
+# nogil: shards are built on threads (transforms.shards.map_shards); this loop is most of a
+# shard's single-threaded time, so it must not hold the GIL
 @njit(cache=True, nogil=True)
 def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, start,
             n_lots, n_real, n_rej, lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail,
