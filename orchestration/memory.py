@@ -31,7 +31,7 @@ import sys
 
 # Five seconds: the next shard, a second or two later, reuses the pages; a long run does not sit
 # at its high-water mark. Measured on the standard book (``portfolio run``, peak RSS): never
-# purging (-1) peaked at 18.9 GB, Polars' defaults at 10.9 GB, five seconds at 11.2 GB; the
+# purging (-1) peaked at 18.1 GiB, Polars' defaults at 10.4 GiB, five seconds at 10.7 GiB; the
 # rebuild benchmark ran as fast with five seconds as with -1 (10.6 and 10.8 s).
 JEMALLOC_CONF = "dirty_decay_ms:5000,muzzy_decay_ms:5000"
 
