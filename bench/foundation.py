@@ -106,20 +106,21 @@ def pandas_fifo_positions(trades, prices, portfolios=None):
 
 
 def _timed(fn, repeat: int = 1):
-    best, value = float("inf"), None
+    """(seconds of each of ``repeat`` runs of ``fn``, the last run's value)."""
+    times, value = [], None
     for _ in range(repeat):
         started = time.perf_counter()
         value = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, value
+        times.append(time.perf_counter() - started)
+    return times, value
 
 
 def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat: int) -> dict:
     """Time the full rebuild and the ledger+positions part, and the pandas baseline beside it.
 
     Both of ours run shard by shard of portfolios (``LEDGER_SHARD_TRADES`` trades each), as
-    the pipeline's ledger does; the full rebuild ``SHARD_WORKERS`` shards at a time, as the
-    pipeline's ledger does. The demo book is a single shard.
+    the pipeline's ledger does, the full rebuild ``SHARD_WORKERS`` shards at a time. The demo
+    book is a single shard.
     """
     n = inputs.trades.height
     shards = [inputs.for_portfolios(ids) for ids in portfolio_shards(inputs.trades, LEDGER_SHARD_TRADES)]
@@ -135,12 +136,8 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
             rows += book.lots.height + book.realized_pnl.height + book.daily_valuations.height
         return rows
 
-    # each run timed: the first one also grows the process heap (fresh pages), later ones reuse it
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        rebuild()
-        times.append(time.perf_counter() - started)
+    # every run kept: the first one also grows the process heap (fresh pages), later ones reuse it
+    times, _ = _timed(rebuild, repeat)
     full_s = min(times)
 
     def fifo_exempt(portfolios: pl.DataFrame) -> pl.DataFrame:
@@ -159,7 +156,8 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
             )
         return pl.concat(parts)
 
-    pos_s, ours = _timed(ours_positions, repeat)
+    pos_times, ours = _timed(ours_positions, repeat)
+    pos_s = min(pos_times)
     out = {
         "trades": n,
         "portfolios": inputs.portfolios.height,
@@ -176,7 +174,7 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
     if pandas_baseline:
         trades_pd = inputs.trades.select("trade_id", "portfolio_id", "instrument_id", "trade_ts", "side", "quantity", "price", "fees").to_pandas()
         prices_pd = inputs.prices.select("instrument_id", "date", "close").to_pandas()
-        pd_s, theirs = _timed(lambda: pandas_fifo_positions(trades_pd, prices_pd), 1)
+        (pd_s,), theirs = _timed(lambda: pandas_fifo_positions(trades_pd, prices_pd), 1)
         # Both sides must agree before the ratio means anything.
         check = (
             pl.from_pandas(theirs)
