@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 
 from bench.foundation import book_inputs_from
 from transforms import contract
-from transforms.book import BookInputs, book_moment, build_book, ledger_quarantine, to_utc
+from transforms.book import BookInputs, Market, book_moment, build_book, ledger_quarantine, to_utc
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,18 @@ def test_ledger_rejections_become_quarantine_rows():
     row = rows.row(0, named=True)
     assert (row["stage"], row["source_file"], row["source_row"]) == ("ledger", "trades/a.csv", 7)
     assert '"trade_id":"T1"' in row["raw"]
+
+
+def test_shards_sharing_one_market_equal_the_whole_book(inputs, full):
+    """Prices and fx prepared once (``Market``) and shared by shards of portfolios give the same
+    tables as the whole book, now and as of a past moment."""
+    ids = inputs.portfolios["portfolio_id"].sort()
+    market = Market.of(inputs)
+    moment = datetime.combine(full.daily_valuations["date"].unique().sort()[10], time(12), tzinfo=timezone.utc)
+    for as_of, whole in ((None, full), (moment, build_book(inputs, moment))):
+        parts = [build_book(inputs.for_portfolios(ids[k::2]), as_of, market=market) for k in range(2)]
+        for name in ("lots", "positions", "daily_valuations", "portfolio_state"):
+            joined = pl.concat([getattr(p, name) for p in parts])
+            expected = getattr(whole, name)
+            keys = [c for c in expected.columns if expected.schema[c] not in (pl.Float64,) and not isinstance(expected.schema[c], pl.List)]
+            assert_frame_equal(joined.sort(keys), expected.sort(keys), rel_tol=1e-12, abs_tol=1e-9)

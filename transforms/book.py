@@ -15,9 +15,10 @@ import polars as pl
 
 from transforms import contract
 from transforms.cash import cash_ledger
-from transforms.fx import as_utc, usd_table
+from transforms.fx import UsdTable, as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
+from transforms.prices import PriceTable, price_table
 from transforms.state import portfolio_state
 from transforms.valuations import daily_valuations
 
@@ -59,6 +60,26 @@ class BookInputs:
 
 
 @dataclass(frozen=True)
+class Market:
+    """The prices and fx of a book, prepared once (``PriceTable``, ``UsdTable``).
+
+    They are the same for every portfolio, so a build shard by shard shares one ``Market``
+    rather than preparing them again for each shard."""
+
+    prices: PriceTable
+    fx: UsdTable
+
+    @classmethod
+    def of(cls, inputs: BookInputs) -> "Market":
+        """Prepare the prices and fx rates of ``inputs``."""
+        return cls(price_table(inputs.prices), usd_table(inputs.fx_rates))
+
+    def until(self, day: date) -> "Market":
+        """The market known at the end of ``day``: prices and fx quoted on or before it."""
+        return Market(self.prices.until(day), self.fx.until(day))
+
+
+@dataclass(frozen=True)
 class Book:
     """Every silver table of a book at one moment ``as_of``."""
 
@@ -94,27 +115,36 @@ def book_moment(inputs: BookInputs) -> datetime:
     return moment_of(inputs.prices["date"].max(), inputs.trades["trade_ts"].max(), inputs.cash_flows["ts"].max())
 
 
-def build_book(inputs: BookInputs, as_of: datetime | None = None, *, with_daily: bool = True) -> Book:
+def build_book(
+    inputs: BookInputs, as_of: datetime | None = None, *, with_daily: bool = True, market: Market | None = None
+) -> Book:
     """Build the state of ``inputs`` as of ``as_of`` (default: ``book_moment(inputs)``).
 
     Steps: ledger (lots, realised P&L, oversell rejections) → cash ledger from the accepted
     trades and the cash flows → positions and portfolio state at ``as_of`` → daily valuations
     through the last price date on or before ``as_of`` (skipped when ``with_daily`` is false,
     e.g. for a point-in-time query that needs only the state).
+
+    ``market``: the prepared prices and fx of a book ``inputs`` is a shard of
+    (``Market.of(book)``), used instead of preparing ``inputs.prices`` and ``inputs.fx_rates``;
+    with ``as_of``, only what it knew by then is used.
     """
     if as_of is not None:
         inputs = inputs.as_of(as_of)
     moment = to_utc(as_of) if as_of is not None else book_moment(inputs)
+    if market is None:
+        market = Market.of(inputs)
+    elif as_of is not None:
+        market = market.until(moment.date())
     ledger = build_ledger(inputs.trades, inputs.portfolios)
     cash = cash_ledger(ledger.accepted_trades, inputs.cash_flows, inputs.instruments)
-    fx = usd_table(inputs.fx_rates)  # cleaned once for the three conversions below
-    pos = positions(ledger.lots, cash, inputs.prices, fx, inputs.instruments, inputs.portfolios, moment)
+    pos = positions(ledger.lots, cash, market.prices, market.fx, inputs.instruments, inputs.portfolios, moment)
     state = portfolio_state(
-        pos, ledger.realized_pnl, inputs.portfolios, moment, fx,
+        pos, ledger.realized_pnl, inputs.portfolios, moment, market.fx,
         instruments=inputs.instruments, cash_ledger=cash,
     )
     daily = (
-        daily_valuations(ledger.accepted_trades, cash, inputs.prices, fx, inputs.instruments, inputs.portfolios)
+        daily_valuations(ledger.accepted_trades, cash, market.prices, market.fx, inputs.instruments, inputs.portfolios)
         if with_daily
         else None
     )

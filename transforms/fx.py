@@ -88,6 +88,20 @@ class UsdTable:
         if BASE_CURRENCY not in self.quotes:  # USD is 1.0 whenever it is not quoted at all
             self.quotes[BASE_CURRENCY] = (np.zeros(1, dtype=np.int64), np.ones(1))
 
+    def until(self, day: date) -> "UsdTable":
+        """The table of the quotes dated on or before ``day`` (what ``fx_rates`` filtered to
+        those dates would give: a currency first quoted later is never quoted)."""
+        cut = int(pl.Series([day], dtype=pl.Date).to_physical()[0])
+        table = object.__new__(UsdTable)
+        table.quotes = {}
+        for ccy, (days, values) in self.quotes.items():
+            k = int(np.searchsorted(days, cut, side="right"))
+            if k:
+                table.quotes[ccy] = (days[:k], values[:k])
+        if BASE_CURRENCY not in table.quotes:
+            table.quotes[BASE_CURRENCY] = (np.zeros(1, dtype=np.int64), np.ones(1))
+        return table
+
     def usd_per_unit(self, dates: pl.Series, currencies: pl.Series) -> np.ndarray:
         """USD per unit for each (date, currency) row; NaN when null or never quoted."""
         dates = dates.cast(pl.Date)

@@ -11,9 +11,10 @@ For a LONG / SHORT row (from lots with status OPEN, quantity > 0 and open_ts <= 
 - ``cost_basis``    = sum over lots of ``cost_basis * fx(open date of the lot)`` (base ccy, signed);
 - ``average_cost``  = local basis / |quantity| (so it carries the sign of the row: negative for
   SHORT; its absolute value is the average opening price net of fees);
-- ``price``         = latest close on or before the as-of date (forward fill). An instrument with
-  no close on or before that date is priced at the ``open_price`` of its latest open lot in the
-  row, and ``price_date`` is then that lot's open date;
+- ``price``         = latest close on or before the as-of date (forward fill; which closes
+  count: ``transforms.prices``). An instrument with no close on or before that date is priced
+  at the ``open_price`` of its latest open lot in the row, and ``price_date`` is then that
+  lot's open date;
 - ``fx_rate``       = base per local on ``price_date`` (see ``transforms.fx``);
 - ``market_value``  = quantity * price * fx_rate; ``unrealized_pnl`` = market_value - cost_basis;
 - ``last_updated``  = latest ``open_ts`` among the row's lots.
@@ -35,6 +36,7 @@ import polars as pl
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, POSITIONS_SCHEMA
 from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, usd_table
+from transforms.prices import Prices, price_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -49,7 +51,7 @@ def _with_weights(rows: pl.LazyFrame) -> pl.LazyFrame:
 def positions(
     lots: AnyFrame,
     cash_ledger: AnyFrame,
-    prices: AnyFrame,
+    prices: Prices,
     fx_rates: FxRates,
     instruments: AnyFrame,
     portfolios: AnyFrame,
@@ -57,7 +59,8 @@ def positions(
 ) -> pl.DataFrame:
     """Positions (``POSITIONS_SCHEMA``) as of ``as_of``; see the module docstring for the rules.
 
-    ``lots`` are those built from the trades up to ``as_of`` (``LOTS_SCHEMA``). A naive
+    ``lots`` are those built from the trades up to ``as_of`` (``LOTS_SCHEMA``). ``prices`` is a
+    prices frame or the book's ``PriceTable``, ``fx_rates`` a frame or a ``UsdTable``. A naive
     ``as_of`` is taken as UTC. Sorted by (portfolio_id, position_type, instrument_id).
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
@@ -99,15 +102,8 @@ def positions(
         pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
         pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
     )
-    last_close = (
-        prices.lazy()
-        .filter((pl.col("date") <= day) & pl.col("close").is_not_null() & pl.col("close").is_finite())
-        .group_by("instrument_id")
-        .agg(
-            pl.col("close").sort_by("date").last().alias("_close"),
-            pl.col("date").max().alias("_close_date"),
-        )
-        .collect()
+    last_close = price_table(prices).latest(held["instrument_id"], day).rename(
+        {"close": "_close", "date": "_close_date"}
     )
     held = held.join(last_close, on="instrument_id", how="left").with_columns(
         pl.coalesce("_close", "_fallback_price").alias("price"),

@@ -1,9 +1,9 @@
 """Daily valuations: one row per portfolio and business day (``DAILY_VALUATIONS_SCHEMA``).
 
-Calendar. Business days are the distinct dates in ``prices``. A portfolio is valued from the
-first business day on or after ``max(inception_date, first activity)`` (first activity = the
-earliest trade or cash-ledger entry date) through the last price date, whatever its status
-(CLOSED portfolios too). A portfolio with no activity at all has no rows. An event dated on a
+Calendar. Business days are the distinct dates of the closes that count (``transforms.prices``).
+A portfolio is valued from the first business day on or after ``max(inception_date, first
+activity)`` (first activity = the earliest trade or cash-ledger entry date) through the last
+price date, whatever its status (CLOSED portfolios too). A portfolio with no activity at all has no rows. An event dated on a
 non-business day (or before the portfolio's first valued day) counts from the next valued day.
 
 At the close of business day ``d`` (all amounts converted to the portfolio's base currency):
@@ -31,9 +31,10 @@ trades ordered through a packed Int64 key, trade_id breaking ties). Each traded 
 on a dense ``pair x day`` block in cache-sized chunks: the holding is each segment's quantity
 run-length decoded over its days (``np.repeat``), read against a precomputed ``(base ccy,
 instrument, day)`` table of close * fx, and pairs are summed per portfolio with
-``np.add.reduceat`` (a left fold, so the sums do not depend on the chunking). Prices and fx are
-dense forward-filled ``instrument x day`` and ``currency x day`` matrices over the *traded*
-instruments only (fx from ``transforms.fx.UsdTable``). Strings (portfolio, instrument,
+``np.add.reduceat`` (a left fold, so the sums do not depend on the chunking). Prices are the
+rows of the traded instruments in the book's ``transforms.prices.PriceTable`` (built once per
+book, or here from a prices frame) and fx a dense ``currency x day`` matrix (from
+``transforms.fx.UsdTable``). Strings (portfolio, instrument,
 currency) become integer codes once, through an Enum over the sorted ids. Cash is a cumulative
 sum over a ``(portfolio, currency) x day`` matrix. No grid of never-traded instruments is built.
 """
@@ -46,6 +47,7 @@ import polars as pl
 from transforms.ordering import order_by_key_then
 from transforms.contract import BASE_CURRENCY, DAILY_VALUATIONS_SCHEMA
 from transforms.fx import FxRates, usd_table
+from transforms.prices import Calendar, Prices, codes, day_numbers, price_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -58,61 +60,6 @@ KEY_BITS = 62  # packed (pair, ts) sort keys stay below 2**62: non-negative Int6
 
 def _empty() -> pl.DataFrame:
     return pl.DataFrame(schema=DAILY_VALUATIONS_SCHEMA)
-
-
-def _day_numbers(dates: pl.Series) -> np.ndarray:
-    """Days since 1970 (int64) of a non-null Date (or Datetime: its calendar day) series."""
-    return dates.cast(pl.Date).to_physical().cast(pl.Int64).to_numpy()
-
-
-class _Calendar:
-    """Business days, and the index of the first business day on or after any date.
-
-    The dates looked up (trades, ledger, settlement) fall in a range of a few hundred calendar
-    days, so each calendar day of the business range is resolved once and rows are one gather.
-    """
-
-    def __init__(self, days: pl.Series) -> None:
-        self.days = days
-        self.n = days.len()
-        num = _day_numbers(days)
-        self.lo = int(num[0])
-        span = np.arange(self.lo, int(num[-1]) + 1, dtype=np.int64)
-        # slot 0: before the first day (index 0); last slot: after the last day (index n)
-        self.table = np.concatenate([[0], np.searchsorted(num, span, side="left"), [self.n]]).astype(np.int64)
-
-    def index(self, day_numbers: np.ndarray) -> np.ndarray:
-        """Index of the first business day on or after each day number (n when after the last)."""
-        return self.table[np.clip(day_numbers - self.lo, -1, self.table.size - 2) + 1]
-
-
-def _codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
-    """Position of each value in the sorted, unique ``categories`` (-1: null or absent)."""
-    if categories.len() == 0:
-        return np.full(values.len(), -1, dtype=np.int64)
-    # an Enum's physical code is the category's position; absent values cast to null
-    code = values.cast(pl.String).cast(pl.Enum(categories), strict=False).to_physical()
-    out = code.to_numpy()
-    if code.null_count():
-        out = np.where(np.isnan(out), -1, out)  # nulls come out of numpy as NaN
-    return out.astype(np.int64)
-
-
-def _forward_filled_prices(
-    px: pl.DataFrame, inst_ids: pl.Series, cal: _Calendar
-) -> tuple[np.ndarray, np.ndarray]:
-    """(n_instruments, n_days) arrays: forward-filled close and the index of its day (-1: none)."""
-    n_i, n_days = inst_ids.len(), cal.n
-    i = _codes(px["instrument_id"], inst_ids)
-    keep = i >= 0
-    close = np.full((n_i, n_days), np.nan)
-    # prices rows keep their order, so a duplicated (instrument, date) keeps the last close
-    close[i[keep], cal.index(_day_numbers(px["date"])[keep])] = px["close"].to_numpy()[keep]
-    last = np.where(np.isnan(close), -1, np.arange(n_days, dtype=np.int64)[None, :])
-    np.maximum.accumulate(last, axis=1, out=last)
-    filled = np.take_along_axis(close, np.maximum(last, 0), axis=1)
-    filled[last < 0] = np.nan
-    return filled, last
 
 
 def _cumsum_per_run(values: np.ndarray, run_start: np.ndarray) -> np.ndarray:
@@ -148,7 +95,7 @@ def _cumsum_per_run(values: np.ndarray, run_start: np.ndarray) -> np.ndarray:
 
 
 def _segments(
-    tr: pl.DataFrame, tr_day: np.ndarray, p: np.ndarray, i: np.ndarray, start_idx: np.ndarray, n_i: int, cal: _Calendar
+    tr: pl.DataFrame, tr_day: np.ndarray, p: np.ndarray, i: np.ndarray, start_idx: np.ndarray, n_i: int, cal: Calendar
 ) -> dict[str, np.ndarray]:
     """Constant-holding segments [start, end) per (portfolio, instrument), non-zero only.
 
@@ -183,7 +130,7 @@ def _segments(
         order = frame.select(pl.arg_sort_by("pair", "ts", "trade_id")).to_series().to_numpy()
     at = rows[order]
     sides = pl.Series(sorted(BUY_SIGN), dtype=pl.String)
-    sign = np.append([BUY_SIGN[side] for side in sides], 0.0)[_codes(tr["side"], sides)[at]]  # -1: 0.0
+    sign = np.append([BUY_SIGN[side] for side in sides], 0.0)[codes(tr["side"], sides)[at]]  # -1: 0.0
     quantity = tr["quantity"].cast(pl.Float64).to_numpy()[at]  # never null (filtered)
     dq = sign * quantity
     price = tr["price"].cast(pl.Float64).fill_null(np.nan).to_numpy()[at]
@@ -336,7 +283,7 @@ def _cash(
     start_idx: np.ndarray,
     base_of_p: np.ndarray,
     usd2d: np.ndarray,
-    cal: _Calendar,
+    cal: Calendar,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cash, settled, net_flows) in base ccy per flat (portfolio * n_days + day).
 
@@ -385,7 +332,7 @@ def _cash(
 def daily_valuations(
     trades: AnyFrame,
     cash_ledger: AnyFrame,
-    prices: AnyFrame,
+    prices: Prices,
     fx_rates: FxRates,
     instruments: AnyFrame,
     portfolios: AnyFrame,
@@ -394,19 +341,14 @@ def daily_valuations(
 ) -> pl.DataFrame:
     """Daily NAV per portfolio and business day (``DAILY_VALUATIONS_SCHEMA``).
 
-    See the module docstring for the rules. ``chunk_rows`` bounds memory: at most that many
+    See the module docstring for the rules. ``prices`` is a prices frame or the book's
+    ``PriceTable``; ``fx_rates`` a frame or a ``UsdTable``. ``chunk_rows`` bounds memory: at most that many
     (pair, day) cells (about 60 bytes each) are valued at once. Sorted by (portfolio_id, date).
     """
-    px = (
-        prices.lazy()
-        .select("instrument_id", pl.col("date").cast(pl.Date), pl.col("close").cast(pl.Float64))
-        .filter(pl.col("date").is_not_null() & pl.col("close").is_not_null() & pl.col("close").is_finite())
-        .collect()
-    )
-    days = px["date"].unique().sort()
-    if days.len() == 0:
+    table = price_table(prices)
+    days, cal = table.days, table.calendar
+    if cal is None:
         return _empty()
-    cal = _Calendar(days)
     n_days = cal.n
     tr = (
         trades.lazy()
@@ -433,15 +375,15 @@ def daily_valuations(
         .sort("portfolio_id")
         .collect()
     )
-    tr_p = _codes(tr["portfolio_id"], ports["portfolio_id"])
-    led_p = _codes(led["portfolio_id"], ports["portfolio_id"])
+    tr_p = codes(tr["portfolio_id"], ports["portfolio_id"])
+    led_p = codes(led["portfolio_id"], ports["portfolio_id"])
     # first activity: the earliest trade or ledger date per portfolio (none: not valued)
     no_activity = np.iinfo(np.int64).max
     first = np.full(ports.height, no_activity, dtype=np.int64)
-    tr_day, led_day = _day_numbers(tr["trade_ts"].dt.date()), _day_numbers(led["ts"].dt.date())
-    for codes, day in ((tr_p, tr_day), (led_p, led_day)):
-        known = codes >= 0
-        np.minimum.at(first, codes[known], day[known])
+    tr_day, led_day = day_numbers(tr["trade_ts"].dt.date()), day_numbers(led["ts"].dt.date())
+    for port, day in ((tr_p, tr_day), (led_p, led_day)):
+        known = port >= 0
+        np.minimum.at(first, port[known], day[known])
     inception = ports["inception_date"].to_physical().cast(pl.Int64).fill_null(np.iinfo(np.int64).min).to_numpy()
     start_all = np.where(first == no_activity, n_days, cal.index(np.maximum(inception, first)))
     valued = np.flatnonzero(start_all < n_days)
@@ -474,17 +416,16 @@ def daily_valuations(
     )
     n_ccy = currencies.len()  # row n_ccy of the usd table is all NaN: a currency never seen
     fx = usd_table(fx_rates)
-    day_numbers = _day_numbers(days)
     usd2d = np.full((n_ccy + 1, n_days), np.nan)
     for k, code in enumerate(currencies.to_list()):
-        usd2d[k] = fx.lookup(code, day_numbers)
-    inst_ccy = np.where((c := _codes(inst_ccy_names, currencies)) < 0, n_ccy, c)
-    base_of_p = _codes(ports["base_currency"], currencies)
+        usd2d[k] = fx.lookup(code, cal.numbers)
+    inst_ccy = np.where((c := codes(inst_ccy_names, currencies)) < 0, n_ccy, c)
+    base_of_p = codes(ports["base_currency"], currencies)
 
-    close, last = _forward_filled_prices(px, inst_ids, cal)
-    seg = _segments(tr, tr_day, tr_p, _codes(tr["instrument_id"], inst_ids), start_idx, inst_ids.len(), cal)
+    close, last = table.rows(inst_ids)
+    seg = _segments(tr, tr_day, tr_p, codes(tr["instrument_id"], inst_ids), start_idx, inst_ids.len(), cal)
     long_mv, short_mv, stale = _market_values(seg, n_ports, base_of_p, inst_ccy, close, last, usd2d, chunk_rows)
-    led_ccy = _codes(led["currency"], currencies)
+    led_ccy = codes(led["currency"], currencies)
     cash, settled, flows = _cash(
         led, led_day, led_p, np.where(led_ccy < 0, n_ccy, led_ccy), n_ccy, start_idx, base_of_p, usd2d, cal
     )

@@ -3,6 +3,7 @@ currencies null, and the same answers for eager and lazy frames and a prebuilt t
 
 from datetime import date
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -54,3 +55,12 @@ def test_many_rows_over_few_days_match_one_by_one():
     many = usd_per_unit_on(rows(days, ["EUR"] * 500), RATES, date_col="d", currency_col="c")["usd_per_unit"]
     single = [usd_per_unit_on(rows([d], ["EUR"]), RATES, date_col="d", currency_col="c")["usd_per_unit"][0] for d in days[:10]]
     assert many.head(10).to_list() == single
+
+
+def test_until_answers_as_the_rates_filtered_to_that_day():
+    frame = rows([date(2025, 1, 1), date(2025, 1, 3), date(2025, 1, 9)] * 3, ["EUR"] * 3 + ["GBP"] * 3 + ["USD"] * 3)
+    full = UsdTable(RATES)
+    for day in (date(2025, 1, 1), date(2025, 1, 2), date(2025, 1, 5), date(2025, 1, 6), date(2025, 2, 1)):
+        cut = full.until(day).usd_per_unit(frame["d"], frame["c"])
+        direct = UsdTable(RATES.filter(pl.col("date") <= day)).usd_per_unit(frame["d"], frame["c"])
+        np.testing.assert_array_equal(cut, direct)

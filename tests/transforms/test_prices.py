@@ -1,0 +1,78 @@
+"""The book's price table: which closes count, forward fill, later duplicate wins, truncation to
+a day, rows and latest closes of instruments with and without closes."""
+
+from datetime import date
+
+import numpy as np
+import polars as pl
+import pytest
+
+from transforms.prices import PriceTable, price_table
+
+D1, D2, D3, D4 = date(2025, 1, 2), date(2025, 1, 3), date(2025, 1, 6), date(2025, 1, 7)
+
+PRICES = pl.DataFrame(
+    {
+        "instrument_id": ["B", "A", "A", "B", "A", "C", "A", None, "B"],
+        "date": [D1, D1, D2, D3, D3, D3, D4, D4, D4],
+        "close": [20.0, 10.0, 11.0, 21.0, 12.0, float("nan"), None, 99.0, 22.0],
+        "volume": [1] * 9,
+    },
+    schema_overrides={"close": pl.Float64},
+)
+
+
+def test_calendar_and_forward_fill():
+    t = PriceTable(PRICES)
+    # C's only close is NaN and the null-instrument row does not count; D4 is a day (B has one)
+    assert t.instruments.to_list() == ["A", "B"]
+    assert t.days.to_list() == [D1, D2, D3, D4]
+    np.testing.assert_array_equal(t.close, [[10.0, 11.0, 12.0, 12.0], [20.0, 20.0, 21.0, 22.0]])
+    np.testing.assert_array_equal(t.quoted, [[0, 1, 2, 2], [0, 0, 2, 3]])
+
+
+def test_a_later_duplicate_row_wins():
+    dup = pl.concat([PRICES, pl.DataFrame({"instrument_id": ["A"], "date": [D2], "close": [15.0], "volume": [1]})])
+    assert PriceTable(dup).close[0, 1] == 15.0
+
+
+def test_until_is_the_table_of_the_earlier_closes():
+    t = PriceTable(PRICES)
+    for day in (D1, D2, date(2025, 1, 5), D4, date(2030, 1, 1)):
+        cut, direct = t.until(day), PriceTable(PRICES.filter(pl.col("date") <= day))
+        assert cut.days.equals(direct.days)
+        close, quoted = cut.rows(direct.instruments)
+        np.testing.assert_array_equal(close, direct.close)
+        np.testing.assert_array_equal(quoted, direct.quoted)
+    before = t.until(date(2024, 12, 31))
+    assert before.days.len() == 0 and before.calendar is None
+    assert before.latest(pl.Series(["A"]), D4)["close"].to_list() == [None]
+
+
+def test_rows_of_instruments_without_closes_are_empty():
+    close, quoted = PriceTable(PRICES).rows(pl.Series(["B", "Z", "A"]))
+    np.testing.assert_array_equal(close[0], [20.0, 20.0, 21.0, 22.0])
+    assert np.isnan(close[1]).all() and (quoted[1] == -1).all()
+    np.testing.assert_array_equal(quoted[2], [0, 1, 2, 2])
+
+
+def test_latest_close_on_or_before_a_day():
+    t = PriceTable(PRICES)
+    out = t.latest(pl.Series(["A", "B", "Z", "A", None]), date(2025, 1, 5)).sort("instrument_id")
+    assert out.rows() == [("A", 11.0, D2), ("B", 20.0, D1), ("Z", None, None)]
+    assert t.latest(pl.Series(["A"]), date(2024, 1, 1)).rows() == [("A", None, None)]
+
+
+def test_empty_prices_and_a_prepared_table_is_reused():
+    empty = PriceTable(PRICES.clear())
+    assert empty.calendar is None and empty.close.shape == (0, 0) and empty.last_day is None
+    assert empty.latest(pl.Series(["A"]), D1).rows() == [("A", None, None)]
+    t = PriceTable(PRICES)
+    assert price_table(t) is t
+    assert t.last_day == D4
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_lazy_and_eager_frames_agree(lazy):
+    t = PriceTable(PRICES.lazy() if lazy else PRICES)
+    np.testing.assert_array_equal(t.close, PriceTable(PRICES).close)
