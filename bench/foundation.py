@@ -134,8 +134,9 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
         # (here counted) and dropped as it arrives, so memory holds a few shards; the prices
         # and fx are prepared once for all shards (part of the time)
         market = Market.of(inputs)
+        overlap = len(shards) < SHARD_WORKERS  # a core left over: the steps of a build share it
         rows = 0
-        for book in map_shards(lambda shard: build_book(shard, market=market), shards, SHARD_WORKERS):
+        for book in map_shards(lambda s: build_book(s, market=market, overlap=overlap), shards, SHARD_WORKERS):
             rows += book.lots.height + book.realized_pnl.height + book.daily_valuations.height
         return rows
 

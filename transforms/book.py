@@ -8,13 +8,14 @@ same way.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timezone
 
 import polars as pl
 
 from transforms import contract
-from transforms.cash import cash_ledger
+from transforms.cash import cash_ledger, without_trades
 from transforms.fx import UsdTable, as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
@@ -79,6 +80,24 @@ class Market:
         return Market(self.prices.until(day), self.fx.until(day))
 
 
+class _InPlace:
+    """An executor that runs each task when it is submitted (``build_book(overlap=False)``)."""
+
+    def __enter__(self) -> "_InPlace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as error:  # surfaces at .result(), as a thread's would
+            done.set_exception(error)
+        return done
+
+
 @dataclass(frozen=True)
 class Book:
     """Every silver table of a book at one moment ``as_of``."""
@@ -116,7 +135,12 @@ def book_moment(inputs: BookInputs) -> datetime:
 
 
 def build_book(
-    inputs: BookInputs, as_of: datetime | None = None, *, with_daily: bool = True, market: Market | None = None
+    inputs: BookInputs,
+    as_of: datetime | None = None,
+    *,
+    with_daily: bool = True,
+    market: Market | None = None,
+    overlap: bool = True,
 ) -> Book:
     """Build the state of ``inputs`` as of ``as_of`` (default: ``book_moment(inputs)``).
 
@@ -128,26 +152,40 @@ def build_book(
     ``market``: the prepared prices and fx of a book ``inputs`` is a shard of
     (``Market.of(book)``), used instead of preparing ``inputs.prices`` and ``inputs.fx_rates``;
     with ``as_of``, only what it knew by then is used.
+
+    ``overlap``: run the steps that do not wait for each other on a second thread (market and
+    cash entries beside the ledger, daily valuations beside positions and state). Pass False
+    when the cores are already busy, e.g. when shards are built at once: there it only adds
+    memory held at a time (measured: the standard book's rebuild went from 9.8 s to 14.0 s).
     """
     if as_of is not None:
         inputs = inputs.as_of(as_of)
     moment = to_utc(as_of) if as_of is not None else book_moment(inputs)
-    if market is None:
-        market = Market.of(inputs)
-    elif as_of is not None:
+    if market is not None and as_of is not None:
         market = market.until(moment.date())
-    ledger = build_ledger(inputs.trades, inputs.portfolios)
-    cash = cash_ledger(ledger.accepted_trades, inputs.cash_flows, inputs.instruments)
-    pos = positions(ledger.lots, cash, market.prices, market.fx, inputs.instruments, inputs.portfolios, moment)
-    state = portfolio_state(
-        pos, ledger.realized_pnl, inputs.portfolios, moment, market.fx,
-        instruments=inputs.instruments, cash_ledger=cash,
-    )
-    daily = (
-        daily_valuations(ledger.accepted_trades, cash, market.prices, market.fx, inputs.instruments, inputs.portfolios)
-        if with_daily
-        else None
-    )
+    with ThreadPoolExecutor(1, thread_name_prefix="book") if overlap else _InPlace() as beside:
+        # what does not need the ledger runs beside it: the market, and the cash entries of
+        # every trade (those of the trades the ledger rejects are dropped after it)
+        preparing = beside.submit(Market.of, inputs) if market is None else None
+        all_cash = beside.submit(cash_ledger, inputs.trades, inputs.cash_flows, inputs.instruments)
+        ledger = build_ledger(inputs.trades, inputs.portfolios)
+        cash = without_trades(all_cash.result(), ledger.rejected_trades["trade_id"])
+        if preparing is not None:
+            market = preparing.result()
+        daily = (
+            beside.submit(
+                daily_valuations, ledger.accepted_trades, cash, market.prices, market.fx, inputs.instruments,
+                inputs.portfolios,
+            )
+            if with_daily
+            else None
+        )
+        pos = positions(ledger.lots, cash, market.prices, market.fx, inputs.instruments, inputs.portfolios, moment)
+        state = portfolio_state(
+            pos, ledger.realized_pnl, inputs.portfolios, moment, market.fx,
+            instruments=inputs.instruments, cash_ledger=cash,
+        )
+        daily = daily.result() if daily is not None else None
     return Book(
         as_of=moment,
         trades=ledger.accepted_trades,

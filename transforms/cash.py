@@ -110,6 +110,19 @@ def cash_ledger(
     return _sort_entries(ledger)
 
 
+def without_trades(cash_ledger: pl.DataFrame, trade_ids: pl.Series) -> pl.DataFrame:
+    """``cash_ledger`` less the entries of the trades ``trade_ids`` (and of trades with a null
+    id); cash flows stay. Order is kept, so ``cash_ledger(trades)`` less the trades a ledger
+    rejects is ``cash_ledger`` of the trades it accepts (a duplicated trade id is rejected in
+    all its copies)."""
+    if trade_ids.len() == 0 and cash_ledger["entry_id"].null_count() == 0:
+        return cash_ledger
+    gone = (pl.col("source") == "TRADE") & (
+        pl.col("entry_id").is_null() | pl.col("entry_id").is_in(trade_ids.drop_nulls().implode())
+    )
+    return cash_ledger.filter(~gone)
+
+
 def _with_currency(trades: pl.DataFrame, ccy: pl.DataFrame) -> pl.DataFrame:
     """``trades`` with the instrument's ``currency`` (null when unknown), as a left join would.
 
