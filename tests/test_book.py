@@ -99,3 +99,16 @@ def test_shards_sharing_one_market_equal_the_whole_book(inputs, full):
             expected = getattr(whole, name)
             keys = [c for c in expected.columns if expected.schema[c] not in (pl.Float64,) and not isinstance(expected.schema[c], pl.List)]
             assert_frame_equal(joined.sort(keys), expected.sort(keys), rel_tol=1e-12, abs_tol=1e-9)
+
+
+def test_overlapping_steps_change_nothing(inputs, full):
+    alone = build_book(inputs, overlap=False)
+    for name in ("trades", "lots", "realized_pnl", "cash_ledger", "positions", "daily_valuations", "portfolio_state"):
+        assert_frame_equal(getattr(alone, name), getattr(full, name))
+
+
+def test_a_failure_beside_the_ledger_surfaces(inputs):
+    broken = BookInputs(**{**inputs.__dict__, "cash_flows": inputs.cash_flows.drop("amount")})
+    for overlap in (True, False):
+        with pytest.raises(pl.exceptions.ColumnNotFoundError):
+            build_book(broken, overlap=overlap)

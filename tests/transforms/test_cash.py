@@ -177,3 +177,34 @@ def test_trade_amounts_round_to_each_currency_minor_unit():
     ])
     got = dict(cash_ledger(trades, FLOWS.clear(), instruments).select("entry_id", "amount").iter_rows())
     assert got == {"T1": 10.0, "T2": 10.123, "T3": 10.12, "T4": 10.12}
+
+
+def test_entries_of_rejected_trades_dropped_equal_the_ledger_of_accepted_trades():
+    """``build_book`` writes the cash entries of every trade beside the ledger and drops the
+    rejected ones after it: the result must be the cash ledger of the accepted trades."""
+    from transforms.cash import without_trades
+    from transforms.lots import build_ledger
+
+    bad = mk(
+        "trades",
+        [
+            # an oversell, a duplicated id (both copies rejected) and a null id
+            {"trade_id": "T5", "portfolio_id": "P1", "instrument_id": "AAA", "trade_ts": ts(4),
+             "settle_date": date(2024, 1, 8), "side": "SELL", "quantity": 1_000.0, "price": 10.0},
+            {"trade_id": "T6", "portfolio_id": "P1", "instrument_id": "AAA", "trade_ts": ts(4),
+             "settle_date": date(2024, 1, 8), "side": "BUY", "quantity": 1.0, "price": 10.0},
+            {"trade_id": "T6", "portfolio_id": "P1", "instrument_id": "AAA", "trade_ts": ts(5),
+             "settle_date": date(2024, 1, 9), "side": "BUY", "quantity": 2.0, "price": 10.0},
+            {"trade_id": None, "portfolio_id": "P1", "instrument_id": "AAA", "trade_ts": ts(5),
+             "settle_date": date(2024, 1, 9), "side": "BUY", "quantity": 3.0, "price": 10.0},
+        ],
+    )
+    trades = pl.concat([TRADES, bad])
+    portfolios = pl.DataFrame({"portfolio_id": ["P1"], "tax_status": ["EXEMPT"], "lot_method": ["FIFO"]})
+    result = build_ledger(trades, portfolios)
+    assert result.rejected_trades.height == 4
+    dropped = without_trades(cash_ledger(trades, FLOWS, INSTRUMENTS), result.rejected_trades["trade_id"])
+    assert dropped.equals(cash_ledger(result.accepted_trades, FLOWS, INSTRUMENTS))
+    assert dropped.filter(pl.col("source") == "CASH_FLOW").height == FLOWS.height
+    everything = cash_ledger(TRADES, FLOWS, INSTRUMENTS)
+    assert without_trades(everything, pl.Series([], dtype=pl.String)) is everything
