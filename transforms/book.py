@@ -15,7 +15,7 @@ from datetime import date, datetime, time, timezone
 import polars as pl
 
 from transforms import contract
-from transforms.cash import cash_ledger, without_trades
+from transforms.cash import cash_balances, cash_ledger, without_trades
 from transforms.fx import UsdTable, as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
@@ -180,10 +180,14 @@ def build_book(
             if with_daily
             else None
         )
-        pos = positions(ledger.lots, cash, market.prices, market.fx, inputs.instruments, inputs.portfolios, moment)
+        balances = cash_balances(cash, moment)
+        pos = positions(
+            ledger.lots, cash, market.prices, market.fx, inputs.instruments, inputs.portfolios, moment,
+            balances=balances,
+        )
         state = portfolio_state(
             pos, ledger.realized_pnl, inputs.portfolios, moment, market.fx,
-            instruments=inputs.instruments, cash_ledger=cash,
+            instruments=inputs.instruments, cash_ledger=cash, balances=balances,
         )
         daily = daily.result() if daily is not None else None
     return Book(

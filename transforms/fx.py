@@ -139,6 +139,34 @@ def usd_table(fx_rates: FxRates) -> UsdTable:
     return fx_rates if isinstance(fx_rates, UsdTable) else UsdTable(fx_rates)
 
 
+def cross_rates(
+    fx: UsdTable, currencies: list[str], local: np.ndarray, base: np.ndarray, day: np.ndarray
+) -> np.ndarray:
+    """Base per local currency per row (float64; NaN when a rate is unknown).
+
+    ``local`` and ``base`` are codes into ``currencies`` (any other code: no currency), ``day``
+    day numbers. ``base_per_local = usd_per_unit(local, day) / usd_per_unit(base, day)``, and
+    1.0 when both are the same currency (as ``base_per_local_on``). For many rows over few
+    currencies: each currency is looked up once per day of the rows' range, rows are gathers.
+    """
+    out = np.full(day.size, np.nan)
+    if day.size == 0:
+        return out
+    n = len(currencies)
+    lo = int(day.min())
+    span = np.arange(lo, int(day.max()) + 1, dtype=np.int64)
+    usd = np.full((n + 1, span.size), np.nan)  # row n: no currency
+    for k, name in enumerate(currencies):
+        usd[k] = fx.lookup(name, span)
+    local = np.where((local >= 0) & (local < n), local, n)
+    base = np.where((base >= 0) & (base < n), base, n)
+    at = day - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = usd[local, at] / usd[base, at]
+    out[(local == base) & (local < n)] = 1.0
+    return out
+
+
 def _to_rate(values: np.ndarray, name: str) -> pl.Series:
     # a missing rate is null, never NaN (quotes themselves are finite and positive)
     return pl.Series(name, values, dtype=pl.Float64).fill_nan(None)

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, POSITIONS_SCHEMA
-from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, usd_table
-from transforms.prices import Prices, price_table
+from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, cross_rates, usd_table
+from transforms.prices import Prices, codes, day_numbers, instrument_currencies, price_table, run_codes
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -56,22 +57,23 @@ def positions(
     instruments: AnyFrame,
     portfolios: AnyFrame,
     as_of: datetime,
+    *,
+    balances: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Positions (``POSITIONS_SCHEMA``) as of ``as_of``; see the module docstring for the rules.
 
     ``lots`` are those built from the trades up to ``as_of`` (``LOTS_SCHEMA``). ``prices`` is a
     prices frame or the book's ``PriceTable``, ``fx_rates`` a frame or a ``UsdTable``. A naive
-    ``as_of`` is taken as UTC. Sorted by (portfolio_id, position_type, instrument_id).
+    ``as_of`` is taken as UTC. ``balances``, when given, is ``cash_balances(cash_ledger, as_of)``
+    already computed (``build_book`` shares it with the portfolio state). Sorted by
+    (portfolio_id, position_type, instrument_id).
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
     fx = usd_table(fx_rates)  # cleaned once, used by the three conversions below
-    ccy = instruments.lazy().select("instrument_id", "currency")
-    base = portfolios.lazy().select("portfolio_id", "base_currency")
     short = pl.col("position_type") == "SHORT"
     sign = pl.when(short).then(pl.lit(-1.0)).otherwise(pl.lit(1.0))
 
-    # Eager from here on: each step is collected once (the fx look-ups read the rows they get,
-    # so a lazy plan would scan its input twice).
+    # Eager from here on: each step is collected once.
     open_lots = (
         lots.lazy()
         .filter(
@@ -80,27 +82,40 @@ def positions(
             & (pl.col("open_ts") <= moment)
             & pl.col("position_type").is_in(["LONG", "SHORT"])
         )
-        .join(ccy, on="instrument_id", how="left")
-        .join(base, on="portfolio_id", how="left")
-        .with_columns(
-            pl.col("base_currency").fill_null(BASE_CURRENCY),
-            pl.col("open_ts").dt.date().alias("_open_date"),
-            sign.alias("_sign"),
-        )
+        .with_columns(pl.col("open_ts").dt.date().alias("_open_date"), sign.alias("_sign"))
         .collect()
     )
-    open_lots = base_per_local_on(
-        open_lots, fx, date_col="_open_date", local_col="currency", base_col="base_currency", out="_fx_open"
+    # the basis converts at the fx of each lot's open date: lots are many, currencies few, and
+    # lots come grouped by portfolio and instrument, so codes are looked up per run of lots
+    ccy = instrument_currencies(instruments)
+    ports = (
+        portfolios.lazy()
+        .select(pl.col("portfolio_id").cast(pl.String), pl.col("base_currency").cast(pl.String).fill_null(BASE_CURRENCY))
+        .filter(pl.col("portfolio_id").is_not_null())
+        .unique("portfolio_id", keep="first")
+        .sort("portfolio_id")
+        .collect()
     )
-    held = open_lots.group_by("portfolio_id", "instrument_id", "position_type").agg(
-        pl.col("currency").first(),
-        pl.col("base_currency").first(),
-        (pl.col("_sign") * pl.col("quantity")).sum().alias("quantity"),
-        (pl.col("_sign") * pl.col("cost_basis")).sum().alias("_local_basis"),
-        (pl.col("_sign") * pl.col("cost_basis") * pl.col("_fx_open")).sum().alias("cost_basis"),
-        pl.col("open_ts").max().alias("last_updated"),
-        pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
-        pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
+    names = sorted(set(ccy["currency"].drop_nulls()) | set(ports["base_currency"]) | {BASE_CURRENCY})
+    currencies = pl.Series(names, dtype=pl.String)
+    base_code = np.append(codes(ports["base_currency"], currencies), names.index(BASE_CURRENCY))  # unknown: USD
+    local = np.append(codes(ccy["currency"], currencies), -1)[run_codes(open_lots["instrument_id"], ccy["instrument_id"])]
+    base = base_code[run_codes(open_lots["portfolio_id"], ports["portfolio_id"])]
+    rate = cross_rates(fx, names, local, base, day_numbers(open_lots["_open_date"]))
+    open_lots = open_lots.with_columns(pl.Series("_fx_open", rate).fill_nan(None))
+    held = (
+        open_lots.group_by("portfolio_id", "instrument_id", "position_type")
+        .agg(
+            (pl.col("_sign") * pl.col("quantity")).sum().alias("quantity"),
+            (pl.col("_sign") * pl.col("cost_basis")).sum().alias("_local_basis"),
+            (pl.col("_sign") * pl.col("cost_basis") * pl.col("_fx_open")).sum().alias("cost_basis"),
+            pl.col("open_ts").max().alias("last_updated"),
+            pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
+            pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
+        )
+        .join(ccy, on="instrument_id", how="left")
+        .join(ports, on="portfolio_id", how="left")
+        .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY))
     )
     last_close = price_table(prices).latest(held["instrument_id"], day).rename(
         {"close": "_close", "date": "_close_date"}
@@ -117,9 +132,9 @@ def positions(
     )
 
     cash = (
-        cash_balances(cash_ledger, moment)
+        (cash_balances(cash_ledger, moment) if balances is None else balances)
         .lazy()
-        .join(base, on="portfolio_id", how="left")
+        .join(ports.lazy(), on="portfolio_id", how="left")
         .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("price_date"))
         .collect()
     )

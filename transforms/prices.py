@@ -42,6 +42,31 @@ def codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def run_codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
+    """``codes(values, categories)``, looked up once per run of equal adjacent values.
+
+    Ledger outputs come grouped by portfolio and instrument, so their ids form long runs and the
+    look-up (a hash per string) runs over the runs only; any order gives the same answer."""
+    if values.len() == 0:
+        return np.empty(0, dtype=np.int64)
+    run = values.rle_id().to_numpy()
+    starts = np.flatnonzero(np.append(True, run[1:] != run[:-1]))
+    return codes(values.gather(starts), categories)[run]
+
+
+def instrument_currencies(instruments: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """``instrument_id``, ``currency`` (String): one row per non-null id (the first), sorted by id,
+    so that row ``k`` is the instrument of code ``k`` (``codes(ids, table["instrument_id"])``)."""
+    return (
+        instruments.lazy()
+        .select(pl.col("instrument_id").cast(pl.String), pl.col("currency").cast(pl.String))
+        .filter(pl.col("instrument_id").is_not_null())
+        .unique("instrument_id", keep="first")
+        .sort("instrument_id")
+        .collect()
+    )
+
+
 class Calendar:
     """Business days, and the index of the first business day on or after any date.
 

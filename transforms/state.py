@@ -30,11 +30,13 @@ import numpy as np
 import polars as pl
 
 from transforms.cash import cash_balances
-from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA
-from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, usd_table
+from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
+from transforms.fx import FxRates, UsdTable, as_of_date, as_utc, base_per_local_on, cross_rates, usd_table
+from transforms.prices import codes, instrument_currencies, run_codes
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 WEIGHTS_DTYPE = PORTFOLIO_STATE_SCHEMA["weights"]
+_US_PER_DAY = 86_400_000_000
 
 _ZERO_FILLED = (
     "total_value",
@@ -57,18 +59,24 @@ def portfolio_state(
     *,
     instruments: AnyFrame,
     cash_ledger: AnyFrame,
+    balances: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One ``PORTFOLIO_STATE_SCHEMA`` row per portfolio in ``portfolios`` as of ``as_of``.
 
     ``positions`` must be the positions as of the same ``as_of``; ``instruments`` give the
-    currency of realised P&L; ``cash_ledger`` the settled / pending split and last update.
-    A naive ``as_of`` is UTC.
-    Sorted by portfolio_id.
+    currency of realised P&L; ``cash_ledger`` the settled / pending split and last update
+    (``balances``, when given, is ``cash_balances(cash_ledger, as_of)`` already computed).
+    A naive ``as_of`` is UTC. Sorted by portfolio_id.
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
     fx = usd_table(fx_rates)
-    base = portfolios.lazy().select("portfolio_id", pl.col("base_currency").fill_null(BASE_CURRENCY))
-    pos = positions.lazy()
+    ports = (
+        portfolios.lazy()
+        .select("portfolio_id", "portfolio_name", "status", pl.col("base_currency").fill_null(BASE_CURRENCY))
+        .collect()
+    )
+    base = ports.select("portfolio_id", "base_currency")
+    pos = positions.lazy().collect()
     mv = pl.col("market_value")
     ptype = pl.col("position_type")
 
@@ -83,20 +91,23 @@ def portfolio_state(
     )
     weight = pl.col("weight")
     weights = (
-        pos.filter(ptype != "CASH")
+        pos.lazy()
+        .filter(ptype != "CASH")
         .group_by("portfolio_id", "instrument_id")
         .agg(pl.when(weight.is_not_null().any()).then(weight.sum()).otherwise(None).alias("weight"))
         .sort(["portfolio_id", "weight", "instrument_id"], descending=[False, True, False], nulls_last=True)
         .group_by("portfolio_id", maintain_order=True)
         .agg(pl.struct("instrument_id", "weight").alias("weights"))
+        .collect()
     )
 
-    balances = cash_balances(cash_ledger, moment).lazy().join(base, on="portfolio_id", how="left")
-    balances = balances.with_columns(
+    if balances is None:
+        balances = cash_balances(cash_ledger, moment)
+    balances = balances.join(base, on="portfolio_id", how="left").with_columns(
         pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("_day")
     )
     settled = (
-        base_per_local_on(balances.collect(), fx, date_col="_day", local_col="currency", base_col="base_currency")
+        base_per_local_on(balances, fx, date_col="_day", local_col="currency", base_col="base_currency")
         .group_by("portfolio_id")
         .agg(
             (pl.col("settled_cash") * pl.col("fx_rate")).sum().alias("settled_cash"),
@@ -104,71 +115,14 @@ def portfolio_state(
             (pl.col("pending_cash") * pl.col("fx_rate")).sum().alias("pending_cash"),
             pl.col("last_ts").max().alias("_cash_updated"),
         )
-        .lazy()
-    )
-
-    # Realised P&L. The rows come grouped by (portfolio, instrument) from the ledger, so the
-    # currencies are resolved once per run of equal keys (any order is correct, grouped is fast),
-    # the fx rate per row from per-currency searches over the small fx table, and the sum runs
-    # on an integer portfolio key rather than on strings.
-    closes = (
-        realized_pnl.lazy()
-        .filter(pl.col("close_ts") <= moment)
-        .select(
-            "portfolio_id",
-            "instrument_id",
-            "close_ts",
-            "realized_pnl",
-            pl.struct("portfolio_id", "instrument_id").rle_id().alias("_run"),
-        )
-        .collect()
-    )
-    run = closes["_run"].to_numpy()
-    starts = np.flatnonzero(np.diff(run, prepend=-1) != 0)
-    runs = (
-        closes.select("portfolio_id", "instrument_id")
-        .gather(starts)
-        .join(instruments.lazy().select("instrument_id", "currency").collect(), on="instrument_id", how="left",
-              maintain_order="left")
-        .join(base.collect(), on="portfolio_id", how="left", maintain_order="left")
-        .with_columns(
-            pl.col("base_currency").fill_null(BASE_CURRENCY),
-            pl.col("portfolio_id").rank("dense").cast(pl.Int64).alias("_p"),
-        )
-    )
-    ccys = sorted(set(runs["currency"].drop_nulls()) | set(runs["base_currency"]))
-    code = {c: k for k, c in enumerate(ccys)}
-    local = runs["currency"].replace_strict(code, default=-1, return_dtype=pl.Int64).to_numpy()[run]
-    base_ccy = runs["base_currency"].replace_strict(code, return_dtype=pl.Int64).to_numpy()[run]
-    day = closes["close_ts"].dt.date().to_physical().cast(pl.Int64).to_numpy()
-    usd_local, usd_base = np.full(run.size, np.nan), np.full(run.size, np.nan)
-    for c, k in code.items():
-        m = local == k
-        usd_local[m] = fx.lookup(c, day[m])
-        m = base_ccy == k
-        usd_base[m] = fx.lookup(c, day[m])
-    with np.errstate(invalid="ignore"):
-        rate = np.where(local == base_ccy, 1.0, usd_local / usd_base)
-    realized = (
-        closes.select(
-            pl.Series("_p", runs["_p"].to_numpy()[run]),
-            (pl.col("realized_pnl") * pl.Series(rate).fill_nan(None)).alias("realized_pnl"),
-            "close_ts",
-        )
-        .group_by("_p")
-        .agg(pl.col("realized_pnl").sum(), pl.col("close_ts").max().alias("_realized_updated"))
-        .join(runs.select("_p", "portfolio_id").unique("_p"), on="_p")
-        .drop("_p")
-        .lazy()
     )
 
     state = (
-        portfolios.lazy()
-        .select("portfolio_id", "portfolio_name", "status", pl.col("base_currency").fill_null(BASE_CURRENCY))
-        .join(totals, on="portfolio_id", how="left")
-        .join(settled, on="portfolio_id", how="left")
-        .join(realized, on="portfolio_id", how="left")
-        .join(weights, on="portfolio_id", how="left")
+        ports.lazy()
+        .join(totals.lazy(), on="portfolio_id", how="left")
+        .join(settled.lazy(), on="portfolio_id", how="left")
+        .join(_realized(realized_pnl, ports, instruments, moment, fx).lazy(), on="portfolio_id", how="left")
+        .join(weights.lazy(), on="portfolio_id", how="left")
         .with_columns([pl.col(c).fill_null(0.0) for c in _ZERO_FILLED])
         .with_columns(
             pl.col("positions_count").fill_null(0),
@@ -181,4 +135,49 @@ def portfolio_state(
         state.select([pl.col(c).cast(t) for c, t in PORTFOLIO_STATE_SCHEMA.items()])
         .sort("portfolio_id")
         .collect()
+    )
+
+
+def _realized(
+    realized_pnl: AnyFrame, ports: pl.DataFrame, instruments: AnyFrame, moment: datetime, fx: UsdTable
+) -> pl.DataFrame:
+    """``portfolio_id``, ``realized_pnl`` (base ccy) and ``_realized_updated`` (latest close)
+    over the rows closed by ``moment``, of the portfolios in ``ports``.
+
+    Each row converts at the fx of its close date. Rows are many and currencies few, so the
+    rate is read from a ``currency x day`` array over the close dates' range, and the sums
+    run over integer portfolio codes (``np.bincount`` adds in row order). A row whose rate is
+    unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum."""
+    closes = (
+        realized_pnl.lazy()
+        .filter(pl.col("close_ts") <= moment)
+        .select("portfolio_id", "instrument_id", "close_ts", "realized_pnl")
+        .collect()
+    )
+    ports = ports.filter(pl.col("portfolio_id").is_not_null()).unique("portfolio_id", keep="first").sort("portfolio_id")
+    ids, base_of_id = ports["portfolio_id"], ports["base_currency"]
+    p = run_codes(closes["portfolio_id"], ids)
+    if closes.height == 0 or not (p >= 0).any():
+        return pl.DataFrame(schema={"portfolio_id": pl.String, "realized_pnl": pl.Float64, "_realized_updated": TS})
+    ccy = instrument_currencies(instruments)
+    names = sorted(set(ccy["currency"].drop_nulls()) | set(base_of_id))
+    currencies = pl.Series(names, dtype=pl.String)
+    inst_ccy = np.append(codes(ccy["currency"], currencies), -1)  # -1: unknown instrument
+    local = inst_ccy[run_codes(closes["instrument_id"], ccy["instrument_id"])]
+    base = codes(base_of_id, currencies)[np.maximum(p, 0)]
+    us = closes["close_ts"].to_physical().to_numpy()
+    rate = cross_rates(fx, names, local, base, np.floor_divide(us, _US_PER_DAY))
+    value = closes["realized_pnl"].cast(pl.Float64).fill_null(np.nan).to_numpy() * rate
+    counted = (p >= 0) & ~np.isnan(value)
+    sums = np.bincount(p[counted], weights=value[counted], minlength=ids.len())
+    known = p >= 0
+    latest = np.full(ids.len(), np.iinfo(np.int64).min)
+    np.maximum.at(latest, p[known], us[known])
+    seen = np.bincount(p[known], minlength=ids.len()) > 0
+    return pl.DataFrame(
+        {
+            "portfolio_id": ids.filter(pl.Series(seen)),
+            "realized_pnl": sums[seen],
+            "_realized_updated": pl.Series(latest[seen]).cast(TS),
+        }
     )
