@@ -8,7 +8,7 @@ same way.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timezone
 
@@ -20,6 +20,7 @@ from transforms.fx import UsdTable, as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
 from transforms.prices import PriceTable, price_table
+from transforms.shards import InPlace
 from transforms.state import portfolio_state
 from transforms.valuations import daily_valuations
 
@@ -78,24 +79,6 @@ class Market:
     def until(self, day: date) -> "Market":
         """The market known at the end of ``day``: prices and fx quoted on or before it."""
         return Market(self.prices.until(day), self.fx.until(day))
-
-
-class _InPlace:
-    """An executor that runs each task when it is submitted (``build_book(overlap=False)``)."""
-
-    def __enter__(self) -> "_InPlace":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def submit(self, fn, *args) -> Future:
-        done: Future = Future()
-        try:
-            done.set_result(fn(*args))
-        except BaseException as error:  # surfaces at .result(), as a thread's would
-            done.set_exception(error)
-        return done
 
 
 @dataclass(frozen=True)
@@ -163,12 +146,12 @@ def build_book(
     moment = to_utc(as_of) if as_of is not None else book_moment(inputs)
     if market is not None and as_of is not None:
         market = market.until(moment.date())
-    with ThreadPoolExecutor(1, thread_name_prefix="book") if overlap else _InPlace() as beside:
+    with ThreadPoolExecutor(1, thread_name_prefix="book") if overlap else InPlace() as beside:
         # what does not need the ledger runs beside it: the market, and the cash entries of
         # every trade (those of the trades the ledger rejects are dropped after it)
         preparing = beside.submit(Market.of, inputs) if market is None else None
         all_cash = beside.submit(cash_ledger, inputs.trades, inputs.cash_flows, inputs.instruments)
-        ledger = build_ledger(inputs.trades, inputs.portfolios)
+        ledger = build_ledger(inputs.trades, inputs.portfolios, executor=beside)
         cash = without_trades(all_cash.result(), ledger.rejected_trades["trade_id"])
         if preparing is not None:
             market = preparing.result()

@@ -21,6 +21,7 @@ How it is split
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ from transforms.contract import (
     TS,
 )
 from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, replay_books
+from transforms.shards import InPlace
 
 __all__ = ["Ledger", "build_ledger"]
 
@@ -59,7 +61,7 @@ class Ledger:
 _METHOD_CODE = {"FIFO": FIFO, "LIFO": LIFO, "HIFO": HIFO}
 
 
-def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
+def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Executor | None = None) -> Ledger:
     """Build the lot ledger of ``trades``.
 
     Inputs:
@@ -68,6 +70,8 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
             ``source_file``, ``source_row``) are carried to accepted/rejected untouched.
         portfolios: ``portfolio_id``, ``tax_status`` (TAXABLE/EXEMPT), ``lot_method``
             (FIFO/LIFO/HIFO).
+        executor: where part of the output frames is built while the caller's thread builds
+            the lots (default: all on the caller's thread).
     Output: a :class:`Ledger`. It does not depend on the input row order: lots and realised
     rows are ordered by portfolio, instrument, LONG before SHORT, then event order; accepted
     trades in event order per (portfolio, instrument, side of book); rejected trades by
@@ -109,11 +113,8 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame) -> Ledger:
     orig = trades.with_row_index("_r").rechunk()
     checked, reasons = _validate(orig, portfolios)
     ev = _events(checked)
-    out = replay_books(
-        ev.bk, ev.is_open, ev.is_long, ev.qty, ev.price, ev.fees, ev.ts, ev.day, ev.method,
-        ev.wash, ev.named,
-    )
-    return _assemble(orig, reasons, ev, out)
+    executor = executor or InPlace()
+    return _assemble(orig, reasons, ev, _replay(ev, executor), executor)
 
 
 # --- preparation ------------------------------------------------------------------------------
@@ -314,6 +315,40 @@ def _events(t: pl.DataFrame) -> _Events:
     )
 
 
+SPLIT_EVENTS = 20_000  # fewer events than this are replayed in one piece
+
+
+def _replay(ev: _Events, executor: Executor) -> tuple:
+    """``replay_books`` over the events, in two halves at a book boundary when an executor
+    other than ``InPlace`` can take one (books are independent; the kernel releases the GIL).
+
+    The halves' outputs are concatenated in book order, their event positions and lot
+    positions shifted to the whole, so the result is the one-piece replay's."""
+    cols = (ev.bk, ev.is_open, ev.is_long, ev.qty, ev.price, ev.fees, ev.ts, ev.day, ev.method, ev.wash)
+    n = ev.bk.size
+    starts = np.flatnonzero(ev.bk[n // 2 :] != ev.bk[n // 2 - 1 : n - 1]) + n // 2 if n >= SPLIT_EVENTS else []
+    if isinstance(executor, InPlace) or len(starts) == 0:
+        return replay_books(*cols, ev.named)
+    cut = int(starts[0])
+    named_b = np.where(ev.named[cut:] >= 0, ev.named[cut:] - cut, ev.named[cut:])  # same book: same half
+    first = executor.submit(replay_books, *(c[:cut] for c in cols), ev.named[:cut])
+    b = replay_books(*(c[cut:] for c in cols), named_b)
+    a = first.result()
+    lot_i_b, real_i_b = b[1].copy(), b[3].copy()
+    lot_i_b[0] += cut  # opening event
+    real_i_b[0] += cut  # closing event
+    real_i_b[1] += a[0].shape[1]  # lot output position
+    return (
+        np.concatenate([a[0], b[0]], axis=1),
+        np.concatenate([a[1], lot_i_b], axis=1),
+        np.concatenate([a[2], b[2]], axis=1),
+        np.concatenate([a[3], real_i_b], axis=1),
+        np.concatenate([a[4], b[4] + cut]),
+        np.concatenate([a[5], b[5]]),
+        np.concatenate([a[6], b[6]]),
+    )
+
+
 # --- output -----------------------------------------------------------------------------------
 
 def _long_term(hstart: np.ndarray, close_day: np.ndarray) -> np.ndarray:
@@ -348,13 +383,17 @@ def _sides(is_long: np.ndarray) -> pl.Series:
     return pl.Series(["SHORT", "LONG"]).gather(pl.Series(is_long.astype(np.uint8)))
 
 
-def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple) -> Ledger:
+def _assemble(
+    orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple, executor: Executor
+) -> Ledger:
     """Contract-typed, deterministically ordered output frames from the kernel's arrays.
 
     Strings are gathered once per output column from the input (``orig``, one chunk) by input
-    row: event position -> ``ev.row`` -> input row."""
+    row: event position -> ``ev.row`` -> input row. With an ``executor``, the realised rows and
+    the accepted / rejected trades are built on it while this thread builds the lots."""
     lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail = out
-    n_rej = rej_seq.size
+    # the accepted / rejected trades need nothing of the lots: started first
+    rejected = executor.submit(_accepted_and_rejected, orig, reasons, ev, rej_seq, rej_code, rej_avail)
     trade_id = orig.get_column("trade_id").cast(pl.String)
     pid = orig.get_column("portfolio_id").cast(pl.String)
     iid = orig.get_column("instrument_id").cast(pl.String)
@@ -380,6 +419,7 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
         )
     else:
         lot_id = open_id
+    realized = executor.submit(_realized_frame, real_f, real_i, ev, pid, iid, trade_id, lot_id)
     cost, wadj, rem = lot_f[2], lot_f[3], lot_f[1]
     closed = lot_i[3].astype(np.bool_)
     lots = pl.DataFrame(
@@ -404,7 +444,15 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
         schema=LOTS_SCHEMA,
     )
 
-    # realised rows: already in (close event, allocation) order
+    accepted, rejected = rejected.result()
+    return Ledger(lots=lots, realized_pnl=realized.result(), accepted_trades=accepted, rejected_trades=rejected)
+
+
+def _realized_frame(
+    real_f: np.ndarray, real_i: np.ndarray, ev: _Events, pid: pl.Series, iid: pl.Series, trade_id: pl.Series,
+    lot_id: pl.Series,
+) -> pl.DataFrame:
+    """``REALIZED_PNL_SCHEMA`` rows from the kernel's arrays, in (close event, allocation) order."""
     cseq = real_i[0]
     r_close = pl.Series(ev.row[cseq])
     hstart = real_i[2]
@@ -434,6 +482,15 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
         schema=REALIZED_PNL_SCHEMA,
     )
 
+    return real
+
+
+def _accepted_and_rejected(
+    orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, rej_seq: np.ndarray, rej_code: np.ndarray,
+    rej_avail: np.ndarray,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(accepted trades in event order, rejected trades with their ``reason``)."""
+    n_rej = rej_seq.size
     # ledger rejections get their words here, from the few rejected rows only
     rej_r = pl.Series("_r", ev.row[rej_seq], dtype=pl.UInt32)
     book = pl.when(pl.col("is_long")).then(pl.lit("LONG")).otherwise(pl.lit("SHORT"))
@@ -488,6 +545,4 @@ def _assemble(orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple
         )
         .drop("_r")
     )
-    return Ledger(
-        lots=lots, realized_pnl=real, accepted_trades=accepted, rejected_trades=rejected
-    )
+    return accepted, rejected

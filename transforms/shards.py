@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from itertools import islice
 from typing import TypeVar
 
@@ -19,6 +19,20 @@ R = TypeVar("R")
 # Shards computed at once by default: one per core, at most two (each 1M-trade shard of a book
 # with many wash-sale splits holds about 2 GB while it is built).
 SHARD_WORKERS = max(1, min(2, os.cpu_count() or 1))
+
+
+class InPlace(Executor):
+    """An executor that runs each task on the caller's thread when it is submitted; for code
+    written against an executor that must, at times, use no other thread. An exception is
+    raised by the future's ``result()``, as from a thread."""
+
+    def submit(self, fn: Callable[..., R], /, *args, **kwargs) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            done.set_exception(error)
+        return done
 
 
 def portfolio_shards(frame: pl.DataFrame, max_rows: int, key: str = "portfolio_id") -> list[pl.Series]:

@@ -64,8 +64,8 @@ def portfolio_state(
     """One ``PORTFOLIO_STATE_SCHEMA`` row per portfolio in ``portfolios`` as of ``as_of``.
 
     ``positions`` must be the positions as of the same ``as_of``; ``instruments`` give the
-    currency of realised P&L; ``cash_ledger`` the settled / pending split and last update
-    (``balances``, when given, is ``cash_balances(cash_ledger, as_of)`` already computed).
+    currency of realised P&L; ``cash_ledger`` the settled / pending split and last update.
+    ``balances``, when given, is ``cash_balances(cash_ledger, as_of)`` already computed.
     A naive ``as_of`` is UTC. Sorted by portfolio_id.
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
@@ -101,6 +101,7 @@ def portfolio_state(
         .collect()
     )
 
+    realized = realized_by_portfolio(realized_pnl, portfolios, instruments, moment, fx)
     if balances is None:
         balances = cash_balances(cash_ledger, moment)
     balances = balances.join(base, on="portfolio_id", how="left").with_columns(
@@ -121,14 +122,14 @@ def portfolio_state(
         ports.lazy()
         .join(totals.lazy(), on="portfolio_id", how="left")
         .join(settled.lazy(), on="portfolio_id", how="left")
-        .join(_realized(realized_pnl, ports, instruments, moment, fx).lazy(), on="portfolio_id", how="left")
+        .join(realized.lazy(), on="portfolio_id", how="left")
         .join(weights.lazy(), on="portfolio_id", how="left")
         .with_columns([pl.col(c).fill_null(0.0) for c in _ZERO_FILLED])
         .with_columns(
             pl.col("positions_count").fill_null(0),
             pl.col("weights").fill_null(pl.lit([], dtype=WEIGHTS_DTYPE)),
             pl.lit(moment).cast(PORTFOLIO_STATE_SCHEMA["as_of"]).alias("as_of"),
-            pl.max_horizontal("_pos_updated", "_cash_updated", "_realized_updated").alias("last_updated"),
+            pl.max_horizontal("_pos_updated", "_cash_updated", "last_close_ts").alias("last_updated"),
         )
     )
     return (
@@ -138,16 +139,20 @@ def portfolio_state(
     )
 
 
-def _realized(
-    realized_pnl: AnyFrame, ports: pl.DataFrame, instruments: AnyFrame, moment: datetime, fx: UsdTable
+def realized_by_portfolio(
+    realized_pnl: AnyFrame, portfolios: AnyFrame, instruments: AnyFrame, as_of: datetime, fx_rates: FxRates
 ) -> pl.DataFrame:
-    """``portfolio_id``, ``realized_pnl`` (base ccy) and ``_realized_updated`` (latest close)
-    over the rows closed by ``moment``, of the portfolios in ``ports``.
+    """``portfolio_id``, ``realized_pnl`` (base ccy) and ``last_close_ts`` (latest close) over the
+    realised rows closed by ``as_of``, one row per portfolio of ``portfolios`` that has any.
 
     Each row converts at the fx of its close date. Rows are many and currencies few, so the
     rate is read from a ``currency x day`` array over the close dates' range, and the sums
     run over integer portfolio codes (``np.bincount`` adds in row order). A row whose rate is
     unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum."""
+    moment, fx = as_utc(as_of), usd_table(fx_rates)
+    ports = portfolios.lazy().select(
+        pl.col("portfolio_id").cast(pl.String), pl.col("base_currency").cast(pl.String).fill_null(BASE_CURRENCY)
+    ).collect()
     closes = (
         realized_pnl.lazy()
         .filter(pl.col("close_ts") <= moment)
@@ -158,7 +163,7 @@ def _realized(
     ids, base_of_id = ports["portfolio_id"], ports["base_currency"]
     p = run_codes(closes["portfolio_id"], ids)
     if closes.height == 0 or not (p >= 0).any():
-        return pl.DataFrame(schema={"portfolio_id": pl.String, "realized_pnl": pl.Float64, "_realized_updated": TS})
+        return pl.DataFrame(schema={"portfolio_id": pl.String, "realized_pnl": pl.Float64, "last_close_ts": TS})
     ccy = instrument_currencies(instruments)
     names = sorted(set(ccy["currency"].drop_nulls()) | set(base_of_id))
     currencies = pl.Series(names, dtype=pl.String)
@@ -178,6 +183,6 @@ def _realized(
         {
             "portfolio_id": ids.filter(pl.Series(seen)),
             "realized_pnl": sums[seen],
-            "_realized_updated": pl.Series(latest[seen]).cast(TS),
+            "last_close_ts": pl.Series(latest[seen]).cast(TS),
         }
     )

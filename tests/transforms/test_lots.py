@@ -1026,3 +1026,29 @@ def test_close_of_exactly_the_open_quantity_after_many_fractional_trades():
     ledger = build_ledger(over, pf())
     assert ledger.rejected_trades["trade_id"].to_list() == ["S9"]
     assert "exceeds open LONG quantity 0.9" in ledger.rejected_trades["reason"][0]
+
+
+@pytest.mark.parametrize("split_events", [2, 1_000])
+def test_replay_in_two_halves_on_an_executor_equals_one_piece(tiny_book, monkeypatch, split_events):
+    """With an executor the books are replayed in two halves (cut at a book boundary) and part
+    of the output built on it: every output frame must be the one-thread ledger's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import transforms.lots as lots_module
+
+    trades = pl.concat([f for _, f in tiny_book["trades"]])
+    portfolios = pl.concat([f for _, f in tiny_book["portfolios"]])
+    # oversells in the first and the last book, so rejections fall in both halves
+    ends = trades.sort("portfolio_id", "instrument_id").filter(pl.col("side") == "BUY").slice(0, 1)
+    ends = pl.concat([ends, trades.sort("portfolio_id", "instrument_id").filter(pl.col("side") == "BUY").tail(1)])
+    oversells = ends.with_columns(
+        pl.lit("SELL").alias("side"), pl.lit(1e9).alias("quantity"), (pl.col("trade_id") + "-OVER").alias("trade_id")
+    )
+    trades = pl.concat([trades, oversells])
+    alone = build_ledger(trades, portfolios)
+    assert alone.lots["lot_id"].str.contains("~W").any() and alone.rejected_trades.height > 0
+    monkeypatch.setattr(lots_module, "SPLIT_EVENTS", split_events)
+    with ThreadPoolExecutor(1) as executor:
+        split = build_ledger(trades, portfolios, executor=executor)
+    for name in ("lots", "realized_pnl", "accepted_trades", "rejected_trades"):
+        assert_frame_equal(getattr(split, name), getattr(alone, name))
