@@ -8,7 +8,7 @@ same way.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timezone
 
@@ -20,7 +20,7 @@ from transforms.fx import UsdTable, as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
 from transforms.prices import PriceTable, price_table
-from transforms.shards import InPlace
+from transforms.shards import InPlace, shared_pool
 from transforms.state import portfolio_state
 from transforms.valuations import daily_valuations
 
@@ -79,6 +79,18 @@ class Market:
     def until(self, day: date) -> "Market":
         """The market known at the end of ``day``: prices and fx quoted on or before it."""
         return Market(self.prices.until(day), self.fx.until(day))
+
+
+class _Tracked:
+    """An executor that remembers what was submitted to it (to wait for it on an error)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor, self.submitted = executor, []
+
+    def submit(self, fn, *args) -> Future:
+        future = self.executor.submit(fn, *args)
+        self.submitted.append(future)
+        return future
 
 
 @dataclass(frozen=True)
@@ -146,12 +158,13 @@ def build_book(
     moment = to_utc(as_of) if as_of is not None else book_moment(inputs)
     if market is not None and as_of is not None:
         market = market.until(moment.date())
-    with ThreadPoolExecutor(1, thread_name_prefix="book") if overlap else InPlace() as beside:
+    beside = _Tracked(shared_pool("book", 1) if overlap else InPlace())
+    try:
         # what does not need the ledger runs beside it: the market, and the cash entries of
         # every trade (those of the trades the ledger rejects are dropped after it)
         preparing = beside.submit(Market.of, inputs) if market is None else None
         all_cash = beside.submit(cash_ledger, inputs.trades, inputs.cash_flows, inputs.instruments)
-        ledger = build_ledger(inputs.trades, inputs.portfolios, executor=beside)
+        ledger = build_ledger(inputs.trades, inputs.portfolios, executor=beside.executor)
         cash = without_trades(all_cash.result(), ledger.rejected_trades["trade_id"])
         if preparing is not None:
             market = preparing.result()
@@ -173,6 +186,9 @@ def build_book(
             instruments=inputs.instruments, cash_ledger=cash, balances=balances,
         )
         daily = daily.result() if daily is not None else None
+    except BaseException:  # what runs beside ends before the error is raised
+        wait(beside.submitted)
+        raise
     return Book(
         as_of=moment,
         trades=ledger.accepted_trades,
