@@ -256,7 +256,7 @@ def main(data_dir: Path, standard: bool = False, output: str | None = None, seed
         figures = bench_end_to_end(bench_dir / scale, scale, seed)
         figures.update(bench_lookups(bench_dir / scale / "warehouse.duckdb"))
         inputs = book_inputs_from(generate_book(scale, seed, include_bad_rows=False))
-        figures.update(bench_rebuild(inputs, scale, pandas_baseline=True, repeat=3 if scale == "demo" else 2))
+        figures.update(bench_rebuild(inputs, scale, pandas_baseline=True, repeat=5 if scale == "demo" else 2))
         results[scale] = figures
     target = Path(output) if output else RESULTS
     target.parent.mkdir(parents=True, exist_ok=True)
