@@ -17,6 +17,11 @@ How it is split
 - ``_assemble`` (Polars): contract-typed output frames. Strings are gathered from the
   (rechunked) input by row number once per output column, and the kernel emits lots and
   realised rows already in output order, so nothing is sorted here.
+
+Given an executor (``build_ledger(..., executor=)``; ``transforms.book.build_book`` passes one
+when it runs alone), the replay runs in two halves of the books and the realised rows and the
+accepted / rejected trades are built on it while the lots are built here; the frames are the
+same either way.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import polars as pl
 
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
-from transforms.fx import FxRates, UsdTable, as_of_date, as_utc, base_per_local_on, cross_rates, usd_table
+from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, cross_rates, usd_table
 from transforms.prices import codes, instrument_currencies, run_codes
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
