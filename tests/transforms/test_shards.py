@@ -73,3 +73,28 @@ def test_map_shards_raises_the_failing_shards_error_at_its_turn():
 
 def test_map_shards_of_nothing_is_empty():
     assert list(map_shards(lambda k: k, [], 2)) == []
+
+
+def test_pools_are_kept_per_role_and_survive_a_failed_map():
+    import threading
+
+    from transforms.shards import InPlace, shared_pool
+
+    assert shared_pool("shard", 2) is shared_pool("shard", 2)
+    assert shared_pool("book", 1) is not shared_pool("shard", 1)
+
+    def fail(x):
+        if x == 1:
+            raise ValueError("bad shard")
+        return x
+
+    with pytest.raises(ValueError):
+        list(map_shards(fail, range(4), 2))
+    names = set()
+    assert list(map_shards(lambda x: names.add(threading.current_thread().name) or x, range(6), 2)) == list(range(6))
+    assert all(name.startswith("shard") for name in names)  # the kept pool's threads, still usable
+
+    ran_here = InPlace().submit(threading.current_thread)
+    assert ran_here.result() is threading.current_thread()
+    with pytest.raises(ZeroDivisionError):
+        InPlace().submit(lambda: 1 / 0).result()
