@@ -32,11 +32,10 @@ import polars as pl
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
 from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, cross_rates, usd_table
-from transforms.prices import codes, instrument_currencies, run_codes
+from transforms.prices import codes, day_numbers, instrument_currencies, run_codes
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 WEIGHTS_DTYPE = PORTFOLIO_STATE_SCHEMA["weights"]
-_US_PER_DAY = 86_400_000_000
 
 _ZERO_FILLED = (
     "total_value",
@@ -171,7 +170,7 @@ def realized_by_portfolio(
     local = inst_ccy[run_codes(closes["instrument_id"], ccy["instrument_id"])]
     base = codes(base_of_id, currencies)[np.maximum(p, 0)]
     us = closes["close_ts"].to_physical().to_numpy()
-    rate = cross_rates(fx, names, local, base, np.floor_divide(us, _US_PER_DAY))
+    rate = cross_rates(fx, names, local, base, day_numbers(closes["close_ts"]))
     value = closes["realized_pnl"].cast(pl.Float64).fill_null(np.nan).to_numpy() * rate
     counted = (p >= 0) & ~np.isnan(value)
     sums = np.bincount(p[counted], weights=value[counted], minlength=ids.len())
