@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from transforms.contract import BASE_CURRENCY
+from transforms.prices import codes, run_codes
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
@@ -165,6 +166,50 @@ def cross_rates(
         out = usd[local, at] / usd[base, at]
     out[(local == base) & (local < n)] = 1.0
     return out
+
+
+class Currencies:
+    """Each instrument's currency and each portfolio's base currency as integer codes, for
+    converting many ledger rows (lots, realised rows) at once.
+
+    ``instruments``: ``instrument_id``, ``currency`` (one row per id, the first; sorted);
+    ``portfolios``: ``portfolio_id``, ``base_currency`` (null: USD; one row per id, the first;
+    sorted). A row of an unknown portfolio converts to USD; of an unknown instrument, to null.
+    """
+
+    def __init__(self, instruments: pl.DataFrame | pl.LazyFrame, portfolios: pl.DataFrame | pl.LazyFrame) -> None:
+        def first_per_id(frame, key: str, value: pl.Expr) -> pl.DataFrame:
+            return (
+                frame.lazy()
+                .select(pl.col(key).cast(pl.String), value)
+                .filter(pl.col(key).is_not_null())
+                .unique(key, keep="first")
+                .sort(key)
+                .collect()
+            )
+
+        self.instruments = first_per_id(instruments, "instrument_id", pl.col("currency").cast(pl.String))
+        self.portfolios = first_per_id(
+            portfolios, "portfolio_id", pl.col("base_currency").cast(pl.String).fill_null(BASE_CURRENCY)
+        )
+        self.names = sorted(
+            set(self.instruments["currency"].drop_nulls()) | set(self.portfolios["base_currency"]) | {BASE_CURRENCY}
+        )
+        names = pl.Series(self.names, dtype=pl.String)
+        self._local = np.append(codes(self.instruments["currency"], names), -1)  # last: unknown
+        self._base = np.append(codes(self.portfolios["base_currency"], names), self.names.index(BASE_CURRENCY))
+
+    def portfolio_codes(self, portfolio_ids: pl.Series) -> np.ndarray:
+        """Row of each id in ``self.portfolios`` (-1: unknown), looked up per run of equal ids."""
+        return run_codes(portfolio_ids, self.portfolios["portfolio_id"])
+
+    def base_per_local(
+        self, fx: UsdTable, portfolio: np.ndarray, instrument_ids: pl.Series, day: np.ndarray
+    ) -> np.ndarray:
+        """``cross_rates`` per row: from the currency of ``instrument_ids`` to the base currency
+        of the portfolio (``portfolio_codes``) on each day number; NaN when unknown."""
+        local = self._local[run_codes(instrument_ids, self.instruments["instrument_id"])]
+        return cross_rates(fx, self.names, local, self._base[portfolio], day)
 
 
 def _to_rate(values: np.ndarray, name: str) -> pl.Series:

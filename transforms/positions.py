@@ -31,13 +31,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import numpy as np
 import polars as pl
 
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, POSITIONS_SCHEMA
-from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, cross_rates, usd_table
-from transforms.prices import Prices, codes, day_numbers, instrument_currencies, price_table, run_codes
+from transforms.fx import Currencies, FxRates, as_of_date, as_utc, base_per_local_on, usd_table
+from transforms.prices import Prices, day_numbers, price_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -87,21 +86,10 @@ def positions(
     )
     # the basis converts at the fx of each lot's open date: lots are many, currencies few, and
     # lots come grouped by portfolio and instrument, so codes are looked up per run of lots
-    ccy = instrument_currencies(instruments)
-    ports = (
-        portfolios.lazy()
-        .select(pl.col("portfolio_id").cast(pl.String), pl.col("base_currency").cast(pl.String).fill_null(BASE_CURRENCY))
-        .filter(pl.col("portfolio_id").is_not_null())
-        .unique("portfolio_id", keep="first")
-        .sort("portfolio_id")
-        .collect()
+    book = Currencies(instruments, portfolios)
+    rate = book.base_per_local(
+        fx, book.portfolio_codes(open_lots["portfolio_id"]), open_lots["instrument_id"], day_numbers(open_lots["_open_date"])
     )
-    names = sorted(set(ccy["currency"].drop_nulls()) | set(ports["base_currency"]) | {BASE_CURRENCY})
-    currencies = pl.Series(names, dtype=pl.String)
-    base_code = np.append(codes(ports["base_currency"], currencies), names.index(BASE_CURRENCY))  # unknown: USD
-    local = np.append(codes(ccy["currency"], currencies), -1)[run_codes(open_lots["instrument_id"], ccy["instrument_id"])]
-    base = base_code[run_codes(open_lots["portfolio_id"], ports["portfolio_id"])]
-    rate = cross_rates(fx, names, local, base, day_numbers(open_lots["_open_date"]))
     open_lots = open_lots.with_columns(pl.Series("_fx_open", rate).fill_nan(None))
     held = (
         open_lots.group_by("portfolio_id", "instrument_id", "position_type")
@@ -113,8 +101,8 @@ def positions(
             pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
             pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
         )
-        .join(ccy, on="instrument_id", how="left")
-        .join(ports, on="portfolio_id", how="left")
+        .join(book.instruments, on="instrument_id", how="left")
+        .join(book.portfolios, on="portfolio_id", how="left")
         .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY))
     )
     last_close = price_table(prices).latest(held["instrument_id"], day).rename(
@@ -134,7 +122,7 @@ def positions(
     cash = (
         (cash_balances(cash_ledger, moment) if balances is None else balances)
         .lazy()
-        .join(ports.lazy(), on="portfolio_id", how="left")
+        .join(book.portfolios.lazy(), on="portfolio_id", how="left")
         .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("price_date"))
         .collect()
     )

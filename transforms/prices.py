@@ -54,19 +54,6 @@ def run_codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
     return codes(values.gather(starts), categories)[run]
 
 
-def instrument_currencies(instruments: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """``instrument_id``, ``currency`` (String): one row per non-null id (the first), sorted by id,
-    so that row ``k`` is the instrument of code ``k`` (``codes(ids, table["instrument_id"])``)."""
-    return (
-        instruments.lazy()
-        .select(pl.col("instrument_id").cast(pl.String), pl.col("currency").cast(pl.String))
-        .filter(pl.col("instrument_id").is_not_null())
-        .unique("instrument_id", keep="first")
-        .sort("instrument_id")
-        .collect()
-    )
-
-
 class Calendar:
     """Business days, and the index of the first business day on or after any date.
 

@@ -31,8 +31,8 @@ import polars as pl
 
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
-from transforms.fx import FxRates, as_of_date, as_utc, base_per_local_on, cross_rates, usd_table
-from transforms.prices import codes, day_numbers, instrument_currencies, run_codes
+from transforms.fx import Currencies, FxRates, as_of_date, as_utc, base_per_local_on, usd_table
+from transforms.prices import day_numbers
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 WEIGHTS_DTYPE = PORTFOLIO_STATE_SCHEMA["weights"]
@@ -149,28 +149,19 @@ def realized_by_portfolio(
     run over integer portfolio codes (``np.bincount`` adds in row order). A row whose rate is
     unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum."""
     moment, fx = as_utc(as_of), usd_table(fx_rates)
-    ports = portfolios.lazy().select(
-        pl.col("portfolio_id").cast(pl.String), pl.col("base_currency").cast(pl.String).fill_null(BASE_CURRENCY)
-    ).collect()
     closes = (
         realized_pnl.lazy()
         .filter(pl.col("close_ts") <= moment)
         .select("portfolio_id", "instrument_id", "close_ts", "realized_pnl")
         .collect()
     )
-    ports = ports.filter(pl.col("portfolio_id").is_not_null()).unique("portfolio_id", keep="first").sort("portfolio_id")
-    ids, base_of_id = ports["portfolio_id"], ports["base_currency"]
-    p = run_codes(closes["portfolio_id"], ids)
+    book = Currencies(instruments, portfolios)
+    ids = book.portfolios["portfolio_id"]
+    p = book.portfolio_codes(closes["portfolio_id"])
     if closes.height == 0 or not (p >= 0).any():
         return pl.DataFrame(schema={"portfolio_id": pl.String, "realized_pnl": pl.Float64, "last_close_ts": TS})
-    ccy = instrument_currencies(instruments)
-    names = sorted(set(ccy["currency"].drop_nulls()) | set(base_of_id))
-    currencies = pl.Series(names, dtype=pl.String)
-    inst_ccy = np.append(codes(ccy["currency"], currencies), -1)  # -1: unknown instrument
-    local = inst_ccy[run_codes(closes["instrument_id"], ccy["instrument_id"])]
-    base = codes(base_of_id, currencies)[np.maximum(p, 0)]
     us = closes["close_ts"].to_physical().to_numpy()
-    rate = cross_rates(fx, names, local, base, day_numbers(closes["close_ts"]))
+    rate = book.base_per_local(fx, p, closes["instrument_id"], day_numbers(closes["close_ts"]))
     value = closes["realized_pnl"].cast(pl.Float64).fill_null(np.nan).to_numpy() * rate
     counted = (p >= 0) & ~np.isnan(value)
     sums = np.bincount(p[counted], weights=value[counted], minlength=ids.len())
