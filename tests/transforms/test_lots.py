@@ -827,6 +827,17 @@ def full_reference_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame):
     return matches, rejected, out_lots
 
 
+def assert_rows_match(got: dict, want: dict) -> None:
+    """Same keys; every wanted field equal (dates exactly, numbers to 1e-6)."""
+    assert got.keys() == want.keys()
+    for k, fields in want.items():
+        for field, value in fields.items():
+            if field == "holding_start":
+                assert got[k][field] == value, (k, field)
+            else:
+                assert got[k][field] == pytest.approx(value, abs=1e-6), (k, field)
+
+
 def assert_matches_full_reference(trades: pl.DataFrame, portfolios: pl.DataFrame) -> None:
     ledger = build_ledger(trades, portfolios)
     matches, rejected, lots = full_reference_ledger(trades, portfolios)
@@ -834,22 +845,9 @@ def assert_matches_full_reference(trades: pl.DataFrame, portfolios: pl.DataFrame
         (r["trade_id"], r["lot_id"]): r
         for r in ledger.realized_pnl.to_dicts()
     }
-    assert got.keys() == matches.keys()
-    for k, want in matches.items():
-        for field, value in want.items():
-            if field == "holding_start":
-                assert got[k][field] == value, (k, field)
-            else:
-                assert got[k][field] == pytest.approx(value, abs=1e-6), (k, field)
+    assert_rows_match(got, matches)
     assert set(ledger.rejected_trades["trade_id"]) == rejected
-    got_lots = {r["lot_id"]: r for r in ledger.lots.to_dicts()}
-    assert got_lots.keys() == lots.keys()
-    for k, want in lots.items():
-        for field, value in want.items():
-            if field == "holding_start":
-                assert got_lots[k][field] == value, (k, field)
-            else:
-                assert got_lots[k][field] == pytest.approx(value, abs=1e-6), (k, field)
+    assert_rows_match({r["lot_id"]: r for r in ledger.lots.to_dicts()}, lots)
 
 
 @pytest.mark.parametrize("method", ["FIFO", "LIFO", "HIFO"])
