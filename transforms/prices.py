@@ -108,7 +108,7 @@ class PriceTable:
         instruments = px["instrument_id"].unique().sort()
         n_i, n_days = instruments.len(), days.len()
         close = np.full((n_i, n_days), np.nan)
-        quoted = np.full((n_i, n_days), -1, dtype=np.int64)
+        quoted = np.empty((n_i, n_days), dtype=np.int64)  # no closes: no cells
         calendar = Calendar(days) if n_days else None
         if calendar is not None:
             # rows keep their order, so a duplicated (instrument, date) keeps the later close
