@@ -9,9 +9,10 @@ How it is split
 ---------------
 - ``_validate`` (Polars): the rules a row breaks on its own (nulls, sides, signs, duplicate
   ids, unknown portfolios), as a small integer per row; words only for the bad rows.
-- ``_events`` (numpy): portfolio and instrument become integer codes in name order (an Enum of
-  the sorted distinct names), so event order is one integer sort; the valid trades become the
-  numeric columns the replay reads, in that order.
+- ``_events`` (numpy): portfolio (coded in ``_validate``, among the sorted portfolio ids) and
+  instrument become integer codes in name order (an Enum of the sorted distinct names), so
+  event order is one integer sort; the valid trades become the numeric columns the replay
+  reads, in that order.
 - ``transforms.lot_kernel.replay_books`` (compiled): the history-dependent rules, one book
   after the other, in one pass.
 - ``_assemble`` (Polars): contract-typed output frames. Strings are gathered from the
@@ -42,6 +43,7 @@ from transforms.contract import (
     TS,
 )
 from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, replay_books
+from transforms.prices import codes
 from transforms.shards import InPlace
 
 __all__ = ["Ledger", "build_ledger"]
@@ -130,7 +132,8 @@ def _validate(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(typed working columns of the rows that may apply, ``_r, reason`` of those that never can).
 
-    The valid rows carry the portfolio's lot method code (``_mcode``) and ``_taxable``.
+    The valid rows carry the portfolio's code in name order (``_p``), its lot method code
+    (``_mcode``) and ``_taxable``.
     """
     t = orig
     for col in ("fees", "lot_id", "strategy_id"):
@@ -144,17 +147,29 @@ def _validate(
             if c not in ("settle_date", "strategy_id")
         ],
     )
-    pf = portfolios.select(
-        "portfolio_id",
-        pl.col("tax_status").alias("_tax"),
-        pl.col("lot_method").alias("_method"),
-        pl.lit(True).alias("_known"),
-    ).unique("portfolio_id", keep="first", maintain_order=True)
-    pf = pf.with_columns(
-        _mcode=pl.col("_method").replace_strict(_METHOD_CODE, default=None, return_dtype=pl.Int8),
-        _taxable=pl.col("_tax") == "TAXABLE",
+    # each row's portfolio as its position among the sorted known ids (-1: unknown), through an
+    # Enum rather than a join: the lot method and tax status are then read from the (small)
+    # portfolio table by that code, and ``_events`` orders books by it (name order)
+    pf = (
+        portfolios.lazy()
+        .select(pl.col("portfolio_id").cast(pl.String), "tax_status", "lot_method")
+        .filter(pl.col("portfolio_id").is_not_null())
+        .unique("portfolio_id", keep="first", maintain_order=True)
+        .sort("portfolio_id")
+        .collect()
     )
-    t = t.join(pf, on="portfolio_id", how="left", maintain_order="left")
+    pcode = codes(t.get_column("portfolio_id"), pf.get_column("portfolio_id"))
+    method, tax = pf.get_column("lot_method"), pf.get_column("tax_status")
+
+    def per_row(values: pl.Series, unknown) -> pl.Series:  # slot -1: a row of no known portfolio
+        return pl.Series(np.append(values.to_numpy(), unknown)[pcode])
+
+    t = t.with_columns(
+        _p=pl.Series(pcode),
+        _mcode=per_row(method.replace_strict(_METHOD_CODE, default=-1, return_dtype=pl.Int8), -1),
+        _taxable=per_row((tax == "TAXABLE").fill_null(False), False),
+        _pf_ok=per_row((method.is_in(LOT_METHODS) & tax.is_in(TAX_STATUSES)).fill_null(False), False),
+    )
 
     # duplicate ids: a sort of 64-bit hashes finds candidates cheaply; strings decide
     h = t.select(pl.col("trade_id").hash().sort()).to_series()
@@ -172,11 +187,8 @@ def _validate(
     rules = [
         (pl.col("trade_id").is_null(), pl.lit("trade_id is null")),
         (dup, pl.format("duplicate trade_id {}", "trade_id")),
-        (pl.col("_known").is_null(), pl.format("unknown portfolio_id {}", "portfolio_id")),
-        (
-            bad(~pl.col("_method").is_in(LOT_METHODS) | ~pl.col("_tax").is_in(TAX_STATUSES)),
-            pl.format("portfolio {} has an invalid tax_status or lot_method", "portfolio_id"),
-        ),
+        (pl.col("_p") < 0, pl.format("unknown portfolio_id {}", "portfolio_id")),
+        (~pl.col("_pf_ok"), pl.format("portfolio {} has an invalid tax_status or lot_method", "portfolio_id")),
         (pl.col("instrument_id").is_null(), pl.lit("instrument_id is null")),
         (bad(~pl.col("side").is_in(TRADE_SIDES)), pl.format("invalid side {}", "side")),
         (pl.col("trade_ts").is_null(), pl.lit("trade_ts is null")),
@@ -243,7 +255,7 @@ def _events(t: pl.DataFrame) -> _Events:
     side = t.get_column("side")
     is_long = ((side == "BUY") | (side == "SELL")).to_numpy()
     is_open = ((side == "BUY") | (side == "SELL_SHORT")).to_numpy()
-    pc, _ = _name_codes(t.get_column("portfolio_id"))
+    pc = t.get_column("_p").to_numpy()  # name order (``_validate``)
     ic, n_i = _name_codes(t.get_column("instrument_id"))
     pair = pc * n_i + ic
     ts = t.get_column("trade_ts").to_physical().to_numpy()
