@@ -132,9 +132,10 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
     def rebuild() -> int:
         # as the pipeline's ledger does: SHARD_WORKERS shards at once, each one's tables used
         # (here counted) and dropped as it arrives, so memory holds a few shards; the prices
-        # and fx are prepared once for all shards (part of the time)
-        market = Market.of(inputs)
+        # and fx are prepared once for all shards (part of the time): a single shard prepares
+        # them itself, beside its ledger
         overlap = len(shards) < SHARD_WORKERS  # a core left over: the steps of a build share it
+        market = Market.of(inputs) if len(shards) > 1 else None
         rows = 0
         for book in map_shards(lambda s: build_book(s, market=market, overlap=overlap), shards, SHARD_WORKERS):
             rows += book.lots.height + book.realized_pnl.height + book.daily_valuations.height
