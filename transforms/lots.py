@@ -43,6 +43,7 @@ from transforms.contract import (
     TS,
 )
 from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, replay_books
+from transforms.ordering import order_by_key_then
 from transforms.prices import codes
 from transforms.shards import InPlace
 
@@ -260,20 +261,13 @@ def _events(t: pl.DataFrame) -> _Events:
     pair = pc * n_i + ic
     ts = t.get_column("trade_ts").to_physical().to_numpy()
     # one integer sort key (pair, side of book, time, closes after opens) when it fits in 63
-    # bits, else a lexsort; exact ties (rare) are ordered by trade_id
+    # bits, exact ties (rare) ordered by trade_id; else a sort on the columns
     tk = (ts - ts.min()) * 2 + ~is_open if n else ts
     book = pair * 2 + ~is_long
     span = int(tk.max()) + 1 if n else 1
     if n and (int(book.max()) + 1) < (2**62) // span:
-        key = book * span + tk
-        order = pl.Series(key).arg_sort().to_numpy()
-        ks = key[order]
-        tied = bool((ks[1:] == ks[:-1]).any())
+        order = order_by_key_then(book * span + tk, t.get_column("trade_id"))
     else:
-        order = np.lexsort((tk, book))
-        bs, ks = book[order], tk[order]
-        tied = bool(((bs[1:] == bs[:-1]) & (ks[1:] == ks[:-1])).any())
-    if tied:
         order = (
             pl.DataFrame({"b": book, "k": tk, "id": t.get_column("trade_id")})
             .select(pl.arg_sort_by("b", "k", "id"))

@@ -418,6 +418,26 @@ def test_same_time_and_side_ordered_by_trade_id_and_chunking_irrelevant():
         assert_frame_equal(a, b)
 
 
+def test_books_whose_keys_do_not_pack_order_as_packed_ones():
+    """Hundreds of books over five centuries do not fit one 63-bit (book, time) key: the
+    column sort gives each book the ledger it has alone (where the key packs)."""
+    books = []
+    for k in range(600):
+        iid = f"I{k:03d}"
+        first = datetime(1700, 1, 4, tzinfo=UTC) if k == 0 else ts("2024-01-02")
+        books.append(book(
+            (f"{iid}-B", first, "BUY", 10, 10.0),
+            (f"{iid}-S", ts("2199-12-30") if k == 599 else ts("2024-03-01"), "SELL", 4, 12.0),
+            (f"{iid}-C", ts("2024-03-01"), "SELL", 1, 12.0),  # same time as the SELL: trade_id decides
+            iid=iid,
+        ))
+    whole = build_ledger(pl.concat(books[::-1]), pf("FIFO"))
+    alone = [build_ledger(b, pf("FIFO")) for b in books]
+    assert_frame_equal(whole.lots, pl.concat([a.lots for a in alone]))
+    assert_frame_equal(whole.realized_pnl, pl.concat([a.realized_pnl for a in alone]))
+    assert_frame_equal(whole.accepted_trades, pl.concat([a.accepted_trades for a in alone]))
+
+
 # --- rejections -------------------------------------------------------------------------------
 
 
