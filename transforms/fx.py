@@ -150,22 +150,28 @@ def cross_rates(
     1.0 when both are the same currency (as ``base_per_local_on``). For many rows over few
     currencies: each currency is looked up once per day of the rows' range, rows are gathers.
     """
-    out = np.full(day.size, np.nan)
     if day.size == 0:
-        return out
+        return np.full(0, np.nan)
     n = len(currencies)
     lo = int(day.min())
     span = np.arange(lo, int(day.max()) + 1, dtype=np.int64)
     usd = np.full((n + 1, span.size), np.nan)  # row n: no currency
     for k, name in enumerate(currencies):
         usd[k] = fx.lookup(name, span)
-    local = np.where((local >= 0) & (local < n), local, n)
-    base = np.where((base >= 0) & (base < n), base, n)
-    at = day - lo
+    # negative codes wrap to large unsigned ones: one test maps every other code to n
+    local = np.where(local.astype(np.uint64) < n, local, n)
+    base = np.where(base.astype(np.uint64) < n, base, n)
+    # a (days of the range) row of rates per (local, base) pair present; rows are one flat
+    # gather from it, cheaper than two two-dimensional look-ups and a division per row
+    pair = local * (n + 1) + base
+    present = np.flatnonzero(np.bincount(pair, minlength=(n + 1) ** 2))
+    slot = np.zeros((n + 1) ** 2, dtype=np.int64)
+    slot[present] = np.arange(present.size)
+    pair_local, pair_base = present // (n + 1), present % (n + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = usd[local, at] / usd[base, at]
-    out[(local == base) & (local < n)] = 1.0
-    return out
+        table = usd[pair_local] / usd[pair_base]
+    table[(pair_local == pair_base) & (pair_local < n)] = 1.0
+    return table.ravel()[slot[pair] * span.size + (day - lo)]
 
 
 class Currencies:

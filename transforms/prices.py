@@ -25,8 +25,16 @@ import polars as pl
 PRICE_COLUMNS = {"instrument_id": pl.String, "date": pl.Date, "close": pl.Float64}
 
 
+_PER_DAY = {"us": 86_400_000_000, "ns": 86_400_000_000_000, "ms": 86_400_000}
+
+
 def day_numbers(dates: pl.Series) -> np.ndarray:
     """Days since 1970 (int64) of a non-null Date (or Datetime: its calendar day) series."""
+    dtype = dates.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone in (None, "UTC") and not dates.null_count():
+        # the calendar day of a UTC (or naive) instant is the floor of its epoch time in days:
+        # a tenth of the cost of a cast to Date
+        return dates.to_physical().to_numpy() // _PER_DAY[dtype.time_unit]
     return dates.cast(pl.Date).to_physical().cast(pl.Int64).to_numpy()
 
 

@@ -149,12 +149,12 @@ def realized_by_portfolio(
     run over integer portfolio codes (``np.bincount`` adds in row order). A row whose rate is
     unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum."""
     moment, fx = as_utc(as_of), usd_table(fx_rates)
-    closes = (
-        realized_pnl.lazy()
-        .filter(pl.col("close_ts") <= moment)
-        .select("portfolio_id", "instrument_id", "close_ts", "realized_pnl")
-        .collect()
-    )
+    columns = ("portfolio_id", "instrument_id", "close_ts", "realized_pnl")
+    close_ts = realized_pnl["close_ts"] if isinstance(realized_pnl, pl.DataFrame) else None
+    if close_ts is not None and close_ts.null_count() == 0 and not (close_ts.max() or moment) > moment:
+        closes = realized_pnl.select(columns)  # every row counts (a build up to as_of): no copy
+    else:
+        closes = realized_pnl.lazy().filter(pl.col("close_ts") <= moment).select(columns).collect()
     book = Currencies(instruments, portfolios)
     ids = book.portfolios["portfolio_id"]
     p = book.portfolio_codes(closes["portfolio_id"])

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from transforms.fx import UsdTable, base_per_local_on, usd_per_unit_on
+from transforms.fx import UsdTable, base_per_local_on, cross_rates, usd_per_unit_on
 
 RATES = pl.DataFrame(
     {
@@ -64,3 +64,25 @@ def test_until_answers_as_the_rates_filtered_to_that_day():
         cut = full.until(day).usd_per_unit(frame["d"], frame["c"])
         direct = UsdTable(RATES.filter(pl.col("date") <= day)).usd_per_unit(frame["d"], frame["c"])
         np.testing.assert_array_equal(cut, direct)
+
+
+def test_cross_rates_per_row_equal_the_frame_conversion():
+    """Codes outside the currency list (negative, too large) and a currency never quoted give
+    NaN; the same currency gives 1.0 even when never quoted; otherwise local / base."""
+    names = ["EUR", "GBP", "JPY", "USD"]  # JPY is never quoted
+    rng = np.random.default_rng(5)
+    n = 400
+    local, base = rng.integers(-2, 6, n), rng.integers(-1, 5, n)
+    day = rng.integers(0, 12, n) + int(pl.Series([date(2024, 12, 30)]).cast(pl.Int32)[0])
+    got = cross_rates(UsdTable(RATES), names, local, base, day)
+
+    def name(code):
+        return names[code] if 0 <= code < len(names) else None
+
+    frame = pl.DataFrame(
+        {"d": pl.Series(day).cast(pl.Int32).cast(pl.Date), "local": [name(c) for c in local], "base": [name(c) for c in base]},
+        schema_overrides={"local": pl.String, "base": pl.String},
+    )
+    expected = base_per_local_on(frame, RATES, date_col="d", local_col="local", base_col="base")["fx_rate"]
+    np.testing.assert_array_equal(got, expected.fill_null(np.nan).to_numpy())
+    assert np.isnan(cross_rates(UsdTable(RATES), names, local[:0], base[:0], day[:0])).size == 0

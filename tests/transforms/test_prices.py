@@ -1,13 +1,13 @@
 """The book's price table: which closes count, forward fill, later duplicate wins, truncation to
 a day, rows and latest closes of instruments with and without closes."""
 
-from datetime import date
+from datetime import date, datetime
 
 import numpy as np
 import polars as pl
 import pytest
 
-from transforms.prices import PriceTable, price_table
+from transforms.prices import PriceTable, day_numbers, price_table
 
 D1, D2, D3, D4 = date(2025, 1, 2), date(2025, 1, 3), date(2025, 1, 6), date(2025, 1, 7)
 
@@ -76,3 +76,16 @@ def test_empty_prices_and_a_prepared_table_is_reused():
 def test_lazy_and_eager_frames_agree(lazy):
     t = PriceTable(PRICES.lazy() if lazy else PRICES)
     np.testing.assert_array_equal(t.close, PriceTable(PRICES).close)
+
+
+@pytest.mark.parametrize("unit", ["us", "ns", "ms"])
+@pytest.mark.parametrize("zone", [None, "UTC", "America/New_York"])
+def test_day_numbers_are_the_calendar_days_a_cast_gives(unit, zone):
+    moments = pl.Series(
+        [datetime(1969, 12, 31, 23, 59, 59, 999999), datetime(1970, 1, 1), datetime(2024, 2, 29, 23, 30), datetime(1900, 3, 1, 1)]
+    ).cast(pl.Datetime(unit)).dt.replace_time_zone(zone)
+    for series in (moments, moments.append(pl.Series([None], dtype=moments.dtype))):
+        expected = series.cast(pl.Date).to_physical().cast(pl.Int64).to_numpy()
+        np.testing.assert_array_equal(day_numbers(series), expected)
+    dates = pl.Series([date(1969, 12, 31), date(2024, 1, 2)])
+    assert day_numbers(dates).tolist() == [-1, 19724]
