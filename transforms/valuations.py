@@ -47,7 +47,7 @@ import polars as pl
 from transforms.ordering import order_by_key_then
 from transforms.contract import BASE_CURRENCY, DAILY_VALUATIONS_SCHEMA
 from transforms.fx import FxRates, usd_table
-from transforms.prices import Calendar, Prices, codes, day_numbers, price_table
+from transforms.prices import Calendar, Prices, codes, day_numbers, price_table, run_codes
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -375,12 +375,13 @@ def daily_valuations(
         .sort("portfolio_id")
         .collect()
     )
-    tr_p = codes(tr["portfolio_id"], ports["portfolio_id"])
-    led_p = codes(led["portfolio_id"], ports["portfolio_id"])
+    # trades and ledger entries come grouped by portfolio (and instrument): ids are coded per run
+    tr_p = run_codes(tr["portfolio_id"], ports["portfolio_id"])
+    led_p = run_codes(led["portfolio_id"], ports["portfolio_id"])
     # first activity: the earliest trade or ledger date per portfolio (none: not valued)
     no_activity = np.iinfo(np.int64).max
     first = np.full(ports.height, no_activity, dtype=np.int64)
-    tr_day, led_day = day_numbers(tr["trade_ts"].dt.date()), day_numbers(led["ts"].dt.date())
+    tr_day, led_day = day_numbers(tr["trade_ts"]), day_numbers(led["ts"])
     for port, day in ((tr_p, tr_day), (led_p, led_day)):
         known = port >= 0
         np.minimum.at(first, port[known], day[known])
@@ -423,9 +424,9 @@ def daily_valuations(
     base_of_p = codes(ports["base_currency"], currencies)
 
     close, last = table.rows(inst_ids)
-    seg = _segments(tr, tr_day, tr_p, codes(tr["instrument_id"], inst_ids), start_idx, inst_ids.len(), cal)
+    seg = _segments(tr, tr_day, tr_p, run_codes(tr["instrument_id"], inst_ids), start_idx, inst_ids.len(), cal)
     long_mv, short_mv, stale = _market_values(seg, n_ports, base_of_p, inst_ccy, close, last, usd2d, chunk_rows)
-    led_ccy = codes(led["currency"], currencies)
+    led_ccy = run_codes(led["currency"], currencies)
     cash, settled, flows = _cash(
         led, led_day, led_p, np.where(led_ccy < 0, n_ccy, led_ccy), n_ccy, start_idx, base_of_p, usd2d, cal
     )
