@@ -27,16 +27,16 @@ A value that cannot be converted (a currency never quoted in ``fx_rates``) is nu
 
 Implementation. Holdings are piecewise constant between trades, so the trades are folded into
 segments ``(portfolio, instrument, first_day, quantity)`` (one per pair and valued day traded;
-trades ordered through a packed Int64 key, trade_id breaking ties). Each traded pair is valued
-on a dense ``pair x day`` block in cache-sized chunks: the holding is each segment's quantity
-run-length decoded over its days (``np.repeat``), read against a precomputed ``(base ccy,
-instrument, day)`` table of close * fx, and pairs are summed per portfolio with
-``np.add.reduceat`` (a left fold, so the sums do not depend on the chunking). Prices are the
-rows of the traded instruments in the book's ``transforms.prices.PriceTable`` (built once per
-book, or here from a prices frame) and fx a dense ``currency x day`` matrix (from
-``transforms.fx.UsdTable``). Strings (portfolio, instrument,
-currency) become integer codes once, through an Enum over the sorted ids. Cash is a cumulative
-sum over a ``(portfolio, currency) x day`` matrix. No grid of never-traded instruments is built.
+trades ordered through a packed Int64 key, trade_id breaking ties). A compiled loop
+(``transforms.valuation_kernel``) adds each held segment's quantity times a precomputed
+``(base ccy, instrument, day)`` table of close * fx to its portfolio's long or short total on
+every day it spans, pairs in (portfolio, instrument) order, so the sums do not depend on the
+input's row order. Prices are the rows of the traded instruments in the book's
+``transforms.prices.PriceTable`` (built once per book, or here from a prices frame) and fx a
+dense ``currency x day`` matrix (from ``transforms.fx.UsdTable``). Strings (portfolio,
+instrument, currency) become integer codes once, through an Enum over the sorted ids. Cash is
+a cumulative sum over a ``(portfolio, currency) x day`` matrix. No grid of never-traded
+instruments is built.
 """
 
 from __future__ import annotations
@@ -48,13 +48,12 @@ from transforms.ordering import order_by_key_then
 from transforms.contract import BASE_CURRENCY, DAILY_VALUATIONS_SCHEMA
 from transforms.fx import FxRates, usd_table
 from transforms.prices import Calendar, Prices, codes, day_numbers, price_table, run_codes
+from transforms.valuation_kernel import add_holding_values
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
 BUY_SIGN = {"BUY": 1.0, "BUY_TO_COVER": 1.0, "SELL": -1.0, "SELL_SHORT": -1.0}
 QTY_EPS = 1e-9  # |holding| at or below this is flat (float residue of cumulative sums)
-CHUNK_ROWS = 4_000_000  # most (pair, day) cells valued at a time (BLOCK_CELLS is smaller anyway)
-BLOCK_CELLS = 1 << 17  # (pair, day) cells valued at a time: a few MB of temporaries, cache-sized
 KEY_BITS = 62  # packed (pair, ts) sort keys stay below 2**62: non-negative Int64
 
 
@@ -173,13 +172,13 @@ def _market_values(
     close: np.ndarray,
     last: np.ndarray,
     usd2d: np.ndarray,
-    chunk_rows: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(long, short, stale) per flat (portfolio * n_days + day), summed over held segments.
 
     Priced cells read a precomputed ``(base ccy, instrument, day)`` table of close * fx (at the
-    close's date) on dense (pair, day) blocks; the days before an instrument's first close
-    (valued at the last trade price, rare) take a slower exact path over the held segments.
+    close's date) in the compiled loop (``transforms.valuation_kernel``); the days before an
+    instrument's first close (valued at the last trade price, rare) take a slower exact path
+    over the held segments, added first.
     """
     n_days = usd2d.shape[1]
     n_cells = n_ports * n_days
@@ -218,59 +217,10 @@ def _market_values(
         # days before the first close are valued in part 1: 0 here, not NaN, as Q * 0 is summed
         table[k] = np.where(has_price, close * rate, 0.0)
     is_stale = has_price & (last < np.arange(n_days)[None, :])
-
-    # dense (pair, day) blocks: each pair's row is its holding run-length decoded — nothing
-    # before its first segment, then each segment's quantity (flat ones: 0) until the next one
-    g_pair, g_start, g_q = seg["all_pair"], seg["all_start"], seg["all_q"]
-    new_pair = np.ones(g_pair.size, dtype=bool)
-    new_pair[1:] = g_pair[1:] != g_pair[:-1]
-    pair_first = np.flatnonzero(new_pair)
-    pairs = g_pair[pair_first]
-    n_rows = pairs.size
-    row_p, row_i = pairs // n_i, pairs % n_i
-    row_cell = slot_of_p[row_p] * n_i + row_i
-    g_end = np.append(np.where(new_pair[1:], n_days, g_start[1:]), n_days)
-    # items: one "not yet held" run per pair, then its segments (row r's items follow r + 1 runs)
-    group_item = np.arange(g_pair.size) + np.cumsum(new_pair)
-    pre_item = pair_first + np.arange(n_rows)
-    item_len = np.empty(g_pair.size + n_rows, dtype=np.int64)
-    item_q = np.zeros(item_len.size)
-    item_held = np.zeros(item_len.size)
-    item_len[pre_item], item_len[group_item] = g_start[pair_first], g_end - g_start
-    item_q[group_item] = g_q
-    item_held[group_item] = (g_q > 0) | (g_q < 0)  # a NaN holding is neither long nor short
-    row_items = np.append(pre_item, item_len.size)
-    table2d = table.reshape(-1, n_days)
-    stale_f = is_stale.astype(np.float64)
-    row_stale = is_stale.any(axis=1)[row_i]
-    # with finite, non-negative values per unit and finite holdings, a cell's value has the sign
-    # of its holding: long / short parts are a max / min, no masks needed
-    signed = bool(np.isfinite(g_q).all() and (table >= 0).all())
-    long2d, short2d, stale2d = (a.reshape(n_ports, n_days) for a in (long_mv, short_mv, stale))
-    # blocks of about BLOCK_CELLS cells: the temporaries stay in cache (2x faster than one block)
-    step = max(1, min(chunk_rows, BLOCK_CELLS) // n_days)
-    for a in range(0, n_rows, step):
-        b = min(a + step, n_rows)
-        ia, ib = row_items[a], row_items[b]
-        lens = item_len[ia:ib]
-        qty = np.repeat(item_q[ia:ib], lens).reshape(b - a, n_days)
-        value = table2d[row_cell[a:b]]
-        value *= qty
-        rp = row_p[a:b]
-        runs = np.flatnonzero(np.append(True, rp[1:] != rp[:-1]))
-        run_p = rp[runs]
-        if signed:
-            parts = ((long2d, np.maximum(value, 0.0)), (short2d, np.minimum(value, 0.0)))
-        else:
-            parts = ((long2d, np.where(qty > 0, value, 0.0)), (short2d, np.where(qty < 0, value, 0.0)))
-        for acc2d, part in parts:
-            # a left fold from the running total, so block size moves a sum by rounding only
-            part[runs] += acc2d[run_p]
-            acc2d[run_p] = np.add.reduceat(part, runs, axis=0)
-        if row_stale[a:b].any():  # most closes are fresh: blocks without a stale one add nothing
-            counted = np.repeat(item_held[ia:ib], lens).reshape(b - a, n_days)
-            counted *= stale_f[row_i[a:b]]
-            stale2d[run_p] += np.add.reduceat(counted, runs, axis=0)
+    add_holding_values(
+        p, slot_of_p[p] * n_i + i, i, start, end, q, table.reshape(-1, n_days), is_stale,
+        long_mv.reshape(n_ports, n_days), short_mv.reshape(n_ports, n_days), stale.reshape(n_ports, n_days),
+    )
     return long_mv, short_mv, stale
 
 
@@ -336,14 +286,11 @@ def daily_valuations(
     fx_rates: FxRates,
     instruments: AnyFrame,
     portfolios: AnyFrame,
-    *,
-    chunk_rows: int = CHUNK_ROWS,
 ) -> pl.DataFrame:
     """Daily NAV per portfolio and business day (``DAILY_VALUATIONS_SCHEMA``).
 
     See the module docstring for the rules. ``prices`` is a prices frame or the book's
-    ``PriceTable``; ``fx_rates`` a frame or a ``UsdTable``. ``chunk_rows`` bounds memory: at most that many
-    (pair, day) cells (about 60 bytes each) are valued at once. Sorted by (portfolio_id, date).
+    ``PriceTable``; ``fx_rates`` a frame or a ``UsdTable``. Sorted by (portfolio_id, date).
     """
     table = price_table(prices)
     days, cal = table.days, table.calendar
@@ -425,7 +372,7 @@ def daily_valuations(
 
     close, last = table.rows(inst_ids)
     seg = _segments(tr, tr_day, tr_p, run_codes(tr["instrument_id"], inst_ids), start_idx, inst_ids.len(), cal)
-    long_mv, short_mv, stale = _market_values(seg, n_ports, base_of_p, inst_ccy, close, last, usd2d, chunk_rows)
+    long_mv, short_mv, stale = _market_values(seg, n_ports, base_of_p, inst_ccy, close, last, usd2d)
     led_ccy = run_codes(led["currency"], currencies)
     cash, settled, flows = _cash(
         led, led_day, led_p, np.where(led_ccy < 0, n_ccy, led_ccy), n_ccy, start_idx, base_of_p, usd2d, cal
