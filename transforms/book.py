@@ -21,7 +21,7 @@ from transforms.lots import build_ledger
 from transforms.positions import positions
 from transforms.prices import PriceTable, price_table
 from transforms.shards import InPlace, shared_pool
-from transforms.state import portfolio_state
+from transforms.state import portfolio_state, realized_by_portfolio
 from transforms.valuations import daily_valuations
 
 
@@ -169,6 +169,11 @@ def build_book(
         cash = without_trades(all_cash.result(), ledger.rejected_trades["trade_id"])
         if preparing is not None:
             market = preparing.result()
+        # beside positions: the realised P&L per portfolio (the state needs it last), then the
+        # daily valuations
+        realized = beside.submit(
+            realized_by_portfolio, ledger.realized_pnl, inputs.portfolios, inputs.instruments, moment, market.fx
+        )
         daily = (
             beside.submit(
                 daily_valuations, ledger.accepted_trades, cash, market.prices, market.fx, inputs.instruments,
@@ -184,7 +189,7 @@ def build_book(
         )
         state = portfolio_state(
             pos, ledger.realized_pnl, inputs.portfolios, moment, market.fx,
-            instruments=inputs.instruments, cash_ledger=cash, balances=balances,
+            instruments=inputs.instruments, cash_ledger=cash, balances=balances, realized=realized.result(),
         )
         daily = daily.result() if daily is not None else None
     except BaseException:  # what runs beside ends before the error is raised

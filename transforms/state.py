@@ -59,12 +59,15 @@ def portfolio_state(
     instruments: AnyFrame,
     cash_ledger: AnyFrame,
     balances: pl.DataFrame | None = None,
+    realized: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One ``PORTFOLIO_STATE_SCHEMA`` row per portfolio in ``portfolios`` as of ``as_of``.
 
     ``positions`` must be the positions as of the same ``as_of``; ``instruments`` give the
     currency of realised P&L; ``cash_ledger`` the settled / pending split and last update.
-    ``balances``, when given, is ``cash_balances(cash_ledger, as_of)`` already computed.
+    ``balances``, when given, is ``cash_balances(cash_ledger, as_of)`` already computed, and
+    ``realized`` is ``realized_by_portfolio(realized_pnl, portfolios, instruments, as_of,
+    fx_rates)`` (``build_book`` computes it on another thread meanwhile).
     A naive ``as_of`` is UTC. Sorted by portfolio_id.
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
@@ -100,7 +103,8 @@ def portfolio_state(
         .collect()
     )
 
-    realized = realized_by_portfolio(realized_pnl, portfolios, instruments, moment, fx)
+    if realized is None:
+        realized = realized_by_portfolio(realized_pnl, portfolios, instruments, moment, fx)
     if balances is None:
         balances = cash_balances(cash_ledger, moment)
     balances = balances.join(base, on="portfolio_id", how="left").with_columns(
