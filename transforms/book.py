@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, replace
+from functools import partial
 from datetime import date, datetime, time, timezone
 
 import polars as pl
@@ -172,7 +173,8 @@ def build_book(
         # beside positions: the realised P&L per portfolio (the state needs it last), then the
         # daily valuations
         realized = beside.submit(
-            realized_by_portfolio, ledger.realized_pnl, inputs.portfolios, inputs.instruments, moment, market.fx
+            partial(realized_by_portfolio, codes=ledger.realized_codes),
+            ledger.realized_pnl, inputs.portfolios, inputs.instruments, moment, market.fx,
         )
         daily = (
             beside.submit(

@@ -209,13 +209,24 @@ class Currencies:
         """Row of each id in ``self.portfolios`` (-1: unknown), looked up per run of equal ids."""
         return run_codes(portfolio_ids, self.portfolios["portfolio_id"])
 
-    def base_per_local(
-        self, fx: UsdTable, portfolio: np.ndarray, instrument_ids: pl.Series, day: np.ndarray
-    ) -> np.ndarray:
-        """``cross_rates`` per row: from the currency of ``instrument_ids`` to the base currency
-        of the portfolio (``portfolio_codes``) on each day number; NaN when unknown."""
-        local = self._local[run_codes(instrument_ids, self.instruments["instrument_id"])]
-        return cross_rates(fx, self.names, local, self._base[portfolio], day)
+    def instrument_codes(self, instrument_ids: pl.Series) -> np.ndarray:
+        """Row of each id in ``self.instruments`` (-1: unknown), looked up per run of equal ids."""
+        return run_codes(instrument_ids, self.instruments["instrument_id"])
+
+    def recode(self, portfolio: np.ndarray, portfolio_ids: pl.Series, instrument: np.ndarray,
+               instrument_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(``portfolio_codes``, ``instrument_codes``) of rows already coded elsewhere: row k is
+        ``portfolio_ids[portfolio[k]]`` and ``instrument_ids[instrument[k]]``. Only the (few)
+        ids are looked up; the rows are gathers."""
+        to_portfolio = np.append(codes(portfolio_ids, self.portfolios["portfolio_id"]), -1)
+        to_instrument = np.append(codes(instrument_ids, self.instruments["instrument_id"]), -1)
+        return to_portfolio[portfolio], to_instrument[instrument]
+
+    def base_per_local(self, fx: UsdTable, portfolio: np.ndarray, instrument: np.ndarray, day: np.ndarray) -> np.ndarray:
+        """``cross_rates`` per row: from the currency of the instrument (``instrument_codes``) to
+        the base currency of the portfolio (``portfolio_codes``) on each day number; NaN when
+        unknown."""
+        return cross_rates(fx, self.names, self._local[instrument], self._base[portfolio], day)
 
 
 def _to_rate(values: np.ndarray, name: str) -> pl.Series:

@@ -47,7 +47,26 @@ from transforms.ordering import order_by_key_then
 from transforms.prices import codes
 from transforms.shards import InPlace
 
-__all__ = ["Ledger", "build_ledger"]
+__all__ = ["Ledger", "RowCodes", "build_ledger"]
+
+
+@dataclass(frozen=True)
+class RowCodes:
+    """The portfolio and instrument of each row of a frame as integer codes (rows aligned).
+
+    ``portfolio[k]`` is row k's position in ``portfolio_ids`` and ``instrument[k]`` its position
+    in ``instrument_ids`` (both sorted, distinct). The ledger knows them from ordering the
+    events, so a reader of its rows (e.g. ``transforms.state.realized_by_portfolio``) need not
+    look the strings up again."""
+
+    portfolio: np.ndarray
+    instrument: np.ndarray
+    portfolio_ids: pl.Series
+    instrument_ids: pl.Series
+
+    def take(self, rows: np.ndarray) -> "RowCodes":
+        """The codes of ``rows`` (positions, or a bool mask with one entry per row)."""
+        return RowCodes(self.portfolio[rows], self.instrument[rows], self.portfolio_ids, self.instrument_ids)
 
 
 @dataclass(frozen=True)
@@ -58,12 +77,14 @@ class Ledger:
     realized_pnl: ``REALIZED_PNL_SCHEMA``; one row per (closing trade, lot) match.
     accepted_trades: the input trades that were applied (input columns, input dtypes).
     rejected_trades: the input rows that were not applied, plus a ``reason`` String column.
+    realized_codes: the portfolio and instrument of each realised row as integer codes.
     """
 
     lots: pl.DataFrame
     realized_pnl: pl.DataFrame
     accepted_trades: pl.DataFrame
     rejected_trades: pl.DataFrame
+    realized_codes: RowCodes
 
 
 _METHOD_CODE = {"FIFO": FIFO, "LIFO": LIFO, "HIFO": HIFO}
@@ -119,8 +140,8 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Ex
     # one chunk: gathers by row index over a many-chunk frame (e.g. concatenated shards) cost
     # several times the copy, and the output is gathered from these columns
     orig = trades.with_row_index("_r").rechunk()
-    checked, reasons = _validate(orig, portfolios)
-    ev = _events(checked)
+    checked, reasons, portfolio_ids = _validate(orig, portfolios)
+    ev = _events(checked, portfolio_ids)
     executor = executor or InPlace()
     return _assemble(orig, reasons, ev, _replay(ev, executor), executor)
 
@@ -130,8 +151,9 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Ex
 
 def _validate(
     orig: pl.DataFrame, portfolios: pl.DataFrame
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(typed working columns of the rows that may apply, ``_r, reason`` of those that never can).
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
+    """(typed working columns of the rows that may apply, ``_r, reason`` of those that never
+    can, the sorted distinct portfolio ids ``_p`` codes into).
 
     The valid rows carry the portfolio's code in name order (``_p``), its lot method code
     (``_mcode``) and ``_taxable``.
@@ -201,23 +223,24 @@ def _validate(
     for i, (cond, _) in enumerate(rules[1:], start=2):
         code = code.when(cond).then(pl.lit(i, pl.Int8))
     t = t.with_columns(_code=code.otherwise(pl.lit(0, pl.Int8)))
+    portfolio_ids = pf.get_column("portfolio_id")
     if t.get_column("_code").sum() == 0:
-        return t, pl.DataFrame(schema={"_r": pl.UInt32, "reason": pl.String})
+        return t, pl.DataFrame(schema={"_r": pl.UInt32, "reason": pl.String}), portfolio_ids
     bad_rows = t.filter(pl.col("_code") > 0)
     words = pl.when(pl.col("_code") == 1).then(rules[0][1])
     for i, (_, what) in enumerate(rules[1:], start=2):
         words = words.when(pl.col("_code") == i).then(what)
     reasons = bad_rows.select(pl.col("_r"), reason=words)
-    return t.filter(pl.col("_code") == 0), reasons
+    return t.filter(pl.col("_code") == 0), reasons, portfolio_ids
 
 
-def _name_codes(s: pl.Series) -> tuple[np.ndarray, int]:
-    """Integer codes of a (null-free) String column in name order, and how many names.
+def _name_codes(s: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Integer codes of a (null-free) String column in name order, and the sorted names.
 
     An Enum of the sorted distinct names maps each name to its rank without a string sort or
     join over every row."""
     names = s.unique().sort()
-    return s.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64), names.len()
+    return s.cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64), names
 
 
 @dataclass(frozen=True)
@@ -229,7 +252,7 @@ class _Events:
     ascend; ``ts`` (µs) and ``day`` (UTC day number); ``method`` the portfolio's lot method
     code; ``wash``: TAXABLE and LONG; ``named``: for a close naming a ``lot_id``, the event
     position of that opening trade (-1 when it is not an opening trade of the book), else
-    ``NO_LOT``.
+    ``NO_LOT``; ``codes``: each event's portfolio and instrument codes.
     """
 
     row: np.ndarray
@@ -244,20 +267,22 @@ class _Events:
     method: np.ndarray
     wash: np.ndarray
     named: np.ndarray
+    codes: RowCodes
 
 
 _US_PER_DAY = 86_400_000_000
 
 
-def _events(t: pl.DataFrame) -> _Events:
-    """The valid trades ``t`` (from ``_validate``) in event order; strings stay in the input,
-    found by ``row``."""
+def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
+    """The valid trades ``t`` (from ``_validate``, portfolios coded into ``portfolio_ids``) in
+    event order; strings stay in the input, found by ``row``."""
     n = t.height
     side = t.get_column("side")
     is_long = ((side == "BUY") | (side == "SELL")).to_numpy()
     is_open = ((side == "BUY") | (side == "SELL_SHORT")).to_numpy()
     pc = t.get_column("_p").to_numpy()  # name order (``_validate``)
-    ic, n_i = _name_codes(t.get_column("instrument_id"))
+    ic, instrument_ids = _name_codes(t.get_column("instrument_id"))
+    n_i = instrument_ids.len()
     pair = pc * n_i + ic
     ts = t.get_column("trade_ts").to_physical().to_numpy()
     # one integer sort key (pair, side of book, time, closes after opens) when it fits in 63
@@ -323,6 +348,7 @@ def _events(t: pl.DataFrame) -> _Events:
         method=column("_mcode", np.int8),
         wash=column("_taxable", np.bool_) & o_long,
         named=named,
+        codes=RowCodes(pc[order], ic[order], portfolio_ids, instrument_ids),
     )
 
 
@@ -456,14 +482,19 @@ def _assemble(
     )
 
     accepted, rejected = rejected.result()
-    return Ledger(lots=lots, realized_pnl=realized.result(), accepted_trades=accepted, rejected_trades=rejected)
+    realized_pnl, realized_codes = realized.result()
+    return Ledger(
+        lots=lots, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
+        realized_codes=realized_codes,
+    )
 
 
 def _realized_frame(
     real_f: np.ndarray, real_i: np.ndarray, ev: _Events, pid: pl.Series, iid: pl.Series, trade_id: pl.Series,
     lot_id: pl.Series,
-) -> pl.DataFrame:
-    """``REALIZED_PNL_SCHEMA`` rows from the kernel's arrays, in (close event, allocation) order."""
+) -> tuple[pl.DataFrame, RowCodes]:
+    """``REALIZED_PNL_SCHEMA`` rows from the kernel's arrays, in (close event, allocation) order,
+    and their codes."""
     cseq = real_i[0]
     r_close = pl.Series(ev.row[cseq])
     hstart = real_i[2]
@@ -492,8 +523,7 @@ def _realized_frame(
         },
         schema=REALIZED_PNL_SCHEMA,
     )
-
-    return real
+    return real, ev.codes.take(cseq)
 
 
 def _accepted_and_rejected(

@@ -88,7 +88,10 @@ def positions(
     # lots come grouped by portfolio and instrument, so codes are looked up per run of lots
     book = Currencies(instruments, portfolios)
     rate = book.base_per_local(
-        fx, book.portfolio_codes(open_lots["portfolio_id"]), open_lots["instrument_id"], day_numbers(open_lots["_open_date"])
+        fx,
+        book.portfolio_codes(open_lots["portfolio_id"]),
+        book.instrument_codes(open_lots["instrument_id"]),
+        day_numbers(open_lots["_open_date"]),
     )
     open_lots = open_lots.with_columns(pl.Series("_fx_open", rate).fill_nan(None))
     held = (

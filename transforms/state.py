@@ -32,6 +32,7 @@ import polars as pl
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
 from transforms.fx import Currencies, FxRates, as_of_date, as_utc, base_per_local_on, usd_table
+from transforms.lots import RowCodes
 from transforms.prices import day_numbers
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
@@ -143,7 +144,13 @@ def portfolio_state(
 
 
 def realized_by_portfolio(
-    realized_pnl: AnyFrame, portfolios: AnyFrame, instruments: AnyFrame, as_of: datetime, fx_rates: FxRates
+    realized_pnl: AnyFrame,
+    portfolios: AnyFrame,
+    instruments: AnyFrame,
+    as_of: datetime,
+    fx_rates: FxRates,
+    *,
+    codes: RowCodes | None = None,
 ) -> pl.DataFrame:
     """``portfolio_id``, ``realized_pnl`` (base ccy) and ``last_close_ts`` (latest close) over the
     realised rows closed by ``as_of``, one row per portfolio of ``portfolios`` that has any.
@@ -151,21 +158,32 @@ def realized_by_portfolio(
     Each row converts at the fx of its close date. Rows are many and currencies few, so the
     rate is read from a ``currency x day`` array over the close dates' range, and the sums
     run over integer portfolio codes (``np.bincount`` adds in row order). A row whose rate is
-    unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum."""
+    unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum.
+
+    ``codes``, when given, are the rows' portfolio and instrument codes (``Ledger.realized_codes``
+    of the ledger that built ``realized_pnl``, a DataFrame); the id strings are then not read."""
     moment, fx = as_utc(as_of), usd_table(fx_rates)
     columns = ("portfolio_id", "instrument_id", "close_ts", "realized_pnl")
-    close_ts = realized_pnl["close_ts"] if isinstance(realized_pnl, pl.DataFrame) else None
-    if close_ts is not None and close_ts.null_count() == 0 and not (close_ts.max() or moment) > moment:
-        closes = realized_pnl.select(columns)  # every row counts (a build up to as_of): no copy
+    if isinstance(realized_pnl, pl.DataFrame):
+        close_ts = realized_pnl["close_ts"]
+        if close_ts.null_count() == 0 and not (close_ts.max() or moment) > moment:
+            closes = realized_pnl.select(columns)  # every row counts (a build up to as_of): no copy
+        else:
+            keep = (close_ts <= moment).fill_null(False).to_numpy()
+            closes = realized_pnl.select(columns).filter(pl.Series(keep))
+            codes = codes.take(keep) if codes is not None else None
     else:
-        closes = realized_pnl.lazy().filter(pl.col("close_ts") <= moment).select(columns).collect()
+        closes, codes = realized_pnl.lazy().filter(pl.col("close_ts") <= moment).select(columns).collect(), None
     book = Currencies(instruments, portfolios)
     ids = book.portfolios["portfolio_id"]
-    p = book.portfolio_codes(closes["portfolio_id"])
+    if codes is None:
+        p, i = book.portfolio_codes(closes["portfolio_id"]), book.instrument_codes(closes["instrument_id"])
+    else:
+        p, i = book.recode(codes.portfolio, codes.portfolio_ids, codes.instrument, codes.instrument_ids)
     if closes.height == 0 or not (p >= 0).any():
         return pl.DataFrame(schema={"portfolio_id": pl.String, "realized_pnl": pl.Float64, "last_close_ts": TS})
     us = closes["close_ts"].to_physical().to_numpy()
-    rate = book.base_per_local(fx, p, closes["instrument_id"], day_numbers(closes["close_ts"]))
+    rate = book.base_per_local(fx, p, i, day_numbers(closes["close_ts"]))
     value = closes["realized_pnl"].cast(pl.Float64).fill_null(np.nan).to_numpy() * rate
     counted = (p >= 0) & ~np.isnan(value)
     sums = np.bincount(p[counted], weights=value[counted], minlength=ids.len())

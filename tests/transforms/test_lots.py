@@ -574,6 +574,16 @@ def random_books(draw, tax: str | None = None):
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 
 
+@FAST
+@given(random_books())
+def test_realized_codes_decode_to_the_rows_ids(book_and_portfolios):
+    trades, portfolios = book_and_portfolios
+    ledger = build_ledger(trades, portfolios)
+    codes = ledger.realized_codes
+    assert codes.portfolio_ids.gather(codes.portfolio).to_list() == ledger.realized_pnl["portfolio_id"].to_list()
+    assert codes.instrument_ids.gather(codes.instrument).to_list() == ledger.realized_pnl["instrument_id"].to_list()
+
+
 def signed_open_quantity(trades: pl.DataFrame) -> pl.DataFrame:
     sign = {"BUY": 1.0, "SELL": -1.0, "SELL_SHORT": 1.0, "BUY_TO_COVER": -1.0}
     return trades.group_by(
@@ -1018,8 +1028,8 @@ def test_kernel_that_runs_out_of_room_replays_the_book_to_the_same_result(method
     trades = pl.concat(
         [book(*[(iid + r[0], *r[1:]) for r in rows], iid=iid) for iid in ("X", "Y", "Z")]
     )
-    checked, _ = _validate(trades.with_row_index("_r"), pf(method, "TAXABLE"))
-    ev = _events(checked)
+    checked, _, portfolio_ids = _validate(trades.with_row_index("_r"), pf(method, "TAXABLE"))
+    ev = _events(checked, portfolio_ids)
     args = (ev.bk, ev.is_open, ev.is_long, ev.qty, ev.price, ev.fees, ev.ts, ev.day,
             ev.method, ev.wash, ev.named)
     default, tiny = replay_books(*args), replay_books(*args, room=1)

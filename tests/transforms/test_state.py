@@ -10,7 +10,8 @@ import pytest
 from transforms.cash import cash_ledger
 from transforms.contract import LANDING_SCHEMAS, LOTS_SCHEMA, PORTFOLIO_STATE_SCHEMA, REALIZED_PNL_SCHEMA
 from transforms.positions import positions
-from transforms.state import portfolio_state
+from transforms.lots import build_ledger
+from transforms.state import portfolio_state, realized_by_portfolio
 
 UTC = timezone.utc
 D2, D3, D4, D5 = (date(2024, 1, d) for d in (2, 3, 4, 5))
@@ -142,3 +143,30 @@ def test_zero_nav_weights_are_null_and_sort_last():
     s = portfolio_state(pos, REALIZED.clear(), PORTFOLIOS, AS_OF, FX, instruments=INSTRUMENTS,
                         cash_ledger=ledger).row(0, named=True)
     assert s["total_value"] == 0.0 and s["weights"] == [{"instrument_id": "AAA", "weight": None}]
+
+
+def test_realised_per_portfolio_from_the_ledger_codes_equals_from_the_ids():
+    """A third portfolio unknown to ``portfolios`` and an instrument unknown to ``instruments``
+    count as the id look-ups say; ``as_of`` inside the history drops the later closes from
+    the codes too."""
+    extra = mk(LANDING_SCHEMAS["trades"], [
+        {"trade_id": f"U{k}", "portfolio_id": pid, "instrument_id": iid, "trade_ts": at(day), "settle_date": day,
+         "side": side, "quantity": 5.0, "price": price, "fees": 0.0}
+        for k, (pid, iid, day, side, price) in enumerate([
+            ("P3", "AAA", D2, "BUY", 10.0), ("P3", "AAA", D3, "SELL", 12.0),
+            ("P1", "ZZZ", D2, "BUY", 10.0), ("P1", "ZZZ", D4, "SELL", 9.0),
+            ("P1", "EEE", D5, "SELL", 110.0),
+        ])
+    ])
+    book_portfolios = pl.concat(
+        [PORTFOLIOS, PORTFOLIOS.head(1).with_columns(pl.lit("P3").alias("portfolio_id"))]
+    ).with_columns(pl.lit("EXEMPT").alias("tax_status"), pl.lit("FIFO").alias("lot_method"))
+    ledger = build_ledger(pl.concat([TRADES, extra]), book_portfolios)
+    assert ledger.realized_pnl.height == 4
+    for moment in (AS_OF, datetime.combine(D5, time(23), tzinfo=UTC), datetime.combine(D2, time(23), tzinfo=UTC)):
+        by_ids = realized_by_portfolio(ledger.realized_pnl, PORTFOLIOS, INSTRUMENTS, moment, FX)
+        by_codes = realized_by_portfolio(
+            ledger.realized_pnl, PORTFOLIOS, INSTRUMENTS, moment, FX, codes=ledger.realized_codes
+        )
+        assert by_codes.equals(by_ids)
+    assert by_ids.height == 0  # nothing closed by D2
