@@ -228,6 +228,17 @@ class Currencies:
         unknown."""
         return cross_rates(fx, self.names, self._local[instrument], self._base[portfolio], day)
 
+    def currency_of(self, instrument: np.ndarray) -> pl.Series:
+        """The currency of each instrument (``instrument_codes``; null when unknown)."""
+        return self.instruments["currency"].gather(pl.Series(instrument).set(pl.Series(instrument < 0), None))
+
+    def base_per_currency(self, fx: UsdTable, portfolio: np.ndarray, currencies: pl.Series, day: np.ndarray) -> np.ndarray:
+        """``cross_rates`` per row: from ``currencies`` (any currency, e.g. of cash; null: NaN)
+        to the base currency of the portfolio (``portfolio_codes``) on each day number."""
+        extra = sorted(set(currencies.drop_nulls().cast(pl.String).unique().to_list()) - set(self.names))
+        names = self.names + extra  # base codes index the first part
+        return cross_rates(fx, names, codes(currencies, pl.Series(names, dtype=pl.String)), self._base[portfolio], day)
+
 
 def _to_rate(values: np.ndarray, name: str) -> pl.Series:
     # a missing rate is null, never NaN (quotes themselves are finite and positive)

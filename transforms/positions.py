@@ -31,11 +31,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import polars as pl
 
 from transforms.cash import cash_balances
-from transforms.contract import BASE_CURRENCY, POSITIONS_SCHEMA
-from transforms.fx import Currencies, FxRates, as_of_date, as_utc, base_per_local_on, usd_table
+from transforms.contract import POSITIONS_SCHEMA
+from transforms.fx import Currencies, FxRates, as_of_date, as_utc, usd_table
 from transforms.prices import Prices, day_numbers, price_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
@@ -104,9 +105,6 @@ def positions(
             pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
             pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
         )
-        .join(book.instruments, on="instrument_id", how="left")
-        .join(book.portfolios, on="portfolio_id", how="left")
-        .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY))
     )
     last_close = price_table(prices).latest(held["instrument_id"], day).rename(
         {"close": "_close", "date": "_close_date"}
@@ -115,23 +113,21 @@ def positions(
         pl.coalesce("_close", "_fallback_price").alias("price"),
         pl.coalesce("_close_date", "_fallback_date").alias("price_date"),
     )
-    held = base_per_local_on(
-        held, fx, date_col="price_date", local_col="currency", base_col="base_currency"
+    # the (few) rows convert through the book's currency codes, as the lots above
+    held_p, held_i = book.portfolio_codes(held["portfolio_id"]), book.instrument_codes(held["instrument_id"])
+    held = held.with_columns(
+        book.currency_of(held_i).alias("currency"),
+        pl.Series("fx_rate", book.base_per_local(fx, held_p, held_i, day_numbers(held["price_date"]))).fill_nan(None),
     ).with_columns(
         (pl.col("quantity") * pl.col("price") * pl.col("fx_rate")).alias("market_value"),
         (pl.col("_local_basis") / pl.col("quantity").abs()).alias("average_cost"),
     )
 
-    cash = (
-        (cash_balances(cash_ledger, moment) if balances is None else balances)
-        .lazy()
-        .join(book.portfolios.lazy(), on="portfolio_id", how="left")
-        .with_columns(pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("price_date"))
-        .collect()
+    cash = cash_balances(cash_ledger, moment) if balances is None else balances
+    cash_rate = book.base_per_currency(
+        fx, book.portfolio_codes(cash["portfolio_id"]), cash["currency"], np.full(cash.height, day_numbers(pl.Series([day]))[0])
     )
-    cash = base_per_local_on(
-        cash, fx, date_col="price_date", local_col="currency", base_col="base_currency"
-    ).select(
+    cash = cash.with_columns(pl.lit(day).alias("price_date"), pl.Series("fx_rate", cash_rate).fill_nan(None)).select(
         "portfolio_id",
         pl.concat_str(pl.lit("CASH:"), pl.col("currency")).alias("instrument_id"),
         pl.lit("CASH").alias("position_type"),

@@ -193,6 +193,28 @@ def test_zero_nav_gives_null_weight_not_nan():
     assert p["weight"].null_count() == p.height and not p["weight"].is_nan().any()
 
 
+def test_cash_in_currencies_no_instrument_uses_and_in_unknown_portfolios_and_instruments():
+    """Cash in GBP (quoted, held by no instrument or base) converts at its rate, cash in JPY
+    (never quoted) has a null rate, a portfolio missing from ``portfolios`` is valued in USD,
+    and a lot of an instrument missing from ``instruments`` has no currency and a null rate."""
+    fx = pl.concat([FX, land("fx_rates", [{"date": D2, "currency": "GBP", "usd_per_unit": 1.25}])])
+    flows = land("cash_flows", [
+        {"flow_id": f"G{k}", "portfolio_id": pid, "ts": datetime(2024, 1, 2, 9, tzinfo=UTC), "type": "DEPOSIT",
+         "amount": 100.0, "currency": ccy}
+        for k, (pid, ccy) in enumerate([("P1", "GBP"), ("P1", "JPY"), ("P9", "EUR")])
+    ])
+    trades = land("trades", [trade("Z1", "ZZZ", D2, "BUY", 3.0, 5.0)])
+    p = positions(fifo_lots(trades), cash_ledger(trades, flows, INSTRUMENTS), PRICES, fx, INSTRUMENTS,
+                  PORTFOLIOS, end_of(D5))
+    gbp, jpy = row(p, "CASH:GBP"), row(p, "CASH:JPY")
+    assert gbp["fx_rate"] == 1.25 and gbp["market_value"] == pytest.approx(125.0)
+    assert jpy["fx_rate"] is None and jpy["market_value"] is None
+    (p9,) = p.filter(pl.col("portfolio_id") == "P9").iter_rows(named=True)
+    assert p9["fx_rate"] == 1.20 and p9["market_value"] == pytest.approx(120.0)
+    zzz = row(p, "ZZZ")
+    assert zzz["currency"] is None and zzz["fx_rate"] is None and zzz["price"] == 5.0
+
+
 def test_empty_inputs_give_empty_typed_frame():
     p = positions(mk(LOTS_SCHEMA, []), cash_ledger(TRADES.clear(), FLOWS.clear(), INSTRUMENTS), PRICES, FX,
                   INSTRUMENTS, PORTFOLIOS, end_of(D5))
