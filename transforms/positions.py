@@ -76,6 +76,10 @@ def positions(
     # Eager from here on: each step is collected once.
     open_lots = (
         lots.lazy()
+        .select(
+            "portfolio_id", "instrument_id", "position_type", "lot_id", "status", "quantity", "cost_basis",
+            "open_ts", "open_price",
+        )
         .filter(
             (pl.col("status") == "OPEN")
             & (pl.col("quantity") > 0)
