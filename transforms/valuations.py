@@ -113,7 +113,6 @@ def _segments(
     pair, start = (p * n_i + i)[valued], start[valued]
     empty = {k: np.empty(0, dtype=np.int64) for k in ("p", "i", "start", "end")}
     empty |= {"q": np.empty(0), "last_trade_price": np.empty(0)}
-    empty |= {"all_pair": empty["p"], "all_start": empty["start"], "all_q": empty["q"]}
     if rows.size == 0:
         return empty
     # numpy columns gathered by row number: gathering the frame (strings included) costs more
@@ -151,10 +150,6 @@ def _segments(
         "end": g_end[h],
         "q": q[h],
         "last_trade_price": price[last[h]],  # NaN: unknown
-        # every segment, flat ones with q = 0 (they end the previous holding)
-        "all_pair": g_pair,
-        "all_start": g_start,
-        "all_q": np.where(held, q, 0.0),
     }
 
 
