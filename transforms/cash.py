@@ -25,6 +25,7 @@ import polars as pl
 from transforms.contract import CASH_LEDGER_SCHEMA, CURRENCY_DECIMALS, DEFAULT_CURRENCY_DECIMALS, TS
 from transforms.fx import as_of_date, as_utc
 from transforms.ordering import order_by_key_then
+from transforms.prices import codes
 
 PAYING_SIDES = ("BUY", "BUY_TO_COVER")
 INFLOW_TYPES = ("DEPOSIT", "DIVIDEND", "INTEREST")
@@ -157,18 +158,16 @@ def _sort_entries(ledger: pl.DataFrame) -> pl.DataFrame:
     if ledger.height == 0:
         return ledger
     ledger = ledger.rechunk()  # the lazy concat yields many chunks; gathers across them are slow
-    # trades arrive grouped by portfolio: rank one id per run of equal ids, not every row
-    run = ledger["portfolio_id"].rle_id().to_numpy()
-    run_ids = ledger["portfolio_id"].gather(np.flatnonzero(np.append(True, run[1:] != run[:-1])))
-    portfolios = run_ids.unique().drop_nulls().sort()
+    portfolios = ledger["portfolio_id"].unique().drop_nulls().sort()
     ts = ledger["ts"].to_physical()
     lo, hi = ts.min(), ts.max()
     if lo is None or hi - lo + 1 >= 1 << _TS_BITS or portfolios.len() + 1 >= 1 << (63 - _TS_BITS):
         return ledger.sort("portfolio_id", "ts", "entry_id")
-    # an Enum over the sorted ids: its physical code follows the string order (null: rank 0)
-    run_rank = run_ids.cast(pl.Enum(portfolios)).to_physical().cast(pl.Int64).fill_null(-1).to_numpy() + 1
+    # the code of the id among the sorted ids follows the string order (null: -1, so rank 0);
+    # trades come in time order, so ids are not grouped and each row is looked up
+    rank = codes(ledger["portfolio_id"], portfolios) + 1
     offset = (ts - lo + 1).fill_null(0).to_numpy()
-    key = (run_rank[run] << _TS_BITS) + offset
+    key = (rank << _TS_BITS) + offset
     return ledger.gather(order_by_key_then(key, ledger["entry_id"]))
 
 
