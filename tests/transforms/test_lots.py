@@ -420,7 +420,8 @@ def test_same_time_and_side_ordered_by_trade_id_and_chunking_irrelevant():
 
 def test_books_whose_keys_do_not_pack_order_as_packed_ones():
     """Hundreds of books over five centuries do not fit one 63-bit (book, time) key: the
-    column sort gives each book the ledger it has alone (where the key packs)."""
+    column sort, or time ranks when the trades come in time order (ties at one time in
+    reverse trade_id order), give each book the ledger it has alone (where the key packs)."""
     books = []
     for k in range(600):
         iid = f"I{k:03d}"
@@ -431,11 +432,13 @@ def test_books_whose_keys_do_not_pack_order_as_packed_ones():
             (f"{iid}-C", ts("2024-03-01"), "SELL", 1, 12.0),  # same time as the SELL: trade_id decides
             iid=iid,
         ))
-    whole = build_ledger(pl.concat(books[::-1]), pf("FIFO"))
     alone = [build_ledger(b, pf("FIFO")) for b in books]
-    assert_frame_equal(whole.lots, pl.concat([a.lots for a in alone]))
-    assert_frame_equal(whole.realized_pnl, pl.concat([a.realized_pnl for a in alone]))
-    assert_frame_equal(whole.accepted_trades, pl.concat([a.accepted_trades for a in alone]))
+    # out of time order: the column sort; in time order: time ranks keep the key packed
+    for trades in (pl.concat(books[::-1]), pl.concat(books).sort("trade_ts", "trade_id", descending=[False, True])):
+        whole = build_ledger(trades, pf("FIFO"))
+        assert_frame_equal(whole.lots, pl.concat([a.lots for a in alone]))
+        assert_frame_equal(whole.realized_pnl, pl.concat([a.realized_pnl for a in alone]))
+        assert_frame_equal(whole.accepted_trades, pl.concat([a.accepted_trades for a in alone]))
 
 
 # --- rejections -------------------------------------------------------------------------------
