@@ -252,7 +252,8 @@ class _Events:
     ascend; ``ts`` (µs) and ``day`` (UTC day number); ``method`` the portfolio's lot method
     code; ``wash``: TAXABLE and LONG; ``named``: for a close naming a ``lot_id``, the event
     position of that opening trade (-1 when it is not an opening trade of the book), else
-    ``NO_LOT``; ``codes``: each event's portfolio and instrument codes.
+    ``NO_LOT``; ``pair``: portfolio code * number of instruments + instrument code, codes into
+    ``portfolio_ids`` and ``instrument_ids`` (see ``codes``).
     """
 
     row: np.ndarray
@@ -267,7 +268,15 @@ class _Events:
     method: np.ndarray
     wash: np.ndarray
     named: np.ndarray
-    codes: RowCodes
+    pair: np.ndarray
+    portfolio_ids: pl.Series
+    instrument_ids: pl.Series
+
+    def codes(self, events: np.ndarray) -> RowCodes:
+        """The portfolio and instrument codes of the events at positions ``events``."""
+        n_i = max(self.instrument_ids.len(), 1)
+        pair = self.pair[events]
+        return RowCodes(pair // n_i, pair % n_i, self.portfolio_ids, self.instrument_ids)
 
 
 _US_PER_DAY = 86_400_000_000
@@ -353,7 +362,9 @@ def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
         method=column("_mcode", np.int8),
         wash=column("_taxable", np.bool_) & o_long,
         named=named,
-        codes=RowCodes(pc[order], ic[order], portfolio_ids, instrument_ids),
+        pair=o_pair,
+        portfolio_ids=portfolio_ids,
+        instrument_ids=instrument_ids,
     )
 
 
@@ -528,7 +539,7 @@ def _realized_frame(
         },
         schema=REALIZED_PNL_SCHEMA,
     )
-    return real, ev.codes.take(cseq)
+    return real, ev.codes(cseq)
 
 
 def _accepted_and_rejected(
