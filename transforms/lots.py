@@ -43,7 +43,7 @@ from transforms.contract import (
     TS,
 )
 from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, replay_books
-from transforms.ordering import order_by_key_then
+from transforms.ordering import order_by_key_then, time_offsets
 from transforms.prices import codes
 from transforms.shards import InPlace
 
@@ -301,7 +301,7 @@ def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
     if n and bool((ts[1:] >= ts[:-1]).all()):
         tk = np.cumsum(np.append(0, ts[1:] != ts[:-1])) * 2 + ~is_open
     else:
-        tk = (ts - ts.min()) * 2 + ~is_open if n else ts
+        tk = time_offsets(ts) * 2 + ~is_open if n else ts
     book = pair * 2 + ~is_long
     span = int(tk.max()) + 1 if n else 1
     if n and (int(book.max()) + 1) < (2**62) // span:

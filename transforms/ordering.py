@@ -31,3 +31,16 @@ def order_by_key_then(key: np.ndarray, tie_break: pl.Series, rows: np.ndarray | 
         )
         perm[pos] = tied_rows[ties.with_row_index().sort("key", "tie")["index"].to_numpy()]
     return perm
+
+
+def time_offsets(us: np.ndarray) -> np.ndarray:
+    """Offsets (int64) of ``us`` (non-empty, microseconds) from the earliest, counted in the
+    coarsest unit that divides them all (second, millisecond or microsecond).
+
+    Order and ties are those of ``us``, in fewer bits, so a packed (group, time) sort key still
+    fits in 63 bits for years of millisecond timestamps and many groups."""
+    offsets = us - us.min()
+    for unit in (1_000_000, 1_000):
+        if not (offsets % unit).any():
+            return offsets // unit
+    return offsets

@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from transforms.ordering import order_by_key_then
+from transforms.ordering import order_by_key_then, time_offsets
 from transforms.contract import BASE_CURRENCY, DAILY_VALUATIONS_SCHEMA
 from transforms.fx import FxRates, usd_table
 from transforms.prices import Calendar, Prices, codes, day_numbers, price_table, run_codes
@@ -116,13 +116,13 @@ def _segments(
     if rows.size == 0:
         return empty
     # numpy columns gathered by row number: gathering the frame (strings included) costs more
-    ts = tr["trade_ts"].to_physical().to_numpy()[rows]
+    ts = time_offsets(tr["trade_ts"].to_physical().to_numpy()[rows])
     trade_id = tr["trade_id"].rechunk()
-    span = int(ts.max() - ts.min()) + 1
+    span = int(ts.max()) + 1
     pair_span = n_i * int(start_idx.size)
     if span.bit_length() + pair_span.bit_length() <= KEY_BITS:
         # only the rows tied on (pair, ts) read trade_id (row ``rows[k]`` of ``tr``)
-        order = order_by_key_then((pair << span.bit_length()) | (ts - ts.min()), trade_id, rows)
+        order = order_by_key_then((pair << span.bit_length()) | ts, trade_id, rows)
     else:  # keys too wide to pack: sort on the columns
         frame = pl.DataFrame({"pair": pair, "ts": ts, "trade_id": trade_id.gather(rows)})
         order = frame.select(pl.arg_sort_by("pair", "ts", "trade_id")).to_series().to_numpy()

@@ -1,0 +1,38 @@
+"""Row orders on packed integer keys: the same order as a plain sort, ties broken by strings."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from transforms.ordering import order_by_key_then, time_offsets
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_order_by_key_then_is_the_sort_by_key_then_string(seed):
+    rng = np.random.default_rng(seed)
+    n = 2_000
+    key = rng.integers(0, 300, n)  # many ties
+    names = [None if k % 97 == 0 else f"id{k % 41:02d}-{k % 7}" for k in rng.integers(0, 10_000, n)]
+    tie = pl.Series(names, dtype=pl.String)
+    expected = pl.DataFrame({"k": key, "t": tie}).with_row_index().sort("k", "t", nulls_last=False)
+    got = order_by_key_then(key, tie)
+    frame = pl.DataFrame({"k": key, "t": tie})
+    assert frame[got].equals(expected.drop("index"))
+    # with ``rows``: the key of position k reads its string at rows[k]
+    rows = rng.permutation(n)
+    got_rows = order_by_key_then(key, tie.gather(np.argsort(rows)), rows)
+    assert frame[got_rows].equals(expected.drop("index"))
+
+
+def test_time_offsets_use_the_coarsest_whole_unit_and_keep_order_and_ties():
+    seconds = np.array([5_000_000, 3_000_000, 3_000_000, 9_000_000])
+    assert time_offsets(seconds).tolist() == [2, 0, 0, 6]
+    millis = seconds + np.array([0, 1_000, 0, 0])
+    assert time_offsets(millis).tolist() == [2_000, 1, 0, 6_000]
+    micros = np.array([-7, 10, 3])  # before 1970 too
+    assert time_offsets(micros).tolist() == [0, 17, 10]
+    rng = np.random.default_rng(4)
+    us = rng.integers(0, 10**15, 500) // 1_000 * 1_000
+    out = time_offsets(us)
+    assert np.array_equal(np.argsort(out, kind="stable"), np.argsort(us, kind="stable"))
+    assert np.array_equal(out[:, None] == out[None, :], us[:, None] == us[None, :])
