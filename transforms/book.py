@@ -17,7 +17,7 @@ import polars as pl
 
 from transforms import contract
 from transforms.cash import cash_balances, cash_ledger, without_trades
-from transforms.fx import UsdTable, as_utc, usd_table
+from transforms.fx import Currencies, UsdTable, as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
 from transforms.prices import PriceTable, price_table
@@ -172,8 +172,9 @@ def build_book(
         fx = market.fx if market is not None else preparing_fx.result()
         # beside the prices, positions and state: the realised P&L per portfolio (the state
         # needs it last), then the daily valuations
+        book_currencies = Currencies(inputs.instruments, inputs.portfolios)
         realized = beside.submit(
-            partial(realized_by_portfolio, codes=ledger.realized_codes),
+            partial(realized_by_portfolio, codes=ledger.realized_codes, currencies=book_currencies),
             ledger.realized_pnl, inputs.portfolios, inputs.instruments, moment, fx,
         )
         prices = market.prices if market is not None else price_table(inputs.prices)
@@ -187,6 +188,7 @@ def build_book(
         balances = cash_balances(cash, moment)
         pos = positions(
             ledger.lots, cash, prices, fx, inputs.instruments, inputs.portfolios, moment, balances=balances,
+            currencies=book_currencies,
         )
         state = portfolio_state(
             pos, ledger.realized_pnl, inputs.portfolios, moment, fx,

@@ -59,13 +59,15 @@ def positions(
     as_of: datetime,
     *,
     balances: pl.DataFrame | None = None,
+    currencies: Currencies | None = None,
 ) -> pl.DataFrame:
     """Positions (``POSITIONS_SCHEMA``) as of ``as_of``; see the module docstring for the rules.
 
     ``lots`` are those built from the trades up to ``as_of`` (``LOTS_SCHEMA``). ``prices`` is a
     prices frame or the book's ``PriceTable``, ``fx_rates`` a frame or a ``UsdTable``. A naive
     ``as_of`` is taken as UTC. ``balances``, when given, is ``cash_balances(cash_ledger, as_of)``
-    already computed (``build_book`` shares it with the portfolio state). Sorted by
+    already computed (``build_book`` shares it with the portfolio state), and ``currencies``
+    is ``Currencies(instruments, portfolios)`` (shared with the realised P&L). Sorted by
     (portfolio_id, position_type, instrument_id).
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
@@ -91,7 +93,7 @@ def positions(
     )
     # the basis converts at the fx of each lot's open date: lots are many, currencies few, and
     # lots come grouped by portfolio and instrument, so codes are looked up per run of lots
-    book = Currencies(instruments, portfolios)
+    book = Currencies(instruments, portfolios) if currencies is None else currencies
     rate = book.base_per_local(
         fx,
         book.portfolio_codes(open_lots["portfolio_id"]),

@@ -39,7 +39,8 @@ def day_numbers(dates: pl.Series) -> np.ndarray:
 
 
 def codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
-    """Position (int64) of each value in the sorted, unique ``categories``; -1 when null or absent."""
+    """Position (int64) of each value in the unique ``categories`` (e.g. sorted ids); -1 when
+    null or absent."""
     if categories.len() == 0:
         return np.full(values.len(), -1, dtype=np.int64)
     # an Enum's physical code is the category's position; absent values cast to null

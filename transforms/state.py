@@ -151,6 +151,7 @@ def realized_by_portfolio(
     fx_rates: FxRates,
     *,
     codes: RowCodes | None = None,
+    currencies: Currencies | None = None,
 ) -> pl.DataFrame:
     """``portfolio_id``, ``realized_pnl`` (base ccy) and ``last_close_ts`` (latest close) over the
     realised rows closed by ``as_of``, one row per portfolio of ``portfolios`` that has any.
@@ -161,7 +162,8 @@ def realized_by_portfolio(
     unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum.
 
     ``codes``, when given, are the rows' portfolio and instrument codes (``Ledger.realized_codes``
-    of the ledger that built ``realized_pnl``, a DataFrame); the id strings are then not read."""
+    of the ledger that built ``realized_pnl``, a DataFrame); the id strings are then not read.
+    ``currencies``, when given, is ``Currencies(instruments, portfolios)`` already built."""
     moment, fx = as_utc(as_of), usd_table(fx_rates)
     columns = ("portfolio_id", "instrument_id", "close_ts", "realized_pnl")
     if isinstance(realized_pnl, pl.DataFrame):
@@ -174,7 +176,7 @@ def realized_by_portfolio(
             codes = codes.take(keep) if codes is not None else None
     else:
         closes, codes = realized_pnl.lazy().filter(pl.col("close_ts") <= moment).select(columns).collect(), None
-    book = Currencies(instruments, portfolios)
+    book = Currencies(instruments, portfolios) if currencies is None else currencies
     ids = book.portfolios["portfolio_id"]
     if codes is None:
         p, i = book.portfolio_codes(closes["portfolio_id"]), book.instrument_codes(closes["instrument_id"])
