@@ -6,9 +6,9 @@ machine:
 - ``rebuild``: lots, realised P&L, cash ledger, positions, state and daily valuations rebuilt
   from in-memory bronze frames (``transforms.book.build_book``) shard by shard, each shard's
   tables dropped before the next as in the pipeline, prices and fx prepared once for all
-  shards (``transforms.book.Market``), in trades per second, and the ledger + positions part
-  alone. The compiled replay kernel is loaded before the clock starts (a
-  once-per-process cost of about a second);
+  shards (``transforms.book.Market``; a book of one shard prepares them inside its build), in
+  trades per second, and the ledger + positions part alone. The compiled replay kernel is
+  loaded before the clock starts (a once-per-process cost of about a second);
 - ``pandas_baseline``: the same positions computation (FIFO lots → quantity, cost basis,
   market value, unrealised P&L per portfolio and instrument) written the straightforward pandas
   way (group by key, walk the trades with a lot queue), and its ratio to ours;

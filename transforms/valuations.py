@@ -368,7 +368,7 @@ def daily_valuations(
     close, last = table.rows(inst_ids)
     seg = _segments(tr, tr_day, tr_p, run_codes(tr["instrument_id"], inst_ids), start_idx, inst_ids.len(), cal)
     long_mv, short_mv, stale = _market_values(seg, n_ports, base_of_p, inst_ccy, close, last, usd2d)
-    led_ccy = run_codes(led["currency"], currencies)
+    led_ccy = codes(led["currency"], currencies)  # currencies alternate within a portfolio
     cash, settled, flows = _cash(
         led, led_day, led_p, np.where(led_ccy < 0, n_ccy, led_ccy), n_ccy, start_idx, base_of_p, usd2d, cal
     )
