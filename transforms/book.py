@@ -193,6 +193,7 @@ def build_book(
         state = portfolio_state(
             pos, ledger.realized_pnl, inputs.portfolios, moment, fx,
             instruments=inputs.instruments, cash_ledger=cash, balances=balances, realized=realized.result(),
+            currencies=book_currencies,
         )
         daily = daily.result() if daily is not None else None
     except BaseException:  # what runs beside ends before the error is raised

@@ -31,7 +31,7 @@ import polars as pl
 
 from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
-from transforms.fx import Currencies, FxRates, as_of_date, as_utc, base_per_local_on, usd_table
+from transforms.fx import Currencies, FxRates, as_of_date, as_utc, usd_table
 from transforms.lots import RowCodes
 from transforms.prices import day_numbers
 
@@ -61,6 +61,7 @@ def portfolio_state(
     cash_ledger: AnyFrame,
     balances: pl.DataFrame | None = None,
     realized: pl.DataFrame | None = None,
+    currencies: Currencies | None = None,
 ) -> pl.DataFrame:
     """One ``PORTFOLIO_STATE_SCHEMA`` row per portfolio in ``portfolios`` as of ``as_of``.
 
@@ -68,8 +69,8 @@ def portfolio_state(
     currency of realised P&L; ``cash_ledger`` the settled / pending split and last update.
     ``balances``, when given, is ``cash_balances(cash_ledger, as_of)`` already computed, and
     ``realized`` is ``realized_by_portfolio(realized_pnl, portfolios, instruments, as_of,
-    fx_rates)`` (``build_book`` computes it on another thread meanwhile).
-    A naive ``as_of`` is UTC. Sorted by portfolio_id.
+    fx_rates)`` (``build_book`` computes it on another thread meanwhile), and ``currencies``
+    is ``Currencies(instruments, portfolios)``. A naive ``as_of`` is UTC. Sorted by portfolio_id.
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
     fx = usd_table(fx_rates)
@@ -78,7 +79,6 @@ def portfolio_state(
         .select("portfolio_id", "portfolio_name", "status", pl.col("base_currency").fill_null(BASE_CURRENCY))
         .collect()
     )
-    base = ports.select("portfolio_id", "base_currency")
     pos = positions.lazy().collect()
     mv = pl.col("market_value")
     ptype = pl.col("position_type")
@@ -108,11 +108,15 @@ def portfolio_state(
         realized = realized_by_portfolio(realized_pnl, portfolios, instruments, moment, fx)
     if balances is None:
         balances = cash_balances(cash_ledger, moment)
-    balances = balances.join(base, on="portfolio_id", how="left").with_columns(
-        pl.col("base_currency").fill_null(BASE_CURRENCY), pl.lit(day).alias("_day")
+    # the (few) balances convert at the as-of date through the book's currency codes, as the
+    # CASH rows of the positions do
+    book = Currencies(instruments, portfolios) if currencies is None else currencies
+    rate = book.base_per_currency(
+        fx, book.portfolio_codes(balances["portfolio_id"]), balances["currency"],
+        np.full(balances.height, day_numbers(pl.Series([day], dtype=pl.Date))[0]),
     )
     settled = (
-        base_per_local_on(balances, fx, date_col="_day", local_col="currency", base_col="base_currency")
+        balances.with_columns(pl.Series("fx_rate", rate).fill_nan(None))
         .group_by("portfolio_id")
         .agg(
             (pl.col("settled_cash") * pl.col("fx_rate")).sum().alias("settled_cash"),
