@@ -24,7 +24,7 @@ import polars as pl
 
 from transforms.contract import CASH_LEDGER_SCHEMA, CURRENCY_DECIMALS, DEFAULT_CURRENCY_DECIMALS, TS
 from transforms.fx import as_of_date, as_utc
-from transforms.ordering import order_by_key_then
+from transforms.ordering import order_by_key_then, time_offsets
 from transforms.prices import codes
 
 PAYING_SIDES = ("BUY", "BUY_TO_COVER")
@@ -143,32 +143,33 @@ def _with_currency(trades: pl.DataFrame, ccy: pl.DataFrame) -> pl.DataFrame:
     return trades.with_columns(run_ccy.gather(run))
 
 
-_TS_BITS = 52  # low bits of the packed sort key: microseconds since the earliest ts (~142 years)
-
-
 def _sort_entries(ledger: pl.DataFrame) -> pl.DataFrame:
     """``ledger`` sorted by (portfolio_id, ts, entry_id), nulls first in each (polars' default).
 
     Sorting on two strings is the cost, so (portfolio_id, ts) is packed into one Int64 key:
-    ``portfolio rank << 52 | 1 + microseconds since the earliest ts`` (rank 0 and offset 0 are
-    kept for nulls, so they still sort first). The key is sorted alone; only the rows that tie on
-    it (entries at the same moment, about a third of a book) are re-sorted by (key, entry_id).
-    Books whose ts span or portfolio count do not fit the key take the plain sort.
+    ``portfolio rank << w | 1 + offset since the earliest ts`` (offsets in the coarsest whole
+    unit, ``w`` bits; rank 0 and offset 0 are kept for nulls, so they still sort first).
+    ``order_by_key_then`` sorts the key and breaks its ties (entries at the same moment, about
+    a third of a book) by entry_id. Books whose key does not fit in 63 bits take the plain sort.
     """
     if ledger.height == 0:
         return ledger
     ledger = ledger.rechunk()  # the lazy concat yields many chunks; gathers across them are slow
-    portfolios = ledger["portfolio_id"].unique().drop_nulls().sort()
     ts = ledger["ts"].to_physical()
-    lo, hi = ts.min(), ts.max()
-    if lo is None or hi - lo + 1 >= 1 << _TS_BITS or portfolios.len() + 1 >= 1 << (63 - _TS_BITS):
+    if ts.null_count() == ts.len():
+        return ledger.sort("portfolio_id", "ts", "entry_id")
+    portfolios = ledger["portfolio_id"].unique().drop_nulls().sort()
+    valid = ts.is_not_null().to_numpy()
+    us = ts.fill_null(0).to_numpy()
+    offset = np.zeros(us.size, dtype=np.int64)
+    offset[valid] = time_offsets(us[valid]) + 1
+    width = int(offset.max()).bit_length()
+    if width + (portfolios.len() + 1).bit_length() > 63:
         return ledger.sort("portfolio_id", "ts", "entry_id")
     # the code of the id among the sorted ids follows the string order (null: -1, so rank 0);
     # trades come in time order, so ids are not grouped and each row is looked up
     rank = codes(ledger["portfolio_id"], portfolios) + 1
-    offset = (ts - lo + 1).fill_null(0).to_numpy()
-    key = (rank << _TS_BITS) + offset
-    return ledger.gather(order_by_key_then(key, ledger["entry_id"]))
+    return ledger.gather(order_by_key_then((rank << width) | offset, ledger["entry_id"]))
 
 
 def cash_balances(cash_ledger: pl.DataFrame | pl.LazyFrame, as_of: datetime) -> pl.DataFrame:

@@ -13,23 +13,41 @@ import polars as pl
 def order_by_key_then(key: np.ndarray, tie_break: pl.Series, rows: np.ndarray | None = None) -> np.ndarray:
     """Row order (int64 indices) sorting by ``key`` (Int64) then ``tie_break`` (nulls first).
 
-    Sorting a string column is the expensive part, so the integer key is sorted alone and only
-    the rows that share a key with a neighbour are re-sorted by (key, tie_break). ``rows``, when
-    given, says which element of ``tie_break`` belongs to each key (``tie_break[rows[k]]``).
+    Sorting a string column is the expensive part, so the integer key is sorted alone, tied
+    rows keeping their input order (the row number is packed below the key when it fits in
+    63 bits, else a stable sort). Input often comes in ``tie_break`` order already (ids given
+    in time order), so the tied runs are only checked, one comparison per neighbour; when one
+    is out of order, the tied rows are re-sorted by (key, tie_break). ``rows``, when given,
+    says which element of ``tie_break`` belongs to each key (``tie_break[rows[k]]``).
     """
-    perm = np.argsort(key)  # need not be stable: every tied run is re-sorted below
+    n = key.size
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    lo = key.min()
+    row_bits = (n - 1).bit_length()
+    if int(key.max() - lo).bit_length() + row_bits <= 63:
+        # distinct packed keys: the fast (unstable) sort gives the stable order
+        perm = np.argsort(((key - lo) << row_bits) | np.arange(n))
+    else:
+        perm = np.argsort(key, kind="stable")
     sorted_key = key[perm]
     same = sorted_key[1:] == sorted_key[:-1]
-    tied = np.zeros(key.size, dtype=bool)
+    tied = np.zeros(n, dtype=bool)
     tied[1:] |= same
     tied[:-1] |= same
     pos = np.flatnonzero(tied)
-    if pos.size:
-        tied_rows = perm[pos]
-        ties = pl.DataFrame(
-            {"key": sorted_key[pos], "tie": tie_break.gather(tied_rows if rows is None else rows[tied_rows])}
-        )
-        perm[pos] = tied_rows[ties.with_row_index().sort("key", "tie")["index"].to_numpy()]
+    if pos.size == 0:
+        return perm
+    tied_rows = perm[pos]
+    tie = tie_break.gather(tied_rows if rows is None else rows[tied_rows])
+    # neighbours in one run: consecutive places whose keys are equal
+    in_run = (np.diff(pos) == 1) & same[pos[:-1]]
+    a, b = tie.slice(0, pos.size - 1), tie.slice(1)
+    ordered = (a.is_null() | (b.is_not_null() & (a <= b))).fill_null(False).to_numpy()
+    if (ordered | ~in_run).all():
+        return perm
+    ties = pl.DataFrame({"key": sorted_key[pos], "tie": tie})
+    perm[pos] = tied_rows[ties.with_row_index().sort("key", "tie")["index"].to_numpy()]
     return perm
 
 

@@ -36,3 +36,20 @@ def test_time_offsets_use_the_coarsest_whole_unit_and_keep_order_and_ties():
     out = time_offsets(us)
     assert np.array_equal(np.argsort(out, kind="stable"), np.argsort(us, kind="stable"))
     assert np.array_equal(out[:, None] == out[None, :], us[:, None] == us[None, :])
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_order_by_key_then_checks_ties_already_in_order_and_repairs_one_that_is_not(wide):
+    # ids given in time order: the tied runs come in tie-break order and are only checked
+    rng = np.random.default_rng(5)
+    n = 3_000
+    key = rng.integers(0, 200, n) + ((1 << 62) - 400 if wide else 0)  # wide: no room for row numbers
+    base = pl.Series([f"T{k:05d}" for k in range(n)])
+    frame = pl.DataFrame({"k": key, "t": base})
+    expected = frame.sort("k", "t")
+    assert frame[order_by_key_then(key, base)].equals(expected)
+    # one pair swapped inside a tied run, and a null among them: the run is re-sorted
+    key[11] = key[10]
+    swapped = base.scatter([10, 11], [base[11], base[10]]).scatter([20], [None])
+    frame = pl.DataFrame({"k": key, "t": swapped})
+    assert frame[order_by_key_then(key, swapped)].equals(frame.sort("k", "t", nulls_last=False))
