@@ -22,6 +22,8 @@ from datetime import date
 import numpy as np
 import polars as pl
 
+from transforms.price_kernel import forward_filled_closes
+
 PRICE_COLUMNS = {"instrument_id": pl.String, "date": pl.Date, "close": pl.Float64}
 
 
@@ -116,18 +118,15 @@ class PriceTable:
         days = px["date"].unique().sort()
         instruments = px["instrument_id"].unique().sort()
         n_i, n_days = instruments.len(), days.len()
-        close = np.full((n_i, n_days), np.nan)
-        quoted = np.empty((n_i, n_days), dtype=np.int64)  # no closes: no cells
         calendar = Calendar(days) if n_days else None
-        if calendar is not None:
+        if calendar is None:  # no closes: no cells
+            close, quoted = np.full((n_i, 0), np.nan), np.empty((n_i, 0), dtype=np.int64)
+        else:
             # rows keep their order, so a duplicated (instrument, date) keeps the later close
-            close[codes(px["instrument_id"], instruments), calendar.index(day_numbers(px["date"]))] = (
-                px["close"].to_numpy()
+            close, quoted = forward_filled_closes(
+                codes(px["instrument_id"], instruments), calendar.index(day_numbers(px["date"])),
+                px["close"].to_numpy(), n_i, n_days,
             )
-            quoted = np.where(np.isnan(close), -1, np.arange(n_days, dtype=np.int64)[None, :])
-            np.maximum.accumulate(quoted, axis=1, out=quoted)
-            close = np.take_along_axis(close, np.maximum(quoted, 0), axis=1)
-            close[quoted < 0] = np.nan
         self._set(days, calendar, instruments, close, quoted)
 
     def _set(self, days: pl.Series, calendar: Calendar | None, instruments: pl.Series, close: np.ndarray,
