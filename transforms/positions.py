@@ -92,17 +92,15 @@ def positions(
         .collect()
     )
     # the basis converts at the fx of each lot's open date: lots are many, currencies few, and
-    # lots come grouped by portfolio and instrument, so codes are looked up per run of lots
+    # lots come grouped by portfolio and instrument, so codes are looked up per run of lots;
+    # the codes ride along the grouping (one portfolio and instrument per group)
     book = Currencies(instruments, portfolios) if currencies is None else currencies
-    rate = book.base_per_local(
-        fx,
-        book.portfolio_codes(open_lots["portfolio_id"]),
-        book.instrument_codes(open_lots["instrument_id"]),
-        day_numbers(open_lots["_open_date"]),
-    )
-    open_lots = open_lots.with_columns(pl.Series("_fx_open", rate).fill_nan(None))
+    lot_p = book.portfolio_codes(open_lots["portfolio_id"])
+    lot_i = book.instrument_codes(open_lots["instrument_id"])
+    rate = book.base_per_local(fx, lot_p, lot_i, day_numbers(open_lots["_open_date"]))
     held = (
-        open_lots.group_by("portfolio_id", "instrument_id", "position_type")
+        open_lots.with_columns(pl.Series("_fx_open", rate).fill_nan(None), _p=lot_p, _i=lot_i)
+        .group_by("portfolio_id", "instrument_id", "position_type")
         .agg(
             (pl.col("_sign") * pl.col("quantity")).sum().alias("quantity"),
             (pl.col("_sign") * pl.col("cost_basis")).sum().alias("_local_basis"),
@@ -110,20 +108,21 @@ def positions(
             pl.col("open_ts").max().alias("last_updated"),
             pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
             pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
+            pl.col("_p").first(),
+            pl.col("_i").first(),
         )
     )
-    last_close = price_table(prices).latest(held["instrument_id"], day).rename(
-        {"close": "_close", "date": "_close_date"}
-    )
-    held = held.join(last_close, on="instrument_id", how="left").with_columns(
-        pl.coalesce("_close", "_fallback_price").alias("price"),
-        pl.coalesce("_close_date", "_fallback_date").alias("price_date"),
-    )
-    # the (few) rows convert through the book's currency codes, as the lots above
-    held_p, held_i = book.portfolio_codes(held["portfolio_id"]), book.instrument_codes(held["instrument_id"])
+    held_p, held_i = held["_p"].to_numpy(), held["_i"].to_numpy()
+    # the (few) rows are priced and converted in numpy: the latest close, else the fallback
+    close, close_day = price_table(prices).latest(held["instrument_id"], day)
+    has_close = ~np.isnan(close)
+    price = np.where(has_close, close, held["_fallback_price"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+    price_day = np.where(has_close, close_day, day_numbers(held["_fallback_date"]))
     held = held.with_columns(
+        pl.Series("price", price).fill_nan(None),
+        pl.Series("price_date", price_day.astype(np.int32)).cast(pl.Date),
         book.currency_of(held_i).alias("currency"),
-        pl.Series("fx_rate", book.base_per_local(fx, held_p, held_i, day_numbers(held["price_date"]))).fill_nan(None),
+        pl.Series("fx_rate", book.base_per_local(fx, held_p, held_i, price_day)).fill_nan(None),
     ).with_columns(
         (pl.col("quantity") * pl.col("price") * pl.col("fx_rate")).alias("market_value"),
         (pl.col("_local_basis") / pl.col("quantity").abs()).alias("average_cost"),

@@ -169,27 +169,20 @@ class PriceTable:
         close[k >= 0], quoted[k >= 0] = self.close[k[k >= 0]], self.quoted[k[k >= 0]]
         return close, quoted
 
-    def latest(self, instrument_ids: pl.Series, day: date) -> pl.DataFrame:
-        """Per distinct instrument of ``instrument_ids``: ``instrument_id``, ``close`` (latest on
-        or before ``day``) and ``date`` (when it was quoted); both null when there is none."""
-        ids = instrument_ids.cast(pl.String).drop_nulls().unique()
-        k = codes(ids, self.instruments)
+    def latest(self, instrument_ids: pl.Series, day: date) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of ``instrument_ids``: ``(close, quoted)``, the latest close on or before
+        ``day`` (float64; NaN when there is none) and the day number it was quoted (int64;
+        meaningless where the close is NaN)."""
+        k = codes(instrument_ids, self.instruments)
         d = self.day_index(day)
         close = np.full(k.size, np.nan)
-        when = np.full(k.size, -1, dtype=np.int64)
+        quoted = np.zeros(k.size, dtype=np.int64)
         if d >= 0:
             found = k >= 0
-            close[found], when[found] = self.close[k[found], d], self.quoted[k[found], d]
-        has = when >= 0
-        quoted = pl.Series("date", self.days.gather(np.maximum(when, 0)) if self.days.len() else [None] * k.size,
-                           dtype=pl.Date)
-        return pl.DataFrame(
-            {
-                "instrument_id": ids,
-                "close": pl.Series(np.where(has, close, np.nan)).fill_nan(None),
-                "date": quoted.set(pl.Series(~has), None) if has.size else quoted,
-            }
-        )
+            when = self.quoted[k[found], d]
+            close[found] = self.close[k[found], d]  # NaN when not quoted yet
+            quoted[found] = self.calendar.numbers[np.maximum(when, 0)]
+        return close, quoted
 
 
 Prices = pl.DataFrame | pl.LazyFrame | PriceTable

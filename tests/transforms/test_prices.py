@@ -46,7 +46,7 @@ def test_until_is_the_table_of_the_earlier_closes():
         np.testing.assert_array_equal(quoted, direct.quoted)
     before = t.until(date(2024, 12, 31))
     assert before.days.len() == 0 and before.calendar is None
-    assert before.latest(pl.Series(["A"]), D4)["close"].to_list() == [None]
+    assert np.isnan(before.latest(pl.Series(["A"]), D4)[0]).all()
 
 
 def test_rows_of_instruments_without_closes_are_empty():
@@ -56,17 +56,22 @@ def test_rows_of_instruments_without_closes_are_empty():
     np.testing.assert_array_equal(quoted[2], [0, 1, 2, 2])
 
 
+def _day(d: date) -> int:
+    return (d - date(1970, 1, 1)).days
+
+
 def test_latest_close_on_or_before_a_day():
     t = PriceTable(PRICES)
-    out = t.latest(pl.Series(["A", "B", "Z", "A", None]), date(2025, 1, 5)).sort("instrument_id")
-    assert out.rows() == [("A", 11.0, D2), ("B", 20.0, D1), ("Z", None, None)]
-    assert t.latest(pl.Series(["A"]), date(2024, 1, 1)).rows() == [("A", None, None)]
+    close, quoted = t.latest(pl.Series(["A", "B", "Z", "A", None]), date(2025, 1, 5))
+    np.testing.assert_array_equal(close, [11.0, 20.0, np.nan, 11.0, np.nan])
+    assert quoted[[0, 1, 3]].tolist() == [_day(D2), _day(D1), _day(D2)]
+    assert np.isnan(t.latest(pl.Series(["A"]), date(2024, 1, 1))[0]).all()
 
 
 def test_empty_prices_and_a_prepared_table_is_reused():
     empty = PriceTable(PRICES.clear())
     assert empty.calendar is None and empty.close.shape == (0, 0) and empty.last_day is None
-    assert empty.latest(pl.Series(["A"]), D1).rows() == [("A", None, None)]
+    assert np.isnan(empty.latest(pl.Series(["A"]), D1)[0]).all()
     t = PriceTable(PRICES)
     assert price_table(t) is t
     assert t.last_day == D4
