@@ -112,3 +112,28 @@ def test_a_failure_beside_the_ledger_surfaces(inputs):
     for overlap in (True, False):
         with pytest.raises(pl.exceptions.ColumnNotFoundError):
             build_book(broken, overlap=overlap)
+
+
+def test_a_step_not_started_beside_is_taken_back_by_the_waiting_thread():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transforms.book import _result_or_run_here
+
+    ran_on = []
+
+    def step(x):
+        ran_on.append(threading.current_thread().name)
+        return x * 2
+
+    release = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="beside") as pool:
+        busy = pool.submit(release.wait)
+        queued = pool.submit(step, 21)  # waits behind ``busy``: taken back, run here
+        assert _result_or_run_here(queued, step, 21) == 42 and queued.cancelled()
+        release.set()
+        busy.result()
+        started = pool.submit(step, 5)
+        started.result()  # done beside: its result, not run again
+        assert _result_or_run_here(started, step, 5) == 10
+    assert ran_on == [threading.current_thread().name, "beside_0"]

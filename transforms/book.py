@@ -109,6 +109,12 @@ class Book:
     portfolio_state: pl.DataFrame
 
 
+def _result_or_run_here(future: Future, fn, *args):
+    """The result of the task ``future`` runs (``fn(*args)``), or, when it has not started yet
+    because its thread is still busy, ``fn(*args)`` run on this thread instead."""
+    return fn(*args) if future.cancel() else future.result()
+
+
 def to_utc(moment: datetime | date) -> datetime:
     """A timezone-aware UTC datetime; a naive one is taken as UTC, a date as its last microsecond."""
     if not isinstance(moment, datetime):
@@ -150,8 +156,8 @@ def build_book(
     with ``as_of``, only what it knew by then is used.
 
     ``overlap``: run the steps that do not wait for each other on a second, kept thread (fx
-    rates and cash entries beside the ledger, half of the replay and part of the ledger's
-    output frames, the realised P&L per portfolio and the daily valuations beside the prices,
+    rates, cash entries and the price table beside the ledger, part of its replay and of its
+    output frames, the daily valuations and the realised P&L per portfolio beside the
     positions and state); the tables are the same either way.
     Pass False when the cores are already busy, e.g. when shards are built at once: there it
     slowed the standard book's rebuild from 9.8 s to 14.0 s (one run each).
@@ -163,21 +169,19 @@ def build_book(
         market = market.until(moment.date())
     beside = _Tracked(shared_pool("book", 1) if overlap else InPlace())
     try:
-        # beside the ledger: the fx rates and the cash entries of every trade (those of the
-        # trades the ledger rejects are dropped after it)
+        # beside the ledger: the fx rates, the cash entries of every trade (those of the trades
+        # the ledger rejects are dropped after it) and the price table; the ledger's replay
+        # takes that thread's help once it is free (``transforms.lots._replay``)
         preparing_fx = beside.submit(usd_table, inputs.fx_rates) if market is None else None
         all_cash = beside.submit(cash_ledger, inputs.trades, inputs.cash_flows, inputs.instruments)
+        preparing_prices = beside.submit(price_table, inputs.prices) if market is None else None
         ledger = build_ledger(inputs.trades, inputs.portfolios, executor=beside.executor)
         cash = without_trades(all_cash.result(), ledger.rejected_trades["trade_id"])
         fx = market.fx if market is not None else preparing_fx.result()
-        # beside the prices, positions and state: the realised P&L per portfolio (the state
-        # needs it last), then the daily valuations
-        book_currencies = Currencies(inputs.instruments, inputs.portfolios)
-        realized = beside.submit(
-            partial(realized_by_portfolio, codes=ledger.realized_codes, currencies=book_currencies),
-            ledger.realized_pnl, inputs.portfolios, inputs.instruments, moment, fx,
-        )
-        prices = market.prices if market is not None else price_table(inputs.prices)
+        prices = market.prices if market is not None else preparing_prices.result()
+        # beside the positions and state: the daily valuations (the longest step left), then
+        # the realised P&L per portfolio, which this thread takes back if it gets to the state
+        # first (the two steps' costs swing by half from run to run on a shared machine)
         daily = (
             beside.submit(
                 daily_valuations, ledger.accepted_trades, cash, prices, fx, inputs.instruments, inputs.portfolios
@@ -185,6 +189,12 @@ def build_book(
             if with_daily
             else None
         )
+        book_currencies = Currencies(inputs.instruments, inputs.portfolios)
+        realized_step = (
+            partial(realized_by_portfolio, codes=ledger.realized_codes, currencies=book_currencies),
+            ledger.realized_pnl, inputs.portfolios, inputs.instruments, moment, fx,
+        )
+        realized = beside.submit(*realized_step)
         balances = cash_balances(cash, moment)
         pos = positions(
             ledger.lots, cash, prices, fx, inputs.instruments, inputs.portfolios, moment, balances=balances,
@@ -192,7 +202,7 @@ def build_book(
         )
         state = portfolio_state(
             pos, ledger.realized_pnl, inputs.portfolios, moment, fx,
-            instruments=inputs.instruments, cash_ledger=cash, balances=balances, realized=realized.result(),
+            instruments=inputs.instruments, cash_ledger=cash, balances=balances, realized=_result_or_run_here(realized, *realized_step),
             currencies=book_currencies,
         )
         daily = daily.result() if daily is not None else None

@@ -1059,10 +1059,11 @@ def test_close_of_exactly_the_open_quantity_after_many_fractional_trades():
     assert "exceeds open LONG quantity 0.9" in ledger.rejected_trades["reason"][0]
 
 
-@pytest.mark.parametrize("split_events", [2, 1_000])
-def test_replay_in_two_halves_on_an_executor_equals_one_piece(tiny_book, monkeypatch, split_events):
-    """With an executor the books are replayed in two halves (cut at a book boundary) and part
-    of the output built on it: every output frame must be the one-thread ledger's."""
+@pytest.mark.parametrize(("split_events", "parts"), [(2, 8), (2, 2), (1_000, 8), (2, 1_000)])
+def test_replay_in_parts_on_an_executor_equals_one_piece(tiny_book, monkeypatch, split_events, parts):
+    """With an executor the books are replayed in parts (cut at book boundaries; more parts
+    than books gives one part per book) shared by two threads, and part of the output built
+    on it: every output frame must be the one-thread ledger's."""
     from concurrent.futures import ThreadPoolExecutor
 
     import transforms.lots as lots_module
@@ -1079,6 +1080,7 @@ def test_replay_in_two_halves_on_an_executor_equals_one_piece(tiny_book, monkeyp
     alone = build_ledger(trades, portfolios)
     assert alone.lots["lot_id"].str.contains("~W").any() and alone.rejected_trades.height > 0
     monkeypatch.setattr(lots_module, "SPLIT_EVENTS", split_events)
+    monkeypatch.setattr(lots_module, "REPLAY_PARTS", parts)
     with ThreadPoolExecutor(1) as executor:
         split = build_ledger(trades, portfolios, executor=executor)
     for name in ("lots", "realized_pnl", "accepted_trades", "rejected_trades"):
