@@ -202,8 +202,8 @@ def build_book(
         )
         state = portfolio_state(
             pos, ledger.realized_pnl, inputs.portfolios, moment, fx,
-            instruments=inputs.instruments, cash_ledger=cash, balances=balances, realized=_result_or_run_here(realized, *realized_step),
-            currencies=book_currencies,
+            instruments=inputs.instruments, cash_ledger=cash, balances=balances,
+            realized=_result_or_run_here(realized, *realized_step), currencies=book_currencies,
         )
         daily = daily.result() if daily is not None else None
     except BaseException:  # what runs beside ends before the error is raised

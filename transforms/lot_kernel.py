@@ -205,8 +205,8 @@ class _Arrays:
     """The kernel's working and output arrays. The compiled function never reassigns an
     array (numba then counts references on every loop turn), so growing them happens here."""
 
-    def __init__(self, n: int, book_cap: int, out_cap: int | None = None):
-        out_cap = 2 * n if out_cap is None else out_cap  # lots and realised rows
+    def __init__(self, n: int, book_cap: int, out_cap: int):
+        # n: rejections (at most one per event); out_cap: lots and realised rows
         self.lot_f = np.empty((_LF, out_cap), np.float64)
         self.lot_i = np.empty((_LI, out_cap), np.int64)
         self.real_f = np.empty((_RF, out_cap), np.float64)
@@ -281,9 +281,9 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     if room is None:
         opens = np.bincount(bk[is_open]) if is_open.any() else np.zeros(1, np.int64)
         # wash-sale pieces make lots and realised rows outnumber the events (about 2x in the
-        # demo book, where one book of 435 events has 5,798 lots): generous first sizes avoid
-        # replaying books after doubling, and cost only the pages written (untouched memory
-        # is never mapped in)
+        # demo book, where one portfolio and instrument has 5,798 lots): generous first sizes
+        # avoid replaying books after doubling, and cost only the pages written (untouched
+        # memory is never mapped in)
         a = _Arrays(n + 16, BOOK_ROOM * int(opens.max()) + 16, OUT_ROOM * n + 16)
     else:
         a = _Arrays(room, room, room)

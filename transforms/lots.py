@@ -20,9 +20,9 @@ How it is split
   realised rows already in output order, so nothing is sorted here.
 
 Given an executor (``build_ledger(..., executor=)``; ``transforms.book.build_book`` passes one
-when it runs alone), the replay runs in two halves of the books and the realised rows and the
-accepted / rejected trades are built on it while the lots are built here; the frames are the
-same either way.
+when it runs alone), the replay runs in parts of the books taken by whichever thread is free,
+and the realised rows and the accepted / rejected trades are built on it while the lots are
+built here; the frames are the same either way.
 """
 
 from __future__ import annotations
