@@ -240,6 +240,15 @@ class Currencies:
         return cross_rates(fx, names, codes(currencies, pl.Series(names, dtype=pl.String)), self._base[portfolio], day)
 
 
+    def balance_rates(self, fx: UsdTable, balances: pl.DataFrame, day: date) -> np.ndarray:
+        """``base_per_currency`` of each cash balance row (``portfolio_id``, ``currency``, as
+        ``transforms.cash.cash_balances`` gives them) on the date ``day``: the rate the positions'
+        CASH rows and the portfolio state's settled / pending cash convert at."""
+        on = pl.Series([day], dtype=pl.Date).to_physical().cast(pl.Int64)[0]
+        return self.base_per_currency(
+            fx, self.portfolio_codes(balances["portfolio_id"]), balances["currency"], np.full(balances.height, on)
+        )
+
 def _to_rate(values: np.ndarray, name: str) -> pl.Series:
     # a missing rate is null, never NaN (quotes themselves are finite and positive)
     return pl.Series(name, values, dtype=pl.Float64).fill_nan(None)

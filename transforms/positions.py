@@ -129,9 +129,7 @@ def positions(
     )
 
     cash = cash_balances(cash_ledger, moment) if balances is None else balances
-    cash_rate = book.base_per_currency(
-        fx, book.portfolio_codes(cash["portfolio_id"]), cash["currency"], np.full(cash.height, day_numbers(pl.Series([day]))[0])
-    )
+    cash_rate = book.balance_rates(fx, cash, day)
     cash = cash.with_columns(pl.lit(day).alias("price_date"), pl.Series("fx_rate", cash_rate).fill_nan(None)).select(
         "portfolio_id",
         pl.concat_str(pl.lit("CASH:"), pl.col("currency")).alias("instrument_id"),

@@ -111,12 +111,8 @@ def portfolio_state(
     # the (few) balances convert at the as-of date through the book's currency codes, as the
     # CASH rows of the positions do
     book = Currencies(instruments, portfolios) if currencies is None else currencies
-    rate = book.base_per_currency(
-        fx, book.portfolio_codes(balances["portfolio_id"]), balances["currency"],
-        np.full(balances.height, day_numbers(pl.Series([day], dtype=pl.Date))[0]),
-    )
     settled = (
-        balances.with_columns(pl.Series("fx_rate", rate).fill_nan(None))
+        balances.with_columns(pl.Series("fx_rate", book.balance_rates(fx, balances, day)).fill_nan(None))
         .group_by("portfolio_id")
         .agg(
             (pl.col("settled_cash") * pl.col("fx_rate")).sum().alias("settled_cash"),
