@@ -20,15 +20,16 @@ How it is split
   realised rows already in output order, so nothing is sorted here.
 
 Given an executor (``build_ledger(..., executor=)``; ``transforms.book.build_book`` passes one
-when it runs alone), the replay runs in parts of the books taken by whichever thread is free,
-and the realised rows and the accepted / rejected trades are built on it while the lots are
-built here; the frames are the same either way.
+when it runs alone), the replay runs in parts of the books and the output frames column by
+column, each part or column taken by whichever thread is free; the accepted / rejected trades
+are built on it meanwhile. The frames are the same either way.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -45,7 +46,7 @@ from transforms.contract import (
 from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, replay_books
 from transforms.ordering import order_by_key_then, time_offsets
 from transforms.prices import codes
-from transforms.shards import InPlace
+from transforms.shards import InPlace, run_shared
 
 __all__ = ["Ledger", "RowCodes", "build_ledger"]
 
@@ -376,9 +377,9 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
     """``replay_books`` over the events, in parts cut at book boundaries when an executor other
     than ``InPlace`` can help (books are independent; the kernel releases the GIL).
 
-    This thread and one task on ``executor`` take the next part as each gets free, so the
-    replay finishes together on both however the parts' costs differ and whenever the other
-    thread joins (in ``build_book`` it is still building the cash ledger when the replay
+    This thread and one task on ``executor`` take the next part as each gets free
+    (``transforms.shards.run_shared``), so the replay finishes together on both however the
+    parts' costs differ and whenever the other thread joins (in ``build_book`` it is still building the cash ledger when the replay
     starts; with two fixed halves this thread waited for it about 8 ms of a 100 ms build).
     The parts' outputs are concatenated in book order, their event positions and lot positions
     shifted to the whole, so the result is the one-piece replay's."""
@@ -392,20 +393,12 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
     cuts = np.unique(book_starts[np.minimum(np.searchsorted(book_starts, targets), book_starts.size - 1)])
     bounds = [0, *cuts.tolist(), n]
     parts = list(zip(bounds[:-1], bounds[1:]))
-    results: list = [None] * len(parts)
-    taken = iter(range(len(parts)))  # next() on a range iterator is atomic under the GIL
 
-    def replay_parts() -> None:
-        for k in taken:
-            a, b = parts[k]
-            named = ev.named[a:b]
-            results[k] = replay_books(*(c[a:b] for c in cols), np.where(named >= 0, named - a, named))
+    def replay_part(a: int, b: int) -> tuple:
+        named = ev.named[a:b]
+        return replay_books(*(c[a:b] for c in cols), np.where(named >= 0, named - a, named))
 
-    helper = executor.submit(replay_parts)
-    try:
-        replay_parts()
-    finally:
-        helper.result()
+    results = run_shared([partial(replay_part, a, b) for a, b in parts], executor)
     lots_before = np.cumsum([0] + [r[0].shape[1] for r in results[:-1]])
     lot_i, real_i, rej_seq = [], [], []
     for (a, _), before, r in zip(parts, lots_before, results):
@@ -467,8 +460,11 @@ def _assemble(
     """Contract-typed, deterministically ordered output frames from the kernel's arrays.
 
     Strings are gathered once per output column from the input (``orig``, one chunk) by input
-    row: event position -> ``ev.row`` -> input row. With an ``executor``, the realised rows and
-    the accepted / rejected trades are built on it while this thread builds the lots."""
+    row: event position -> ``ev.row`` -> input row. With an ``executor``, the accepted /
+    rejected trades are built on it while this thread makes the lot ids; then both threads
+    build the columns of the lots and realised rows, each taking the next column as it gets
+    free (``transforms.shards.run_shared``: a fixed split left this thread waiting about 7 ms
+    of a 110 ms demo build)."""
     lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail = out
     # the accepted / rejected trades need nothing of the lots: started first
     rejected = executor.submit(_accepted_and_rejected, orig, reasons, ev, rej_seq, rej_code, rej_avail)
@@ -494,74 +490,67 @@ def _assemble(
         lot_id = open_id + suffixes.gather(pl.Series(split))
     else:
         lot_id = open_id
-    realized = executor.submit(_realized_frame, real_f, real_i, ev, pid, iid, trade_id, lot_id)
     cost, wadj, rem = lot_f[2], lot_f[3], lot_f[1]
-    closed = lot_i[3].astype(np.bool_)
-    lots = pl.DataFrame(
-        {
-            "portfolio_id": pid.gather(r_open),
-            "instrument_id": iid.gather(r_open),
-            "lot_id": lot_id,
-            "position_type": _sides(ev.is_long[oseq]),
-            "strategy_id": strategy.gather(r_open),
-            "open_trade_id": open_id,
-            "open_ts": _times(ev.ts[oseq]),
-            "open_price": ev.price[oseq],
-            "original_quantity": lot_f[0],
-            "quantity": rem,
-            "cost_basis": cost,
-            "wash_sale_adjustment": wadj,
-            "tax_basis": cost + wadj,
-            "holding_start": _dates(lot_i[2]),
-            "status": pl.Series(["CLOSED", "OPEN"]).gather(pl.Series((rem > 0).astype(np.uint8))),
-            "closed_ts": _times(lot_i[4]).set(pl.Series(~closed), None),
-        },
-        schema=LOTS_SCHEMA,
-    )
-
+    lots = {
+        "portfolio_id": lambda: pid.gather(r_open),
+        "instrument_id": lambda: iid.gather(r_open),
+        "lot_id": lambda: lot_id,
+        "position_type": lambda: _sides(ev.is_long[oseq]),
+        "strategy_id": lambda: strategy.gather(r_open),
+        "open_trade_id": lambda: open_id,
+        "open_ts": lambda: _times(ev.ts[oseq]),
+        "open_price": lambda: ev.price[oseq],
+        "original_quantity": lambda: lot_f[0],
+        "quantity": lambda: rem,
+        "cost_basis": lambda: cost,
+        "wash_sale_adjustment": lambda: wadj,
+        "tax_basis": lambda: cost + wadj,
+        "holding_start": lambda: _dates(lot_i[2]),
+        "status": lambda: pl.Series(["CLOSED", "OPEN"]).gather(pl.Series((rem > 0).astype(np.uint8))),
+        "closed_ts": lambda: _times(lot_i[4]).set(pl.Series(~lot_i[3].astype(np.bool_)), None),
+    }
+    realized = _realized_columns(real_f, real_i, ev, pid, iid, trade_id, lot_id)
+    # the realised rows' columns first: more rows, and the string gathers lead each frame
+    tasks = [*realized.values(), *lots.values(), partial(ev.codes, real_i[0])]
+    built = run_shared(tasks, executor)
+    realized_pnl = pl.DataFrame(dict(zip(realized, built)), schema=REALIZED_PNL_SCHEMA)
+    lots_frame = pl.DataFrame(dict(zip(lots, built[len(realized):])), schema=LOTS_SCHEMA)
     accepted, rejected = rejected.result()
-    realized_pnl, realized_codes = realized.result()
     return Ledger(
-        lots=lots, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
-        realized_codes=realized_codes,
+        lots=lots_frame, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
+        realized_codes=built[-1],
     )
 
 
-def _realized_frame(
+def _realized_columns(
     real_f: np.ndarray, real_i: np.ndarray, ev: _Events, pid: pl.Series, iid: pl.Series, trade_id: pl.Series,
     lot_id: pl.Series,
-) -> tuple[pl.DataFrame, RowCodes]:
-    """``REALIZED_PNL_SCHEMA`` rows from the kernel's arrays, in (close event, allocation) order,
-    and their codes."""
+) -> dict:
+    """How to build each ``REALIZED_PNL_SCHEMA`` column (a callable per column, in schema
+    order) from the kernel's arrays, rows in (close event, allocation) order."""
     cseq = real_i[0]
     r_close = pl.Series(ev.row[cseq])
     hstart = real_i[2]
     c_day = ev.day[cseq]
     realized, wadj_rel, dis = real_f[3], real_f[4], real_f[5]
-    real = pl.DataFrame(
-        {
-            "portfolio_id": pid.gather(r_close),
-            "instrument_id": iid.gather(r_close),
-            "trade_id": trade_id.gather(r_close),
-            "lot_id": lot_id.gather(pl.Series(real_i[1])),
-            "position_type": _sides(ev.is_long[cseq]),
-            "close_ts": _times(ev.ts[cseq]),
-            "quantity": real_f[0],
-            "proceeds": real_f[1],
-            "cost_basis": real_f[2],
-            "realized_pnl": realized,
-            "wash_sale_adjustment": wadj_rel,
-            "disallowed_loss": dis,
-            "taxable_pnl": realized - wadj_rel + dis,
-            "holding_start": _dates(hstart),
-            "holding_days": c_day - hstart,
-            "term": pl.Series(["SHORT", "LONG"]).gather(
-                pl.Series(_long_term(hstart, c_day).astype(np.uint8))
-            ),
-        },
-        schema=REALIZED_PNL_SCHEMA,
-    )
-    return real, ev.codes(cseq)
+    return {
+        "portfolio_id": lambda: pid.gather(r_close),
+        "instrument_id": lambda: iid.gather(r_close),
+        "trade_id": lambda: trade_id.gather(r_close),
+        "lot_id": lambda: lot_id.gather(pl.Series(real_i[1])),
+        "position_type": lambda: _sides(ev.is_long[cseq]),
+        "close_ts": lambda: _times(ev.ts[cseq]),
+        "quantity": lambda: real_f[0],
+        "proceeds": lambda: real_f[1],
+        "cost_basis": lambda: real_f[2],
+        "realized_pnl": lambda: realized,
+        "wash_sale_adjustment": lambda: wadj_rel,
+        "disallowed_loss": lambda: dis,
+        "taxable_pnl": lambda: realized - wadj_rel + dis,
+        "holding_start": lambda: _dates(hstart),
+        "holding_days": lambda: c_day - hstart,
+        "term": lambda: pl.Series(["SHORT", "LONG"]).gather(pl.Series(_long_term(hstart, c_day).astype(np.uint8))),
+    }
 
 
 def _accepted_and_rejected(

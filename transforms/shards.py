@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from itertools import islice
 from typing import TypeVar
@@ -78,6 +78,38 @@ def map_shards(fn: Callable[[T], R], shards: Iterable[T], workers: int = 1) -> I
             running.extend(pool.submit(fn, s) for s in islice(pending, 1))
     finally:  # an error, or the caller stopped early: the shards in flight finish first
         wait(running)
+
+
+def run_shared(tasks: Sequence[Callable[[], R]], executor: Executor) -> list[R]:
+    """``[task() for task in tasks]``, computed by this thread and one task on ``executor`` at
+    once: each takes the next task as it gets free, so both finish within about one task of
+    each other however the tasks' costs differ and whenever the executor's thread joins.
+
+    Why: a fixed split of work between two threads leaves one waiting for the other when the
+    machine slows one of them (on a shared host, often). Tasks must not depend on each other.
+    The executor's part is cancelled if it has not started when this thread runs out of tasks
+    (so a task already running on ``executor``'s only thread may call this with it), and an
+    exception in a task is raised here once the other thread has stopped.
+    """
+    results: list = [None] * len(tasks)
+    taken = iter(range(len(tasks)))  # next() on a range iterator is atomic under the GIL
+
+    def work() -> None:
+        try:
+            for k in taken:
+                results[k] = tasks[k]()
+        except BaseException:
+            for _ in taken:  # the other thread stops after its current task
+                pass
+            raise
+
+    helper = executor.submit(work)
+    try:
+        work()
+    finally:
+        if not helper.cancel():
+            helper.result()
+    return results
 
 
 _POOLS: dict[tuple[str, int], ThreadPoolExecutor] = {}

@@ -98,3 +98,61 @@ def test_pools_are_kept_per_role_and_survive_a_failed_map():
     assert ran_here.result() is threading.current_thread()
     with pytest.raises(ZeroDivisionError):
         InPlace().submit(lambda: 1 / 0).result()
+
+
+def test_run_shared_returns_results_in_task_order_and_uses_both_threads():
+    import threading
+    import time
+
+    from transforms.shards import InPlace, run_shared, shared_pool
+
+    both = threading.Barrier(2, timeout=10)  # tasks 0 and 1 wait for each other: two threads
+
+    def task(k):
+        def run():
+            if k < 2:
+                both.wait()
+            time.sleep(0.001 * (k % 3))  # uneven costs
+            return k, threading.current_thread().name
+        return run
+
+    out = run_shared([task(k) for k in range(20)], shared_pool("test-shared", 1))
+    assert [k for k, _ in out] == list(range(20))
+    assert out[0][1] != out[1][1]
+    # InPlace: everything on this thread, same results
+    alone = run_shared([task(k) for k in range(2, 7)], InPlace())
+    assert alone == [(k, threading.current_thread().name) for k in range(2, 7)]
+    assert run_shared([], InPlace()) == []
+
+
+def test_run_shared_inside_the_pools_only_thread_runs_alone_without_deadlock():
+    from transforms.shards import run_shared, shared_pool
+
+    pool = shared_pool("test-nested", 1)
+    # the outer task holds the pool's one thread: the inner helper is queued, then cancelled
+    outer = pool.submit(lambda: run_shared([lambda k=k: k * 2 for k in range(6)], pool))
+    assert outer.result(timeout=10) == [0, 2, 4, 6, 8, 10]
+
+
+def test_run_shared_raises_a_tasks_error_after_both_threads_stop():
+    import threading
+
+    from transforms.shards import run_shared, shared_pool
+
+    ran = []
+    lock = threading.Lock()
+
+    def task(k):
+        def run():
+            with lock:
+                ran.append(k)
+            if k == 2:
+                raise ValueError("bad task 2")
+            return k
+        return run
+
+    with pytest.raises(ValueError, match="bad task 2"):
+        run_shared([task(k) for k in range(50)], shared_pool("test-shared", 1))
+    after = len(ran)
+    assert 3 <= after < 50  # the rest were dropped once the error was seen
+    assert len(ran) == after  # nothing still running afterwards
