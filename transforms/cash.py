@@ -127,20 +127,16 @@ def without_trades(cash_ledger: pl.DataFrame, trade_ids: pl.Series) -> pl.DataFr
 def _with_currency(trades: pl.DataFrame, ccy: pl.DataFrame) -> pl.DataFrame:
     """``trades`` with the instrument's ``currency`` (null when unknown), as a left join would.
 
-    Trades come grouped by instrument (lots are built per portfolio and instrument), so the small
-    table is joined to one row per run of equal instrument ids and the result spread back over
-    the runs, instead of hashing every trade. Duplicate instrument ids keep the plain join (it
-    repeats the trade once per match).
+    Instruments are few and trades many, so each trade's instrument is coded among the
+    instruments' ids (an Enum cast, ``transforms.prices.codes``) and the currency gathered by
+    that code: the trade columns are not copied, as a join would. Duplicate instrument ids keep
+    the plain join (it repeats the trade once per match).
     """
-    if "currency" in trades.columns or ccy["instrument_id"].is_duplicated().any():
+    known = ccy.filter(pl.col("instrument_id").is_not_null())
+    if "currency" in trades.columns or known["instrument_id"].is_duplicated().any():
         return trades.join(ccy, on="instrument_id", how="left")
-    if trades.height == 0:
-        return trades.with_columns(pl.lit(None, dtype=ccy.schema["currency"]).alias("currency"))
-    run = trades["instrument_id"].rle_id().to_numpy()
-    run_starts = np.flatnonzero(np.append(True, run[1:] != run[:-1]))
-    run_ids = pl.DataFrame({"instrument_id": trades["instrument_id"].gather(run_starts)})
-    run_ccy = run_ids.join(ccy, on="instrument_id", how="left", maintain_order="left")["currency"]
-    return trades.with_columns(run_ccy.gather(run))
+    code = pl.Series(codes(trades["instrument_id"], known["instrument_id"]))
+    return trades.with_columns(known["currency"].gather(code.set(code < 0, None)))
 
 
 def _sort_entries(ledger: pl.DataFrame) -> pl.DataFrame:

@@ -208,3 +208,30 @@ def test_entries_of_rejected_trades_dropped_equal_the_ledger_of_accepted_trades(
     assert dropped.filter(pl.col("source") == "CASH_FLOW").height == FLOWS.height
     everything = cash_ledger(TRADES, FLOWS, INSTRUMENTS)
     assert without_trades(everything, pl.Series([], dtype=pl.String)) is everything
+
+
+@pytest.mark.parametrize("duplicated", [False, True])
+def test_trade_currency_is_the_left_join_on_instrument(duplicated):
+    """Unknown and null instrument ids get a null currency; a null id in the instruments matches
+    nothing; duplicated instrument ids repeat the trade as the join does."""
+    rows = [
+        {"instrument_id": "EEE", "currency": "EUR", "asset_class": "EQUITY", "lot_size": 1},
+        {"instrument_id": None, "currency": "GBP", "asset_class": "EQUITY", "lot_size": 1},
+        {"instrument_id": "AAA", "currency": "USD", "asset_class": "EQUITY", "lot_size": 1},
+    ]
+    if duplicated:
+        rows.append({"instrument_id": "AAA", "currency": "CHF", "asset_class": "EQUITY", "lot_size": 1})
+    instruments = mk("instruments", rows)
+    trades = mk("trades", [
+        {"trade_id": f"T{k}", "portfolio_id": "P1", "instrument_id": i, "trade_ts": ts(2 + k), "settle_date": None,
+         "side": "BUY", "quantity": 1.0, "price": 10.0}
+        for k, i in enumerate(["AAA", "ZZZ", None, "EEE", "AAA"])
+    ])
+    got = cash_ledger(trades, FLOWS.clear(), instruments).select("entry_id", "currency").sort("entry_id", "currency")
+    expected = (
+        trades.join(instruments.select("instrument_id", "currency"), on="instrument_id", how="left")
+        .select(pl.col("trade_id").alias("entry_id"), "currency")
+        .sort("entry_id", "currency")
+    )
+    assert got.equals(expected)
+    assert got.filter(pl.col("entry_id") == "T2")["currency"].to_list() == [None]
