@@ -184,7 +184,8 @@ def build_book(
         # first (the two steps' costs swing by half from run to run on a shared machine)
         daily = (
             beside.submit(
-                daily_valuations, ledger.accepted_trades, cash, prices, fx, inputs.instruments, inputs.portfolios
+                partial(daily_valuations, trade_codes=ledger.accepted_codes),
+                ledger.accepted_trades, cash, prices, fx, inputs.instruments, inputs.portfolios,
             )
             if with_daily
             else None

@@ -79,6 +79,7 @@ class Ledger:
     accepted_trades: the input trades that were applied (input columns, input dtypes).
     rejected_trades: the input rows that were not applied, plus a ``reason`` String column.
     realized_codes: the portfolio and instrument of each realised row as integer codes.
+    accepted_codes: the same of each accepted trade.
     """
 
     lots: pl.DataFrame
@@ -86,6 +87,7 @@ class Ledger:
     accepted_trades: pl.DataFrame
     rejected_trades: pl.DataFrame
     realized_codes: RowCodes
+    accepted_codes: RowCodes
 
 
 _METHOD_CODE = {"FIFO": FIFO, "LIFO": LIFO, "HIFO": HIFO}
@@ -515,10 +517,10 @@ def _assemble(
     built = run_shared(tasks, executor)
     realized_pnl = pl.DataFrame(dict(zip(realized, built)), schema=REALIZED_PNL_SCHEMA)
     lots_frame = pl.DataFrame(dict(zip(lots, built[len(realized):])), schema=LOTS_SCHEMA)
-    accepted, rejected = rejected.result()
+    accepted, rejected, accepted_codes = rejected.result()
     return Ledger(
         lots=lots_frame, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
-        realized_codes=built[-1],
+        realized_codes=built[-1], accepted_codes=accepted_codes,
     )
 
 
@@ -556,8 +558,9 @@ def _realized_columns(
 def _accepted_and_rejected(
     orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, rej_seq: np.ndarray, rej_code: np.ndarray,
     rej_avail: np.ndarray,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(accepted trades in event order, rejected trades with their ``reason``)."""
+) -> tuple[pl.DataFrame, pl.DataFrame, RowCodes]:
+    """(accepted trades in event order, rejected trades with their ``reason``, the accepted
+    trades' codes)."""
     n_rej = rej_seq.size
     # ledger rejections get their words here, from the few rejected rows only
     rej_r = pl.Series("_r", ev.row[rej_seq], dtype=pl.UInt32)
@@ -596,8 +599,8 @@ def _accepted_and_rejected(
         ),
     )
     # accepted: the input rows in event order (a plain gather of the one-chunk input)
-    acc_r = np.delete(ev.row, rej_seq) if n_rej else ev.row
-    accepted = orig.drop("_r")[pl.Series(acc_r)]
+    acc_seq = np.delete(np.arange(ev.row.size), rej_seq) if n_rej else np.arange(ev.row.size)
+    accepted = orig.drop("_r")[pl.Series(ev.row[acc_seq])]
 
     reasons = pl.concat([reasons.with_columns(pl.col("_r").cast(pl.UInt32)), ledger_reasons])
     rejected = (
@@ -613,4 +616,4 @@ def _accepted_and_rejected(
         )
         .drop("_r")
     )
-    return accepted, rejected
+    return accepted, rejected, ev.codes(acc_seq)

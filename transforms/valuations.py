@@ -47,6 +47,7 @@ import polars as pl
 from transforms.ordering import order_by_key_then, time_offsets
 from transforms.contract import BASE_CURRENCY, DAILY_VALUATIONS_SCHEMA
 from transforms.fx import FxRates, usd_table
+from transforms.lots import RowCodes
 from transforms.prices import Calendar, Prices, codes, day_numbers, price_table, run_codes
 from transforms.valuation_kernel import add_holding_values
 
@@ -281,11 +282,16 @@ def daily_valuations(
     fx_rates: FxRates,
     instruments: AnyFrame,
     portfolios: AnyFrame,
+    *,
+    trade_codes: RowCodes | None = None,
 ) -> pl.DataFrame:
     """Daily NAV per portfolio and business day (``DAILY_VALUATIONS_SCHEMA``).
 
     See the module docstring for the rules. ``prices`` is a prices frame or the book's
-    ``PriceTable``; ``fx_rates`` a frame or a ``UsdTable``. Sorted by (portfolio_id, date).
+    ``PriceTable``; ``fx_rates`` a frame or a ``UsdTable``. ``trade_codes``, when given, are
+    the portfolio and instrument codes of the rows of ``trades`` (``Ledger.accepted_codes`` of
+    the ledger that accepted them, a DataFrame): the id strings are then not looked up. Sorted
+    by (portfolio_id, date).
     """
     table = price_table(prices)
     days, cal = table.days, table.calendar
@@ -317,8 +323,14 @@ def daily_valuations(
         .sort("portfolio_id")
         .collect()
     )
-    # trades and ledger entries come grouped by portfolio (and instrument): ids are coded per run
-    tr_p = run_codes(tr["portfolio_id"], ports["portfolio_id"])
+    if trade_codes is not None and trade_codes.portfolio.size != tr.height:
+        trade_codes = None  # rows were filtered out: the codes no longer line up
+    # trades and ledger entries come grouped by portfolio (and instrument): ids are coded per
+    # run, or the trades' codes given are translated (only the few ids are looked up)
+    if trade_codes is None:
+        tr_p = run_codes(tr["portfolio_id"], ports["portfolio_id"])
+    else:
+        tr_p = np.append(codes(trade_codes.portfolio_ids, ports["portfolio_id"]), -1)[trade_codes.portfolio]
     led_p = run_codes(led["portfolio_id"], ports["portfolio_id"])
     # first activity: the earliest trade or ledger date per portfolio (none: not valued)
     no_activity = np.iinfo(np.int64).max
@@ -338,7 +350,14 @@ def daily_valuations(
     ports, start_idx = ports[valued], start_all[valued]
     n_ports = ports.height
 
-    inst_ids = tr["instrument_id"].filter(pl.Series(tr_p >= 0)).drop_nulls().unique().sort()
+    if trade_codes is None:
+        inst_ids = tr["instrument_id"].filter(pl.Series(tr_p >= 0)).drop_nulls().unique().sort()
+        tr_i = run_codes(tr["instrument_id"], inst_ids)
+    else:  # the instruments traded in valued portfolios, renumbered among themselves
+        n_given = trade_codes.instrument_ids.len()
+        used = np.bincount(trade_codes.instrument[tr_p >= 0], minlength=n_given) > 0
+        inst_ids = trade_codes.instrument_ids.filter(pl.Series(used))
+        tr_i = np.append(np.where(used, np.cumsum(used) - 1, -1), -1)[trade_codes.instrument]
     inst_ccy_names = (
         pl.DataFrame({"instrument_id": inst_ids})
         .join(
@@ -366,7 +385,7 @@ def daily_valuations(
     base_of_p = codes(ports["base_currency"], currencies)
 
     close, last = table.rows(inst_ids)
-    seg = _segments(tr, tr_day, tr_p, run_codes(tr["instrument_id"], inst_ids), start_idx, inst_ids.len(), cal)
+    seg = _segments(tr, tr_day, tr_p, tr_i, start_idx, inst_ids.len(), cal)
     long_mv, short_mv, stale = _market_values(seg, n_ports, base_of_p, inst_ccy, close, last, usd2d)
     led_ccy = codes(led["currency"], currencies)  # currencies alternate within a portfolio
     cash, settled, flows = _cash(

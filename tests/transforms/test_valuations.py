@@ -314,3 +314,27 @@ def test_unquoted_currency_is_null_not_nan():
     for name, dtype in DAILY_VALUATIONS_SCHEMA.items():
         if dtype == pl.Float64:
             assert not got[name].is_nan().any(), name
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_book(), st.sampled_from(["EXEMPT", "TAXABLE"]))
+def test_ledger_codes_give_the_same_valuations_as_the_ids(book, tax_status):
+    """``trade_codes`` (the ledger's accepted trades, with its rejections, unvalued portfolios
+    and instruments held only in them) change nothing; codes that no longer line up with the
+    rows (a trade without a timestamp is dropped) are ignored."""
+    from transforms.lots import build_ledger
+
+    trades, flows, prices, fx, instruments, portfolios = book
+    portfolios = portfolios.with_columns(pl.lit(tax_status).alias("tax_status"), pl.lit("FIFO").alias("lot_method"))
+    ledger = build_ledger(trades, portfolios)
+    accepted = ledger.accepted_trades
+    cash = cash_ledger(accepted, flows, instruments)
+    by_ids = daily_valuations(accepted, cash, prices, fx, instruments, portfolios)
+    by_codes = daily_valuations(accepted, cash, prices, fx, instruments, portfolios, trade_codes=ledger.accepted_codes)
+    assert_frame_equal(by_codes, by_ids)
+    if accepted.height:
+        gap = accepted.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(None).otherwise(pl.col("trade_ts")).alias("trade_ts"))
+        assert_frame_equal(
+            daily_valuations(gap, cash, prices, fx, instruments, portfolios, trade_codes=ledger.accepted_codes),
+            daily_valuations(gap, cash, prices, fx, instruments, portfolios),
+        )
