@@ -199,7 +199,7 @@ def build_book(
         balances = cash_balances(cash, moment)
         pos = positions(
             ledger.lots, cash, prices, fx, inputs.instruments, inputs.portfolios, moment, balances=balances,
-            currencies=book_currencies,
+            currencies=book_currencies, lot_codes=ledger.lot_codes,
         )
         state = portfolio_state(
             pos, ledger.realized_pnl, inputs.portfolios, moment, fx,

@@ -80,6 +80,7 @@ class Ledger:
     rejected_trades: the input rows that were not applied, plus a ``reason`` String column.
     realized_codes: the portfolio and instrument of each realised row as integer codes.
     accepted_codes: the same of each accepted trade.
+    lot_codes: the same of each lot.
     """
 
     lots: pl.DataFrame
@@ -88,6 +89,7 @@ class Ledger:
     rejected_trades: pl.DataFrame
     realized_codes: RowCodes
     accepted_codes: RowCodes
+    lot_codes: RowCodes
 
 
 _METHOD_CODE = {"FIFO": FIFO, "LIFO": LIFO, "HIFO": HIFO}
@@ -513,14 +515,14 @@ def _assemble(
     }
     realized = _realized_columns(real_f, real_i, ev, pid, iid, trade_id, lot_id)
     # the realised rows' columns first: more rows, and the string gathers lead each frame
-    tasks = [*realized.values(), *lots.values(), partial(ev.codes, real_i[0])]
+    tasks = [*realized.values(), *lots.values(), partial(ev.codes, real_i[0]), partial(ev.codes, oseq)]
     built = run_shared(tasks, executor)
     realized_pnl = pl.DataFrame(dict(zip(realized, built)), schema=REALIZED_PNL_SCHEMA)
     lots_frame = pl.DataFrame(dict(zip(lots, built[len(realized):])), schema=LOTS_SCHEMA)
     accepted, rejected, accepted_codes = rejected.result()
     return Ledger(
         lots=lots_frame, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
-        realized_codes=built[-1], accepted_codes=accepted_codes,
+        realized_codes=built[-2], accepted_codes=accepted_codes, lot_codes=built[-1],
     )
 
 

@@ -37,6 +37,7 @@ import polars as pl
 from transforms.cash import cash_balances
 from transforms.contract import POSITIONS_SCHEMA
 from transforms.fx import Currencies, FxRates, as_of_date, as_utc, usd_table
+from transforms.lots import RowCodes
 from transforms.prices import Prices, day_numbers, price_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
@@ -60,6 +61,7 @@ def positions(
     *,
     balances: pl.DataFrame | None = None,
     currencies: Currencies | None = None,
+    lot_codes: RowCodes | None = None,
 ) -> pl.DataFrame:
     """Positions (``POSITIONS_SCHEMA``) as of ``as_of``; see the module docstring for the rules.
 
@@ -67,8 +69,10 @@ def positions(
     prices frame or the book's ``PriceTable``, ``fx_rates`` a frame or a ``UsdTable``. A naive
     ``as_of`` is taken as UTC. ``balances``, when given, is ``cash_balances(cash_ledger, as_of)``
     already computed (``build_book`` shares it with the portfolio state), and ``currencies``
-    is ``Currencies(instruments, portfolios)`` (shared with the realised P&L). Sorted by
-    (portfolio_id, position_type, instrument_id).
+    is ``Currencies(instruments, portfolios)`` (shared with the realised P&L). ``lot_codes``,
+    when given, are the portfolio and instrument codes of the rows of ``lots``
+    (``Ledger.lot_codes`` of the ledger that built them, a DataFrame): the id strings are then
+    not looked up. Sorted by (portfolio_id, position_type, instrument_id).
     """
     moment, day = as_utc(as_of), as_of_date(as_of)
     fx = usd_table(fx_rates)  # cleaned once, used by the three conversions below
@@ -76,27 +80,31 @@ def positions(
     sign = pl.when(short).then(pl.lit(-1.0)).otherwise(pl.lit(1.0))
 
     # Eager from here on: each step is collected once.
-    open_lots = (
-        lots.lazy()
-        .select(
-            "portfolio_id", "instrument_id", "position_type", "lot_id", "status", "quantity", "cost_basis",
-            "open_ts", "open_price",
-        )
-        .filter(
-            (pl.col("status") == "OPEN")
-            & (pl.col("quantity") > 0)
-            & (pl.col("open_ts") <= moment)
-            & pl.col("position_type").is_in(["LONG", "SHORT"])
-        )
-        .with_columns(pl.col("open_ts").dt.date().alias("_open_date"), sign.alias("_sign"))
-        .collect()
+    is_open = (
+        (pl.col("status") == "OPEN")
+        & (pl.col("quantity") > 0)
+        & (pl.col("open_ts") <= moment)
+        & pl.col("position_type").is_in(["LONG", "SHORT"])
     )
+    columns = (
+        "portfolio_id", "instrument_id", "position_type", "lot_id", "status", "quantity", "cost_basis", "open_ts",
+        "open_price",
+    )
+    derived = (pl.col("open_ts").dt.date().alias("_open_date"), sign.alias("_sign"))
     # the basis converts at the fx of each lot's open date: lots are many, currencies few, and
-    # lots come grouped by portfolio and instrument, so codes are looked up per run of lots;
-    # the codes ride along the grouping (one portfolio and instrument per group)
+    # lots come grouped by portfolio and instrument, so codes are looked up per run of lots
+    # (or translated from the ledger's); the codes ride along the grouping (one portfolio and
+    # instrument per group)
     book = Currencies(instruments, portfolios) if currencies is None else currencies
-    lot_p = book.portfolio_codes(open_lots["portfolio_id"])
-    lot_i = book.instrument_codes(open_lots["instrument_id"])
+    if lot_codes is not None and isinstance(lots, pl.DataFrame) and lot_codes.portfolio.size == lots.height:
+        keep = lots.select(is_open.fill_null(False)).to_series().to_numpy()
+        open_lots = lots.select(columns).filter(pl.Series(keep)).with_columns(*derived)
+        kept = lot_codes.take(keep)
+        lot_p, lot_i = book.recode(kept.portfolio, kept.portfolio_ids, kept.instrument, kept.instrument_ids)
+    else:
+        open_lots = lots.lazy().select(columns).filter(is_open).with_columns(*derived).collect()
+        lot_p = book.portfolio_codes(open_lots["portfolio_id"])
+        lot_i = book.instrument_codes(open_lots["instrument_id"])
     rate = book.base_per_local(fx, lot_p, lot_i, day_numbers(open_lots["_open_date"]))
     held = (
         open_lots.with_columns(pl.Series("_fx_open", rate).fill_nan(None), _p=lot_p, _i=lot_i)

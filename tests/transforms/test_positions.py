@@ -341,3 +341,22 @@ def test_last_daily_nav_equals_positions_market_value(book):
     # every portfolio with activity has a last-day row, and the NAVs agree
     assert joined["nav"].null_count() == 0 and joined["mv"].null_count() == 0
     assert ((joined["nav"] - joined["mv"]).abs() <= 1e-6 * (1 + joined["mv"].abs())).all()
+
+
+@SETTINGS
+@given(random_book(), st.integers(0, 3))
+def test_ledger_lot_codes_give_the_same_positions_as_the_ids(book, back):
+    """``lot_codes`` (the ledger's, wash-sale pieces included) change nothing, as of the end or
+    an earlier moment (lots opened later drop out); codes that do not line up with the rows
+    are ignored."""
+    from transforms.lots import build_ledger
+
+    ledger = build_ledger(book["trades"], book["portfolios"])
+    cash = cash_ledger(ledger.accepted_trades, book["cash_flows"], book["instruments"])
+    moment = end_of(book["last_day"] - timedelta(days=back))
+    args = (cash, book["prices"], book["fx_rates"], book["instruments"], book["portfolios"], moment)
+    by_ids = positions(ledger.lots, *args)
+    assert positions(ledger.lots, *args, lot_codes=ledger.lot_codes).equals(by_ids)
+    assert positions(ledger.lots.head(ledger.lots.height // 2), *args, lot_codes=ledger.lot_codes).equals(
+        positions(ledger.lots.head(ledger.lots.height // 2), *args)
+    )
