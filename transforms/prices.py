@@ -65,6 +65,22 @@ def run_codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
     return codes(values.gather(starts), categories)[run]
 
 
+def _distinct_sorted(numbers: np.ndarray) -> np.ndarray:
+    """The distinct values of ``numbers`` (int64, e.g. day numbers), ascending.
+
+    Dates of a price history repeat once per instrument over a range of a few thousand days,
+    so marking each day of the range is one pass (a third of a sort); a sparse range sorts."""
+    if numbers.size == 0:
+        return numbers
+    lo = int(numbers.min())
+    span = int(numbers.max()) - lo + 1
+    if span > 4 * numbers.size + 1024:
+        return np.unique(numbers)
+    seen = np.zeros(span, dtype=np.bool_)
+    seen[numbers - lo] = True
+    return np.flatnonzero(seen) + lo
+
+
 class Calendar:
     """Business days, and the index of the first business day on or after any date.
 
@@ -115,7 +131,8 @@ class PriceTable:
     def __init__(self, prices: pl.DataFrame | pl.LazyFrame) -> None:
         """Build the table from a ``prices`` frame (landing columns; extra columns ignored)."""
         px = clean_prices(prices)
-        days = px["date"].unique().sort()
+        number = day_numbers(px["date"])
+        days = pl.Series("date", _distinct_sorted(number).astype(np.int32)).cast(pl.Date)
         instruments = px["instrument_id"].unique().sort()
         n_i, n_days = instruments.len(), days.len()
         calendar = Calendar(days) if n_days else None
@@ -124,8 +141,7 @@ class PriceTable:
         else:
             # rows keep their order, so a duplicated (instrument, date) keeps the later close
             close, quoted = forward_filled_closes(
-                codes(px["instrument_id"], instruments), calendar.index(day_numbers(px["date"])),
-                px["close"].to_numpy(), n_i, n_days,
+                codes(px["instrument_id"], instruments), calendar.index(number), px["close"].to_numpy(), n_i, n_days,
             )
         self._set(days, calendar, instruments, close, quoted)
 
