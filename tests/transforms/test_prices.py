@@ -94,3 +94,15 @@ def test_day_numbers_are_the_calendar_days_a_cast_gives(unit, zone):
         np.testing.assert_array_equal(day_numbers(series), expected)
     dates = pl.Series([date(1969, 12, 31), date(2024, 1, 2)])
     assert day_numbers(dates).tolist() == [-1, 19724]
+
+
+@pytest.mark.parametrize("years_apart", [0, 60])
+def test_business_days_are_the_distinct_close_dates_dense_or_sparse(years_apart):
+    # dense: the days of the range are marked; sparse (decades between closes): sorted instead
+    dates = [date(1964 + 60 - years_apart, 5, 4), date(2024, 1, 3), date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 5)]
+    prices = pl.DataFrame(
+        {"instrument_id": ["A", "A", "B", "B", "A"], "date": dates, "close": [1.0, 2.0, 3.0, 4.0, 5.0]}
+    )
+    table = PriceTable(prices)
+    assert table.days.to_list() == sorted(set(dates))
+    assert table.days.dtype == pl.Date
