@@ -383,8 +383,9 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
 
     This thread and one task on ``executor`` take the next part as each gets free
     (``transforms.shards.run_shared``), so the replay finishes together on both however the
-    parts' costs differ and whenever the other thread joins (in ``build_book`` it is still building the cash ledger when the replay
-    starts; with two fixed halves this thread waited for it about 8 ms of a 100 ms build).
+    parts' costs differ and whenever the other thread joins (in ``build_book`` it is still
+    building the cash ledger when the replay starts; with two fixed halves this thread waited
+    for it about 8 ms of a 100 ms build).
     The parts' outputs are concatenated in book order, their event positions and lot positions
     shifted to the whole, so the result is the one-piece replay's."""
     cols = (ev.bk, ev.is_open, ev.is_long, ev.qty, ev.price, ev.fees, ev.ts, ev.day, ev.method, ev.wash)
