@@ -96,13 +96,13 @@ def positions(
     # (or translated from the ledger's); the codes ride along the grouping (one portfolio and
     # instrument per group)
     book = Currencies(instruments, portfolios) if currencies is None else currencies
-    if lot_codes is not None and isinstance(lots, pl.DataFrame) and lot_codes.portfolio.size == lots.height:
-        keep = lots.select(is_open.fill_null(False)).to_series().to_numpy()
-        open_lots = lots.select(columns).filter(pl.Series(keep)).with_columns(*derived)
+    lots = lots.lazy().collect()
+    keep = lots.select(is_open.fill_null(False)).to_series().to_numpy()
+    open_lots = lots.select(columns).filter(pl.Series(keep)).with_columns(*derived)
+    if lot_codes is not None and lot_codes.portfolio.size == lots.height:
         kept = lot_codes.take(keep)
         lot_p, lot_i = book.recode(kept.portfolio, kept.portfolio_ids, kept.instrument, kept.instrument_ids)
     else:
-        open_lots = lots.lazy().select(columns).filter(is_open).with_columns(*derived).collect()
         lot_p = book.portfolio_codes(open_lots["portfolio_id"])
         lot_i = book.instrument_codes(open_lots["instrument_id"])
     rate = book.base_per_local(fx, lot_p, lot_i, day_numbers(open_lots["_open_date"]))

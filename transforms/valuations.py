@@ -357,7 +357,7 @@ def daily_valuations(
         n_given = trade_codes.instrument_ids.len()
         used = np.bincount(trade_codes.instrument[tr_p >= 0], minlength=n_given) > 0
         inst_ids = trade_codes.instrument_ids.filter(pl.Series(used))
-        tr_i = np.append(np.where(used, np.cumsum(used) - 1, -1), -1)[trade_codes.instrument]
+        tr_i = np.where(used, np.cumsum(used) - 1, -1)[trade_codes.instrument]
     inst_ccy_names = (
         pl.DataFrame({"instrument_id": inst_ids})
         .join(
