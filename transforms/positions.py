@@ -96,9 +96,9 @@ def positions(
     # (or translated from the ledger's); the codes ride along the grouping (one portfolio and
     # instrument per group)
     book = Currencies(instruments, portfolios) if currencies is None else currencies
-    lots = lots.lazy().collect()
+    lots = lots.lazy().select(columns).collect()  # a lazy input reads only these columns
     keep = lots.select(is_open.fill_null(False)).to_series().to_numpy()
-    open_lots = lots.select(columns).filter(pl.Series(keep)).with_columns(*derived)
+    open_lots = lots.filter(pl.Series(keep)).with_columns(*derived)
     if lot_codes is not None and lot_codes.portfolio.size == lots.height:
         kept = lot_codes.take(keep)
         lot_p, lot_i = book.recode(kept.portfolio, kept.portfolio_ids, kept.instrument, kept.instrument_ids)
