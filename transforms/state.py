@@ -34,6 +34,7 @@ from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
 from transforms.fx import Currencies, FxRates, as_of_date, as_utc, usd_table
 from transforms.lots import RowCodes
 from transforms.prices import day_numbers
+from transforms.state_kernel import totals_per_code
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 WEIGHTS_DTYPE = PORTFOLIO_STATE_SCHEMA["weights"]
@@ -158,7 +159,8 @@ def realized_by_portfolio(
 
     Each row converts at the fx of its close date. Rows are many and currencies few, so the
     rate is read from a ``currency x day`` array over the close dates' range, and the sums
-    run over integer portfolio codes (``np.bincount`` adds in row order). A row whose rate is
+    run over integer portfolio codes in one compiled pass, adding in row order
+    (``transforms.state_kernel``). A row whose rate is
     unknown (a currency never quoted) or whose P&L is null adds nothing, as a null in a sum.
 
     ``codes``, when given, are the rows' portfolio and instrument codes (``Ledger.realized_codes``
@@ -186,13 +188,8 @@ def realized_by_portfolio(
         return pl.DataFrame(schema={"portfolio_id": pl.String, "realized_pnl": pl.Float64, "last_close_ts": TS})
     us = closes["close_ts"].to_physical().to_numpy()
     rate = book.base_per_local(fx, p, i, day_numbers(closes["close_ts"]))
-    value = closes["realized_pnl"].cast(pl.Float64).fill_null(np.nan).to_numpy() * rate
-    counted = (p >= 0) & ~np.isnan(value)
-    sums = np.bincount(p[counted], weights=value[counted], minlength=ids.len())
-    known = p >= 0
-    latest = np.full(ids.len(), np.iinfo(np.int64).min)
-    np.maximum.at(latest, p[known], us[known])
-    seen = np.bincount(p[known], minlength=ids.len()) > 0
+    pnl = closes["realized_pnl"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    sums, latest, seen = totals_per_code(p, pnl, rate, us, ids.len())
     return pl.DataFrame(
         {
             "portfolio_id": ids.filter(pl.Series(seen)),
