@@ -38,16 +38,16 @@ from transforms.cash import cash_balances
 from transforms.contract import POSITIONS_SCHEMA
 from transforms.fx import Currencies, FxRates, as_of_date, as_utc, usd_table
 from transforms.lots import RowCodes
+from transforms.ordering import ordered_sum
 from transforms.prices import Prices, day_numbers, price_table
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
 
 def _with_weights(rows: pl.LazyFrame) -> pl.LazyFrame:
-    nav = pl.col("market_value").sum().over("portfolio_id")
-    return rows.with_columns(
-        pl.when(nav != 0).then(pl.col("market_value") / nav).otherwise(None).alias("weight")
-    )
+    # ``rows`` in a fixed order (the output's): the NAV adds in row order (``ordered_sum``)
+    nav = ordered_sum(pl.col("market_value")).over("portfolio_id")
+    return rows.with_columns(pl.when(nav != 0).then(pl.col("market_value") / nav).otherwise(None).alias("weight"))
 
 
 def positions(
@@ -110,9 +110,9 @@ def positions(
         open_lots.with_columns(pl.Series("_fx_open", rate).fill_nan(None), _p=lot_p, _i=lot_i)
         .group_by("portfolio_id", "instrument_id", "position_type")
         .agg(
-            (pl.col("_sign") * pl.col("quantity")).sum().alias("quantity"),
-            (pl.col("_sign") * pl.col("cost_basis")).sum().alias("_local_basis"),
-            (pl.col("_sign") * pl.col("cost_basis") * pl.col("_fx_open")).sum().alias("cost_basis"),
+            ordered_sum(pl.col("_sign") * pl.col("quantity")).alias("quantity"),
+            ordered_sum(pl.col("_sign") * pl.col("cost_basis")).alias("_local_basis"),
+            ordered_sum(pl.col("_sign") * pl.col("cost_basis") * pl.col("_fx_open")).alias("cost_basis"),
             pl.col("open_ts").max().alias("last_updated"),
             pl.col("open_price").sort_by("open_ts", "lot_id").last().alias("_fallback_price"),
             pl.col("_open_date").sort_by("open_ts", "lot_id").last().alias("_fallback_date"),
@@ -158,8 +158,7 @@ def positions(
         (pl.col("market_value") - pl.col("cost_basis")).alias("unrealized_pnl")
     )
     return (
-        _with_weights(rows)
+        _with_weights(rows.sort("portfolio_id", "position_type", "instrument_id"))
         .select([pl.col(c).cast(t) for c, t in POSITIONS_SCHEMA.items()])
-        .sort("portfolio_id", "position_type", "instrument_id")
         .collect()
     )

@@ -33,6 +33,7 @@ from transforms.cash import cash_balances
 from transforms.contract import BASE_CURRENCY, PORTFOLIO_STATE_SCHEMA, TS
 from transforms.fx import Currencies, FxRates, as_of_date, as_utc, usd_table
 from transforms.lots import RowCodes
+from transforms.ordering import ordered_sum
 from transforms.prices import day_numbers
 from transforms.state_kernel import totals_per_code
 
@@ -85,11 +86,11 @@ def portfolio_state(
     ptype = pl.col("position_type")
 
     totals = pos.group_by("portfolio_id").agg(
-        mv.sum().alias("total_value"),
-        mv.filter(ptype == "CASH").sum().alias("cash_balance"),
-        mv.filter(ptype == "LONG").sum().alias("long_market_value"),
-        mv.filter(ptype == "SHORT").sum().alias("short_market_value"),
-        pl.col("unrealized_pnl").sum(),
+        ordered_sum(mv).alias("total_value"),
+        ordered_sum(mv.filter(ptype == "CASH")).alias("cash_balance"),
+        ordered_sum(mv.filter(ptype == "LONG")).alias("long_market_value"),
+        ordered_sum(mv.filter(ptype == "SHORT")).alias("short_market_value"),
+        ordered_sum(pl.col("unrealized_pnl")).alias("unrealized_pnl"),
         (ptype != "CASH").sum().cast(pl.Int64).alias("positions_count"),
         pl.col("last_updated").filter(pl.col("last_updated") <= moment).max().alias("_pos_updated"),
     )
@@ -98,7 +99,7 @@ def portfolio_state(
         pos.lazy()
         .filter(ptype != "CASH")
         .group_by("portfolio_id", "instrument_id")
-        .agg(pl.when(weight.is_not_null().any()).then(weight.sum()).otherwise(None).alias("weight"))
+        .agg(pl.when(weight.is_not_null().any()).then(ordered_sum(weight)).otherwise(None).alias("weight"))
         .sort(["portfolio_id", "weight", "instrument_id"], descending=[False, True, False], nulls_last=True)
         .group_by("portfolio_id", maintain_order=True)
         .agg(pl.struct("instrument_id", "weight").alias("weights"))
@@ -116,9 +117,9 @@ def portfolio_state(
         balances.with_columns(pl.Series("fx_rate", book.balance_rates(fx, balances, day)).fill_nan(None))
         .group_by("portfolio_id")
         .agg(
-            (pl.col("settled_cash") * pl.col("fx_rate")).sum().alias("settled_cash"),
+            ordered_sum(pl.col("settled_cash") * pl.col("fx_rate")).alias("settled_cash"),
             # Summed from the pending entries, not cash - settled: no pending cash is exactly 0.
-            (pl.col("pending_cash") * pl.col("fx_rate")).sum().alias("pending_cash"),
+            ordered_sum(pl.col("pending_cash") * pl.col("fx_rate")).alias("pending_cash"),
             pl.col("last_ts").max().alias("_cash_updated"),
         )
     )

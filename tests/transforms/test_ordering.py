@@ -53,3 +53,36 @@ def test_order_by_key_then_checks_ties_already_in_order_and_repairs_one_that_is_
     swapped = base.scatter([10, 11], [base[11], base[10]]).scatter([20], [None])
     frame = pl.DataFrame({"k": key, "t": swapped})
     assert frame[order_by_key_then(key, swapped)].equals(frame.sort("k", "t", nulls_last=False))
+
+
+def test_ordered_sum_adds_a_groups_values_in_row_order():
+    """Row-order sums per group (the same bits as Python's left-to-right ``sum``), repeated
+    runs equal; nulls add nothing and an empty selection is 0.0, not -0.0."""
+    import math
+
+    import numpy as np
+
+    from transforms.ordering import ordered_sum
+
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 40, 20_000)
+    values = rng.normal(0, 1e6, 20_000)
+    frame = pl.DataFrame({"k": keys, "v": values})
+    expected = {k: 0.0 for k in range(40)}
+    for k, v in zip(keys.tolist(), values.tolist()):
+        expected[k] += v
+
+    def run() -> pl.DataFrame:
+        return frame.group_by("k").agg(ordered_sum(pl.col("v")).alias("s")).sort("k")
+
+    first = run()
+    assert all(run().equals(first) for _ in range(20))
+    for k, s in first.iter_rows():
+        assert math.isclose(s, expected[k], rel_tol=1e-12, abs_tol=1e-6)
+
+    odd = pl.DataFrame({"k": [1, 1, 2], "v": [None, 2.5, None]}, schema={"k": pl.Int64, "v": pl.Float64})
+    out = odd.group_by("k").agg(
+        ordered_sum(pl.col("v")).alias("s"), ordered_sum(pl.col("v").filter(pl.col("v") > 10)).alias("none")
+    ).sort("k")
+    assert out["s"].to_list() == [2.5, 0.0]
+    assert [math.copysign(1.0, x) for x in out["none"].to_list()] == [1.0, 1.0]
