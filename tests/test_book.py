@@ -110,8 +110,8 @@ def test_overlapping_steps_change_nothing(inputs, full):
 def test_rebuilding_the_same_input_gives_the_same_bits(inputs, full):
     """A rebuild reproduces every table exactly, not only within a tolerance: Polars' grouped
     float sums add in an order that changes from run to run, so the cash balances, positions
-    and state sum in row order (``transforms.ordering.ordered_sum``). Before that, most
-    rebuilds of this book differed from the first in the last bits."""
+    and state sum in row order (``transforms.ordering.ordered_sum``); with Polars' sums this
+    test failed."""
     names = ("trades", "lots", "realized_pnl", "cash_ledger", "positions", "daily_valuations", "portfolio_state")
     for _ in range(12):
         again = build_book(inputs)

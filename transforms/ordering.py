@@ -68,10 +68,10 @@ def time_offsets(us: np.ndarray) -> np.ndarray:
 def ordered_sum(values: pl.Expr) -> pl.Expr:
     """``values.sum()`` in a ``group_by(...).agg(...)``, the same bits on every run.
 
-    Polars adds the floats of a group in an order that changes from run to run (its grouped
-    sum reduces per thread and merges; pola-rs/polars#25163): the demo book's cash balances
-    came out different in the last bits in more than half of 200 runs, so a rebuild of the
-    same input did not reproduce its positions and portfolio state. A group's values are
+    Polars' grouped (and window) float sum adds a group's values in an order that changes from
+    run to run (pola-rs/polars#25163, open): the demo book's cash balances came out different
+    in the last bits in more than half of 200 runs, so a rebuild of the same input did not
+    reproduce its positions and portfolio state. A group's values are
     gathered in row order (``group_by`` keeps the row order within each group) and that list
     summed. Nulls add nothing; an empty group sums to 0.0 (never -0.0).
     """
