@@ -117,12 +117,13 @@ def _timed(fn, repeat: int = 1):
     return times, value
 
 
-def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat: int) -> dict:
+def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat: int, warmup: int = 0) -> dict:
     """Time the full rebuild and the ledger+positions part, and the pandas baseline beside it.
 
     Both of ours run shard by shard of portfolios (``LEDGER_SHARD_TRADES`` trades each), as
     the pipeline's ledger does, the full rebuild ``SHARD_WORKERS`` shards at a time. The demo
-    book is a single shard.
+    book is a single shard. ``warmup`` full rebuilds run first and are reported apart (they
+    grow the process heap; see ``main``), then ``repeat`` timed ones: best and median.
     """
     n = inputs.trades.height
     shards = [inputs.for_portfolios(ids) for ids in portfolio_shards(inputs.trades, LEDGER_SHARD_TRADES)]
@@ -144,7 +145,7 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
             rows += book.lots.height + book.realized_pnl.height + book.daily_valuations.height
         return rows
 
-    # every run kept: the first one also grows the process heap (fresh pages), later ones reuse it
+    warmup_times, _ = _timed(rebuild, warmup)
     times, _ = _timed(rebuild, repeat)
     full_s = min(times)
 
@@ -175,13 +176,17 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
         "shards": len(shards),
         "full_rebuild_seconds": round(full_s, 3),
         "full_rebuild_runs_seconds": [round(t, 3) for t in times],
+        "full_rebuild_warmup_seconds": [round(t, 3) for t in warmup_times],
         "full_rebuild_median_seconds": round(statistics.median(times), 3),
+        "full_rebuild_median_trades_per_second": round(n / statistics.median(times)),
         "shard_workers": SHARD_WORKERS,
         "full_rebuild_trades_per_second": round(n / full_s),
         "ledger_positions_seconds": round(pos_s, 3),
         "ledger_positions_trades_per_second": round(n / pos_s),
     }
-    _say(f"  full rebuild        {full_s:8.2f} s   {n / full_s:>12,.0f} trades/s (lots, realised P&L, cash, positions, state, daily valuations; methods and tax as generated; best of {repeat}: {', '.join(f'{t:.3f}' for t in times)} s; median {statistics.median(times):.3f} s)")
+    median = statistics.median(times)
+    _say(f"  full rebuild        {full_s:8.2f} s   {n / full_s:>12,.0f} trades/s (lots, realised P&L, cash, positions, state, daily valuations; methods and tax as generated; best of {repeat}: {', '.join(f'{t:.3f}' for t in times)} s; after {warmup} warm-up run(s): {', '.join(f'{t:.3f}' for t in warmup_times) or '-'} s)")
+    _say(f"  full rebuild median {median:8.2f} s   {n / median:>12,.0f} trades/s")
     _say(f"  ledger + positions  {pos_s:8.2f} s   {n / pos_s:>12,.0f} trades/s (FIFO, EXEMPT: same rules as the baseline)")
     if pandas_baseline:
         trades_pd = inputs.trades.select("trade_id", "portfolio_id", "instrument_id", "trade_ts", "side", "quantity", "price", "fees").to_pandas()
@@ -264,12 +269,16 @@ def main(data_dir: Path, standard: bool = False, output: str | None = None, seed
         figures = bench_end_to_end(bench_dir / scale, scale, seed)
         figures.update(bench_lookups(bench_dir / scale / "warehouse.duckdb"))
         inputs = book_inputs_from(generate_book(scale, seed, include_bad_rows=False))
-        # best of several runs on this shared, noisy machine: ten of the demo (0.1 s each),
-        # five of the standard book. The first runs also grow the process heap onto memory the
-        # VM has not touched before, which is slow to map: on 3M trades of the standard book,
-        # 13.4, 4.2, 3.7 s for three runs in a row, of which 12.5, 3.1, 1.1 s system time
-        # (``perf``: two thirds of the first run in the kernel's clear_page)
-        figures.update(bench_rebuild(inputs, scale, pandas_baseline=True, repeat=10 if scale == "demo" else 5))
+        # The first rebuilds of a process grow its heap onto memory the VM has not touched
+        # before, which is slow to map: on 3M trades of the standard book, 13.4, 4.2, 3.7 s
+        # for three runs in a row, of which 12.5, 3.1, 1.1 s system time (``perf``: two thirds
+        # of the first run in the kernel's clear_page); 60 demo rebuilds in a row took 0.26,
+        # 0.19, 0.16, 0.15 s, then 0.08-0.15 s. Those runs are reported as warm-up, apart;
+        # then best and median of several runs on this shared, noisy machine
+        demo = scale == "demo"
+        figures.update(
+            bench_rebuild(inputs, scale, pandas_baseline=True, repeat=30 if demo else 5, warmup=5 if demo else 1)
+        )
         results[scale] = figures
     target = Path(output) if output else RESULTS
     target.parent.mkdir(parents=True, exist_ok=True)
