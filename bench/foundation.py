@@ -107,6 +107,27 @@ def pandas_fifo_positions(trades, prices, portfolios=None):
     return out
 
 
+def fifo_positions_by_shard(
+    shards: list[BookInputs], shard_cash: list[pl.DataFrame], inputs: BookInputs, moment
+) -> pl.DataFrame:
+    """Our side of the pandas comparison: the positions of every shard (``shards``, portfolio
+    shards of ``inputs``), all portfolios taken as FIFO and EXEMPT as the baseline does, each
+    shard's ledger and positions built from its own trades and its own cash ledger
+    (``shard_cash[k]`` of ``shards[k]``), valued as of ``moment``; the shards' rows concatenated.
+
+    Each shard holds the cash of its own portfolios only: given the whole book's cash ledger,
+    every shard summed every portfolio's cash again and repeated its cash rows.
+    """
+    parts = []
+    for shard, cash in zip(shards, shard_cash, strict=True):
+        portfolios = shard.portfolios.with_columns(pl.lit("FIFO").alias("lot_method"), pl.lit("EXEMPT").alias("tax_status"))
+        ledger = build_ledger(shard.trades, portfolios)
+        parts.append(
+            build_positions(ledger.lots, cash, inputs.prices, inputs.fx_rates, inputs.instruments, portfolios, moment)
+        )
+    return pl.concat(parts)
+
+
 def _timed(fn, repeat: int = 1):
     """(seconds of each of ``repeat`` runs of ``fn``, the last run's value)."""
     times, value = [], None
@@ -149,24 +170,12 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
     times, _ = _timed(rebuild, repeat)
     full_s = min(times)
 
-    def fifo_exempt(portfolios: pl.DataFrame) -> pl.DataFrame:
-        return portfolios.with_columns(pl.lit("FIFO").alias("lot_method"), pl.lit("EXEMPT").alias("tax_status"))
-
     moment = book_moment(inputs)
-    # each shard's own cash entries, made before the timing as the baseline's inputs are: the
-    # positions of a shard hold the cash of its portfolios only (with the whole book's ledger,
-    # every shard summed every portfolio's cash again, and repeated their cash rows)
+    # each shard's own cash entries, made before the timing as the baseline's inputs are
     shard_cash = [cash_ledger(s.trades, s.cash_flows, s.instruments) for s in shards]
 
     def ours_positions():
-        parts = []
-        for shard, cash in zip(shards, shard_cash):
-            portfolios = fifo_exempt(shard.portfolios)
-            ledger = build_ledger(shard.trades, portfolios)
-            parts.append(
-                build_positions(ledger.lots, cash, inputs.prices, inputs.fx_rates, inputs.instruments, portfolios, moment)
-            )
-        return pl.concat(parts)
+        return fifo_positions_by_shard(shards, shard_cash, inputs, moment)
 
     pos_times, ours = _timed(ours_positions, repeat)
     pos_s = min(pos_times)
