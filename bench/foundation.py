@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def pandas_fifo_positions(trades, prices, portfolios=None):
 
 
 def fifo_positions_by_shard(
-    shards: list[BookInputs], shard_cash: list[pl.DataFrame], inputs: BookInputs, moment
+    shards: list[BookInputs], shard_cash: list[pl.DataFrame], inputs: BookInputs, moment: datetime
 ) -> pl.DataFrame:
     """Our side of the pandas comparison: the positions of every shard (``shards``, portfolio
     shards of ``inputs``), all portfolios taken as FIFO and EXEMPT as the baseline does, each
@@ -179,6 +180,7 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
 
     pos_times, ours = _timed(ours_positions, repeat)
     pos_s = min(pos_times)
+    median = statistics.median(times)
     out = {
         "trades": n,
         "portfolios": inputs.portfolios.height,
@@ -186,14 +188,13 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
         "full_rebuild_seconds": round(full_s, 3),
         "full_rebuild_runs_seconds": [round(t, 3) for t in times],
         "full_rebuild_warmup_seconds": [round(t, 3) for t in warmup_times],
-        "full_rebuild_median_seconds": round(statistics.median(times), 3),
-        "full_rebuild_median_trades_per_second": round(n / statistics.median(times)),
+        "full_rebuild_median_seconds": round(median, 3),
+        "full_rebuild_median_trades_per_second": round(n / median),
         "shard_workers": SHARD_WORKERS,
         "full_rebuild_trades_per_second": round(n / full_s),
         "ledger_positions_seconds": round(pos_s, 3),
         "ledger_positions_trades_per_second": round(n / pos_s),
     }
-    median = statistics.median(times)
     _say(f"  full rebuild        {full_s:8.2f} s   {n / full_s:>12,.0f} trades/s (lots, realised P&L, cash, positions, state, daily valuations; methods and tax as generated; best of {repeat}: {', '.join(f'{t:.3f}' for t in times)} s; after {warmup} warm-up run(s): {', '.join(f'{t:.3f}' for t in warmup_times) or '-'} s)")
     _say(f"  full rebuild median {median:8.2f} s   {n / median:>12,.0f} trades/s")
     _say(f"  ledger + positions  {pos_s:8.2f} s   {n / pos_s:>12,.0f} trades/s (FIFO, EXEMPT: same rules as the baseline)")
