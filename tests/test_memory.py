@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # the module is loaded from its file, not through ``orchestration/__init__.py`` (which applies
@@ -63,3 +65,37 @@ def test_too_late_once_polars_is_loaded_and_explicit_settings_win():
 def test_opt_out_changes_nothing():
     result = _probe(PORTFOLIO_RETURN_FREED_MEMORY="1")
     assert result["took"] == {"jemalloc": False, "glibc": False} and result["conf"] is None
+
+
+# a thread writes a 100 MB block (over glibc's 64 MiB per-thread heap), frees it, then writes
+# another: the minor page faults of each round, counted in a fresh interpreter
+REUSE_PROBE = (
+    "import importlib.util, json, resource, threading\n"
+    "spec = importlib.util.spec_from_file_location('memory', 'orchestration/memory.py')\n"
+    "memory = importlib.util.module_from_spec(spec); spec.loader.exec_module(memory)\n"
+    "memory.keep_freed_memory()\n"
+    "import numpy as np\n"
+    "faults = []\n"
+    "def rounds():\n"
+    "    for _ in range(2):\n"
+    "        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt\n"
+    "        block = np.ones(100_000_000 // 8); del block\n"
+    "        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)\n"
+    "t = threading.Thread(target=rounds); t.start(); t.join()\n"
+    "print(json.dumps(faults))\n"
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the glibc part of the policy is Linux only")
+def test_a_threads_large_blocks_reuse_freed_memory():
+    clean = {k: v for k, v in os.environ.items() if k not in ("_RJEM_MALLOC_CONF", "PORTFOLIO_RETURN_FREED_MEMORY")}
+
+    def faults(**env: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", REUSE_PROBE], cwd=ROOT, env={**clean, **env},
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = faults()
+    assert first > 0 and second <= first // 10  # the second block lands on the first one's pages
+    first, second = faults(PORTFOLIO_RETURN_FREED_MEMORY="1")
+    assert second >= first // 2  # glibc's default: mapped afresh, faulted again
