@@ -3,6 +3,7 @@ before Polars is loaded, and an explicit allocator configuration or the opt-out 
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,9 @@ REUSE_PROBE = (
 )
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="the glibc part of the policy is Linux only")
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="the allocator part of the policy is for glibc"
+)
 def test_a_threads_large_blocks_reuse_freed_memory():
     clean = {k: v for k, v in os.environ.items() if k not in ("_RJEM_MALLOC_CONF", "PORTFOLIO_RETURN_FREED_MEMORY")}
 
