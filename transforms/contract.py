@@ -299,6 +299,18 @@ DAILY_VALUATIONS_SCHEMA: dict[str, pl.DataType] = {
     "stale_prices": pl.Int64,  # positions valued at a price older than date
 }
 
+RETURNS_DAILY_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "date": pl.Date,
+    "base_currency": pl.String,
+    "nav": pl.Float64,
+    "net_flows": pl.Float64,  # external flows counted that day (start of day)
+    "capital": pl.Float64,  # previous nav + net_flows: what earned the day's return
+    "daily_return": pl.Float64,  # nav / capital - 1; null where return_note says why
+    "return_note": pl.String,  # null, or why the day has no return
+    "growth": pl.Float64,  # chain-linked value of 1 at the start (days without a return count 0)
+}
+
 PORTFOLIO_STATE_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "portfolio_name": pl.String,
