@@ -15,15 +15,12 @@
   first valued day's previous nav is 0, so a portfolio funded by a deposit on its first day has
   a return that day. A day whose capital (previous nav + flows) is zero or negative has no
   return: it is flagged, never a NaN or an infinity.
-- **Money-weighted return**: the annual rate that discounts the flows to zero with calendar-day
-  exponents ``days / 365`` (as spreadsheets' XIRR).
 """
 
 from __future__ import annotations
 
 PERIODS_PER_YEAR = 252
 DDOF = 1
-DAYS_PER_YEAR = 365  # calendar days, for the money-weighted return's exponents
 
 
 def risk_free_per_period(annual_rate: float) -> float:
