@@ -311,6 +311,33 @@ RETURNS_DAILY_SCHEMA: dict[str, pl.DataType] = {
     "growth": pl.Float64,  # chain-linked value of 1 at the start (days without a return count 0)
 }
 
+PERFORMANCE_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "period": pl.String,  # MTD, QTD, YTD, 1Y, 3Y, ITD (transforms.performance.PERIODS)
+    "start_date": pl.Date,  # the period's first day, or the first valued day when later
+    "end_date": pl.Date,  # the as-of date
+    "base_currency": pl.String,
+    "benchmark_id": pl.String,
+    "days": pl.Int64,  # daily returns in the period
+    "days_without_return": pl.Int64,  # days whose return is null (returns_daily.return_note)
+    "cumulative_return": pl.Float64,  # time-weighted, chain-linked
+    "annualised_return": pl.Float64,  # null under a year
+    "benchmark_cumulative_return": pl.Float64,
+    "volatility": pl.Float64,  # annualised
+    "sharpe": pl.Float64,
+    "sortino": pl.Float64,
+    "max_drawdown": pl.Float64,  # <= 0
+    "drawdown_days": pl.Int64,  # longest run of days under a previous peak
+    "calmar": pl.Float64,
+    "beta": pl.Float64,
+    "alpha": pl.Float64,  # annualised (Jensen, geometric as empyrical)
+    "tracking_error": pl.Float64,  # annualised
+    "information_ratio": pl.Float64,
+    "money_weighted_return": pl.Float64,  # over the period (from the XIRR)
+    "money_weighted_return_annualised": pl.Float64,  # the XIRR; null under a year
+    "note": pl.String,  # null, or why figures are missing
+}
+
 PORTFOLIO_STATE_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "portfolio_name": pl.String,

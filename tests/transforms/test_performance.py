@@ -9,15 +9,22 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from transforms.contract import RETURNS_DAILY_SCHEMA
+from transforms.contract import PERFORMANCE_SCHEMA, RETURNS_DAILY_SCHEMA
 from transforms.conventions import PERIODS_PER_YEAR, risk_free_per_period
+from transforms.market_returns import BENCHMARK_RETURNS_SCHEMA
 from transforms.performance import (
     NAV_UNKNOWN,
     NO_CAPITAL,
+    NO_RETURNS,
+    PERIODS,
     PREVIOUS_NAV_UNKNOWN,
-    max_drawdown,
+    SHORT_HISTORY,
+    money_weighted_returns,
+    performance,
+    period_starts,
     return_statistics,
     returns_daily,
+    xirr,
 )
 
 D0 = date(2025, 3, 3)
@@ -76,15 +83,20 @@ def test_portfolios_are_independent_and_row_order_does_not_matter():
     assert out.filter(pl.col("portfolio_id") == "A")["daily_return"].to_list() == pytest.approx([0.0, 0.1, -0.1])
 
 
+def max_drawdown(returns):
+    s = return_statistics(np.array(returns))
+    return s["max_drawdown"], s["drawdown_days"]
+
+
 def test_max_drawdown_and_its_duration_by_hand():
     # wealth 1.1, 0.55, 0.66, 0.99, 1.089: the peak 1.1 is never regained (4 days under water)
-    mdd, days = max_drawdown(np.array([0.1, -0.5, 0.2, 0.5, 0.1]))
+    mdd, days = max_drawdown([0.1, -0.5, 0.2, 0.5, 0.1])
     assert mdd == pytest.approx(0.55 / 1.1 - 1) and days == 4
     # a first-day loss is a drawdown from the starting value 1: wealth 0.9, 0.945, 1.0395 (a
     # new peak), 1.029: under water on days 1-2, then day 4
-    mdd, days = max_drawdown(np.array([-0.1, 0.05, 0.1, -0.01]))
+    mdd, days = max_drawdown([-0.1, 0.05, 0.1, -0.01])
     assert mdd == pytest.approx(-0.1) and days == 2
-    assert max_drawdown(np.array([0.01, 0.02])) == (0.0, 0)
+    assert max_drawdown([0.01, 0.02]) == (0.0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +152,105 @@ def test_risk_free_per_period_compounds_to_the_annual_rate():
     assert (1 + risk_free_per_period(0.05)) ** PERIODS_PER_YEAR == pytest.approx(1.05, rel=1e-14)
     with pytest.raises(ValueError, match="above -100%"):
         risk_free_per_period(-1.0)
+
+
+def test_period_starts():
+    starts = period_starts(date(2026, 10, 30))
+    assert starts == {
+        "MTD": date(2026, 10, 1), "QTD": date(2026, 10, 1), "YTD": date(2026, 1, 1),
+        "1Y": date(2025, 10, 31), "3Y": date(2023, 10, 31), "ITD": None,
+    }
+    assert period_starts(date(2028, 2, 29))["1Y"] == date(2027, 3, 1)
+    assert period_starts(date(2026, 5, 15))["QTD"] == date(2026, 4, 1)
+
+
+def test_xirr_matches_excels_published_example():
+    # Microsoft's XIRR documentation: -10,000 on 1 Jan 2008; 2,750 on 1 Mar 2008; 4,250 on
+    # 30 Oct 2008; 3,250 on 15 Feb 2009; 2,750 on 1 Apr 2009 -> 0.373362535
+    days = np.array([0] + [(d - date(2008, 1, 1)).days for d in (date(2008, 3, 1), date(2008, 10, 30), date(2009, 2, 15), date(2009, 4, 1))])
+    amounts = np.array([10_000.0, -2_750.0, -4_250.0, -3_250.0, -2_750.0])  # money in is positive
+    rate = xirr(days / 365.0, amounts, days[-1] / 365.0, 0.0)
+    # Excel iterates until its result is within 0.000001% (it prints 0.373362535)
+    assert rate == pytest.approx(0.373362535, abs=1e-8)
+    assert np.sum(amounts * (1 + rate) ** (-days / 365.0)) == pytest.approx(0.0, abs=1e-8)
+    assert xirr(np.array([0.0]), np.array([0.0]), 1.0, 5.0) is None  # no money in
+    assert xirr(np.array([0.0]), np.array([100.0]), 1.0, -5.0) is None  # no rate loses more than all
+
+
+def test_money_weighted_return_of_a_period_with_flows():
+    # 1,000 at the start; 500 more at the start of day 100; 1,650 at the end of day 365
+    start = date(2025, 1, 1)
+    rows = pl.DataFrame(
+        {
+            "portfolio_id": ["P"] * 3,
+            "date": [start, start + timedelta(days=100), start + timedelta(days=364)],
+            "nav": [1000.0, 1520.0, 1650.0],
+            "net_flows": [1000.0, 500.0, 0.0],
+            "capital": [1000.0, 1510.0, 1520.0],
+        }
+    )
+    out = money_weighted_returns(rows, ["portfolio_id"])
+    x = out["money_weighted_return_annualised"][0]
+    # independent check: the rate grows both deposits to the end value
+    assert 1000 * (1 + x) ** 1.0 + 500 * (1 + x) ** (265 / 365) == pytest.approx(1650.0, rel=1e-12)
+    assert out["money_weighted_return"][0] == pytest.approx(x, rel=1e-12)  # exactly one year
+    assert out["mwr_note"][0] is None
+
+
+def _daily(pid, start, returns, benchmark="BM", base="USD"):
+    """returns_daily-like rows for one portfolio: 1,000 deposited on the first day, then ``returns``."""
+    navs = [1000.0]
+    for r in returns:
+        navs.append(navs[-1] * (1 + r))
+    calendar = pl.date_range(start, start + timedelta(days=3 * len(navs)), "1d", eager=True)
+    days = calendar.filter(calendar.dt.weekday() <= 5).head(len(navs))  # weekdays
+    frame = pl.DataFrame({"portfolio_id": pid, "date": days, "base_currency": base, "nav": navs})
+    frame = frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(1000.0).otherwise(0.0).alias("net_flows"))
+    return returns_daily(frame)
+
+
+def test_performance_periods_against_the_statistics_of_the_same_days():
+    rng = np.random.default_rng(5)
+    r = rng.normal(0.0004, 0.01, 800)
+    b = rng.normal(0.0003, 0.009, 800)
+    daily = pl.concat([_daily("P", date(2023, 6, 1), r), _daily("YOUNG", date(2026, 3, 2), r[:100])])
+    days = daily.filter(pl.col("portfolio_id") == "P")["date"]
+    bench = pl.DataFrame({"benchmark_id": "BM", "base_currency": "USD", "date": days, "effective_date": days[0],
+                          "daily_return": np.r_[np.nan, b], "note": None}, nan_to_null=True,
+                         schema_overrides={"note": pl.String})
+    portfolios = pl.DataFrame({"portfolio_id": ["P", "YOUNG"], "benchmark_id": ["BM", None]})
+    as_of = daily["date"].max()  # the young portfolio's last day: periods end there for both
+    out = performance(daily, portfolios, bench, risk_free=risk_free_per_period(0.03))
+    assert out.schema == pl.Schema(PERFORMANCE_SCHEMA)
+    assert out.height == 12 and out["period"].to_list()[:6] == list(PERIODS)
+    p = {row["period"]: row for row in out.filter(pl.col("portfolio_id") == "P").iter_rows(named=True)}
+    # ITD: the first day (the deposit, 0%) and the 800 returns; its statistics are those of the series
+    itd = return_statistics(np.r_[0.0, r][1:], b, risk_free_per_period(0.03))
+    one = p["ITD"]
+    assert one["days"] == 801
+    for key in ("volatility", "sharpe", "sortino", "max_drawdown"):
+        assert one[key] == pytest.approx(return_statistics(np.r_[0.0, r], None, risk_free_per_period(0.03))[key], rel=1e-9)
+    assert one["beta"] == pytest.approx(itd["beta"], rel=1e-9)  # the first day has no benchmark return
+    assert one["cumulative_return"] == pytest.approx(np.prod(1 + r) - 1, rel=1e-12)
+    assert one["money_weighted_return"] == pytest.approx(one["cumulative_return"], rel=1e-9)  # no flow after the start
+    # 1Y: the days after as_of minus one year, annualised
+    year = [k for k, d in enumerate(days) if d > date(as_of.year - 1, as_of.month, as_of.day)]
+    expected = np.prod(1 + np.r_[0.0, r][year]) - 1
+    assert p["1Y"]["cumulative_return"] == pytest.approx(expected, rel=1e-12)
+    assert p["1Y"]["annualised_return"] is not None
+    # under a year: not annualised (GIPS)
+    assert p["YTD"]["annualised_return"] is None and p["YTD"]["calmar"] is None and p["YTD"]["cumulative_return"] is not None
+    young = {row["period"]: row for row in out.filter(pl.col("portfolio_id") == "YOUNG").iter_rows(named=True)}
+    assert young["1Y"]["note"] == SHORT_HISTORY and young["1Y"]["cumulative_return"] is None
+    assert young["ITD"]["beta"] is None and young["ITD"]["benchmark_cumulative_return"] is None
+    assert young["ITD"]["cumulative_return"] == pytest.approx(np.prod(1 + r[:100]) - 1, rel=1e-12)
+
+
+def test_a_period_of_flagged_days_has_no_figures_and_says_why():
+    daily = returns_daily(_valuations([("Z", 0, 0.0, 0.0), ("Z", 1, 0.0, 0.0)]))
+    out = performance(daily, pl.DataFrame({"portfolio_id": ["Z"], "benchmark_id": [None]}, schema_overrides={"benchmark_id": pl.String}),
+                      pl.DataFrame(schema=BENCHMARK_RETURNS_SCHEMA))
+    # 1Y and 3Y: a two-day history is shorter than the period; the others have no return
+    assert out["note"].to_list() == [NO_RETURNS] * 3 + [SHORT_HISTORY] * 2 + [NO_RETURNS]
+    assert out["days_without_return"].to_list() == [2] * 6
+    assert out.select(pl.col(pl.Float64).is_not_null().any()).row(0) == (False,) * len([t for t in PERFORMANCE_SCHEMA.values() if t == pl.Float64])
