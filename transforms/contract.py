@@ -338,6 +338,50 @@ PERFORMANCE_SCHEMA: dict[str, pl.DataType] = {
     "note": pl.String,  # null, or why figures are missing
 }
 
+EXPOSURES_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "date": pl.Date,
+    "base_currency": pl.String,
+    "benchmark_id": pl.String,
+    "nav": pl.Float64,
+    "long_exposure": pl.Float64,  # >= 0, base ccy (= daily_valuations.long_market_value)
+    "short_exposure": pl.Float64,  # <= 0
+    "gross_exposure": pl.Float64,  # long - short
+    "net_exposure": pl.Float64,  # long + short
+    "leverage": pl.Float64,  # gross / nav; null when nav <= 0
+    "net_leverage": pl.Float64,  # net / nav
+    "top10_weight": pl.Float64,  # the 10 largest |values| / gross
+    "herfindahl": pl.Float64,  # sum((|v| / gross) ** 2)
+    "beta_adjusted_net": pl.Float64,  # sum(v * beta to the benchmark) / nav
+    "positions_without_beta": pl.Int64,
+}
+
+EXPOSURE_BREAKDOWN_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "date": pl.Date,
+    "dimension": pl.String,  # sector, asset_class, currency, country
+    "bucket": pl.String,  # the dimension's value (UNKNOWN when the instrument has none)
+    "long_exposure": pl.Float64,
+    "short_exposure": pl.Float64,
+    "gross_exposure": pl.Float64,
+    "net_exposure": pl.Float64,
+    "gross_weight": pl.Float64,  # gross / nav
+    "net_weight": pl.Float64,  # net / nav
+}
+
+EXPOSURES_FIRM_SCHEMA: dict[str, pl.DataType] = {
+    "level": pl.String,  # instrument or sector
+    "key": pl.String,
+    "currency": pl.String,  # the firm's reporting currency (USD)
+    "long_exposure": pl.Float64,
+    "short_exposure": pl.Float64,
+    "gross_exposure": pl.Float64,
+    "net_exposure": pl.Float64,
+    "portfolios": pl.Int64,  # portfolios holding it
+    "share_of_gross": pl.Float64,  # of the firm's gross at this level
+    "unconverted_positions": pl.Int64,  # positions without an fx rate to the firm currency
+}
+
 PORTFOLIO_STATE_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "portfolio_name": pl.String,

@@ -41,6 +41,8 @@ instruments is built.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
@@ -160,6 +162,25 @@ def _expand(base: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(base - offs, lens) + np.arange(int(lens.sum()))
 
 
+def unit_values(
+    bases: np.ndarray, inst_ccy: np.ndarray, close: np.ndarray, last: np.ndarray, usd2d: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(value, is_stale): one unit of each instrument valued in each of ``bases`` (currency
+    codes) on each day, ``(bases * instruments, days)``: the close in force times base per
+    local at the close's date; 0 (not NaN) before the instrument's first close, where a holding
+    is valued otherwise. ``is_stale`` (instruments, days): the close in force is older than
+    the day."""
+    n_i, n_days = close.shape
+    has_price = last >= 0
+    fx_day = np.maximum(last, 0)
+    local = usd2d[inst_ccy[:, None], fx_day]
+    table = np.empty((bases.size, n_i, n_days))
+    for k, b in enumerate(bases.tolist()):
+        rate = np.where((inst_ccy == b)[:, None], 1.0, local / usd2d[b][fx_day])
+        table[k] = np.where(has_price, close * rate, 0.0)
+    return table.reshape(-1, n_days), has_price & (last < np.arange(n_days)[None, :])
+
+
 def _market_values(
     seg: dict[str, np.ndarray],
     n_ports: int,
@@ -205,16 +226,9 @@ def _market_values(
         stale += np.bincount(out, minlength=n_cells)
 
     # 2. priced days: value table per base currency (a handful of bases, not rows)
-    fx_day = np.maximum(last, 0)
-    local = usd2d[inst_ccy[:, None], fx_day]
-    table = np.empty((bases.size, n_i, n_days))
-    for k, b in enumerate(bases.tolist()):
-        rate = np.where((inst_ccy == b)[:, None], 1.0, local / usd2d[b][fx_day])
-        # days before the first close are valued in part 1: 0 here, not NaN, as Q * 0 is summed
-        table[k] = np.where(has_price, close * rate, 0.0)
-    is_stale = has_price & (last < np.arange(n_days)[None, :])
+    table, is_stale = unit_values(bases, inst_ccy, close, last, usd2d)
     add_holding_values(
-        p, slot_of_p[p] * n_i + i, i, start, end, q, table.reshape(-1, n_days), is_stale,
+        p, slot_of_p[p] * n_i + i, i, start, end, q, table, is_stale,
         long_mv.reshape(n_ports, n_days), short_mv.reshape(n_ports, n_days), stale.reshape(n_ports, n_days),
     )
     return long_mv, short_mv, stale
@@ -275,7 +289,37 @@ def _cash(
     return cash, settled, flows
 
 
-def daily_valuations(
+@dataclass
+class Holdings:
+    """Every valued portfolio's holdings as constant segments, with what values them.
+
+    ``ports`` (portfolio_id, base_currency, inception_date; sorted, valued portfolios only) and
+    ``start_idx`` (first valued day of each); ``days``/``cal`` the business calendar;
+    ``inst_ids`` the instruments traded (sorted) with ``inst_ccy`` (currency codes into
+    ``currencies``; ``len(currencies)``: unknown) and their ``close``/``last`` rows of the
+    ``PriceTable``; ``usd2d`` USD per unit of each currency per day (last row NaN);
+    ``base_of_p`` each portfolio's base-currency code; ``seg`` the segments of ``_segments``;
+    ``led``/``led_day``/``led_p`` the cash-ledger rows with their day numbers and portfolio codes.
+    """
+
+    ports: pl.DataFrame
+    start_idx: np.ndarray
+    days: pl.Series
+    cal: Calendar
+    inst_ids: pl.Series
+    inst_ccy: np.ndarray
+    currencies: pl.Series
+    close: np.ndarray
+    last: np.ndarray
+    usd2d: np.ndarray
+    base_of_p: np.ndarray
+    seg: dict[str, np.ndarray]
+    led: pl.DataFrame
+    led_day: np.ndarray
+    led_p: np.ndarray
+
+
+def holdings(
     trades: AnyFrame,
     cash_ledger: AnyFrame,
     prices: Prices,
@@ -284,19 +328,13 @@ def daily_valuations(
     portfolios: AnyFrame,
     *,
     trade_codes: RowCodes | None = None,
-) -> pl.DataFrame:
-    """Daily NAV per portfolio and business day (``DAILY_VALUATIONS_SCHEMA``).
-
-    See the module docstring for the rules. ``prices`` is a prices frame or the book's
-    ``PriceTable``; ``fx_rates`` a frame or a ``UsdTable``. ``trade_codes``, when given, are
-    the portfolio and instrument codes of the rows of ``trades`` (``Ledger.accepted_codes`` of
-    the ledger that accepted them, a DataFrame): the id strings are then not looked up. Sorted
-    by (portfolio_id, date).
-    """
+) -> Holdings | None:
+    """The ``Holdings`` of the book (module rules; arguments as ``daily_valuations``); None
+    when there are no business days or no valued portfolio."""
     table = price_table(prices)
     days, cal = table.days, table.calendar
     if cal is None:
-        return _empty()
+        return None
     n_days = cal.n
     tr = (
         trades.lazy()
@@ -343,12 +381,11 @@ def daily_valuations(
     start_all = np.where(first == no_activity, n_days, cal.index(np.maximum(inception, first)))
     valued = np.flatnonzero(start_all < n_days)
     if valued.size == 0:
-        return _empty()
+        return None
     new_code = np.full(ports.height + 1, -1, dtype=np.int64)  # slot -1 keeps -1 (unknown)
     new_code[valued] = np.arange(valued.size)
     tr_p, led_p = new_code[tr_p], new_code[led_p]
     ports, start_idx = ports[valued], start_all[valued]
-    n_ports = ports.height
 
     if trade_codes is None:
         inst_ids = tr["instrument_id"].filter(pl.Series(tr_p >= 0)).drop_nulls().unique().sort()
@@ -386,10 +423,36 @@ def daily_valuations(
 
     close, last = table.rows(inst_ids)
     seg = _segments(tr, tr_day, tr_p, tr_i, start_idx, inst_ids.len(), cal)
-    long_mv, short_mv, stale = _market_values(seg, n_ports, base_of_p, inst_ccy, close, last, usd2d)
-    led_ccy = codes(led["currency"], currencies)  # currencies alternate within a portfolio
+    return Holdings(ports, start_idx, days, cal, inst_ids, inst_ccy, currencies, close, last, usd2d, base_of_p, seg, led, led_day, led_p)
+
+
+def daily_valuations(
+    trades: AnyFrame,
+    cash_ledger: AnyFrame,
+    prices: Prices,
+    fx_rates: FxRates,
+    instruments: AnyFrame,
+    portfolios: AnyFrame,
+    *,
+    trade_codes: RowCodes | None = None,
+) -> pl.DataFrame:
+    """Daily NAV per portfolio and business day (``DAILY_VALUATIONS_SCHEMA``).
+
+    See the module docstring for the rules. ``prices`` is a prices frame or the book's
+    ``PriceTable``; ``fx_rates`` a frame or a ``UsdTable``. ``trade_codes``, when given, are
+    the portfolio and instrument codes of the rows of ``trades`` (``Ledger.accepted_codes`` of
+    the ledger that accepted them, a DataFrame): the id strings are then not looked up. Sorted
+    by (portfolio_id, date).
+    """
+    h = holdings(trades, cash_ledger, prices, fx_rates, instruments, portfolios, trade_codes=trade_codes)
+    if h is None:
+        return _empty()
+    ports, start_idx, days, cal, usd2d, base_of_p = h.ports, h.start_idx, h.days, h.cal, h.usd2d, h.base_of_p
+    n_ports, n_days, n_ccy = ports.height, cal.n, h.currencies.len()
+    long_mv, short_mv, stale = _market_values(h.seg, n_ports, base_of_p, h.inst_ccy, h.close, h.last, usd2d)
+    led_ccy = codes(h.led["currency"], h.currencies)  # currencies alternate within a portfolio
     cash, settled, flows = _cash(
-        led, led_day, led_p, np.where(led_ccy < 0, n_ccy, led_ccy), n_ccy, start_idx, base_of_p, usd2d, cal
+        h.led, h.led_day, h.led_p, np.where(led_ccy < 0, n_ccy, led_ccy), n_ccy, start_idx, base_of_p, usd2d, cal
     )
 
     counts = n_days - start_idx
