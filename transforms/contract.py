@@ -382,6 +382,44 @@ EXPOSURES_FIRM_SCHEMA: dict[str, pl.DataType] = {
     "unconverted_positions": pl.Int64,  # positions without an fx rate to the firm currency
 }
 
+CASH_BALANCES_BASE_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "currency": pl.String,
+    "account_type": pl.String,  # CASH or MARGIN (transforms.margin)
+    "settled_cash": pl.Float64,  # local currency
+    "pending_cash": pl.Float64,
+    "total_cash": pl.Float64,
+    "fx_rate": pl.Float64,  # base per unit of the currency; null when not convertible
+    "settled_cash_base": pl.Float64,
+    "pending_cash_base": pl.Float64,
+    "total_cash_base": pl.Float64,
+    "negative_settled_cash": pl.Boolean,  # a cash account below zero settled cash
+    "last_ts": TS,
+}
+
+MARGIN_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "base_currency": pl.String,
+    "account_type": pl.String,
+    "as_of": TS,
+    "equity": pl.Float64,  # nav
+    "settled_cash": pl.Float64,
+    "pending_cash": pl.Float64,
+    "long_market_value": pl.Float64,
+    "short_market_value": pl.Float64,
+    "initial_requirement": pl.Float64,
+    "maintenance_requirement": pl.Float64,
+    "excess": pl.Float64,  # equity - maintenance requirement; negative: a deficit
+    "initial_excess": pl.Float64,
+    "buying_power": pl.Float64,
+    "margin_call": pl.Boolean,
+    "negative_settled_cash": pl.Boolean,
+    "long_initial": pl.Float64,  # the rule set used
+    "long_maintenance": pl.Float64,
+    "short_initial": pl.Float64,
+    "short_maintenance": pl.Float64,
+}
+
 PORTFOLIO_STATE_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "portfolio_name": pl.String,
