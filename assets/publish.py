@@ -5,6 +5,7 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
+from assets.analytics import ANALYTICS_TABLES, GOLD_SCHEMAS, gold_key, gold_table
 from assets.ingest import bronze_schema_of, bronze_table, ingestion_log_table, quarantine_table
 from assets.resources import LakeResource, WarehouseResource
 from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
@@ -25,14 +26,6 @@ BRONZE_PUBLISHED = ("prices", "instruments", "portfolios", "fx_rates", "cash_flo
 
 # Views and macros an analyst gets with the file (see README for examples).
 WAREHOUSE_STATEMENTS = [
-    """CREATE VIEW cash_balances AS
-       SELECT l.portfolio_id, l.currency,
-              sum(l.amount) FILTER (WHERE l.settle_date <= s.as_of::DATE) AS settled,
-              sum(l.amount) FILTER (WHERE l.settle_date > s.as_of::DATE) AS pending,
-              sum(l.amount) AS total
-       FROM cash_ledger l JOIN portfolio_state s USING (portfolio_id)
-       WHERE l.ts <= s.as_of
-       GROUP BY ALL""",
     """CREATE MACRO portfolio_positions(pid) AS TABLE
        SELECT * FROM positions WHERE portfolio_id = pid ORDER BY abs(market_value) DESC""",
 ]
@@ -62,24 +55,29 @@ def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], object]]:
         name: table(silver_table(name), SILVER_SCHEMAS[name]) for name in SILVER_PUBLISHED
     }
     tables.update({kind: table(bronze_table(kind), bronze_schema_of(kind)) for kind in BRONZE_PUBLISHED})
+    tables.update({name: table(gold_table(name), GOLD_SCHEMAS[name]) for name in ANALYTICS_TABLES})
     tables["quarantine"] = lambda: quarantine_frame(lake)
     tables["ingestion_log"] = lambda: ingestion_log_frame(lake)
     return tables
 
 
 # Rows stored in portfolio order, so DuckDB's zone maps make one portfolio's lookup cheap.
-WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED}
+WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED} | {
+    name: "portfolio_id" for name in ANALYTICS_TABLES if "portfolio_id" in GOLD_SCHEMAS[name]
+}
 
 
 @dg.asset(
     key=dg.AssetKey(["publish", "warehouse"]),
     deps=[silver_key(n) for n in SILVER_PUBLISHED]
     + [silver_key("ledger_rejections")]
-    + [dg.AssetKey(["bronze", k]) for k in contract.INGEST_ORDER],
+    + [dg.AssetKey(["bronze", k]) for k in contract.INGEST_ORDER]
+    + [gold_key(name) for name in ANALYTICS_TABLES],
     group_name="publish",
     kinds={"duckdb"},
     description="`warehouse.duckdb` for analysts: state, positions, lots, realised P&L, cash, daily "
-    "valuations, trades, reference and market data, quarantine and the ingestion log. Rebuilt "
+    "valuations, trades, reference and market data, the analytics (returns, performance, "
+    "exposures, cash and margin, drift), quarantine and the ingestion log. Rebuilt "
     "under a temporary name and swapped in atomically.",
 )
 def warehouse(lake: LakeResource, warehouse: WarehouseResource):

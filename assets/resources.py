@@ -71,6 +71,17 @@ class PipelineSettings(dg.ConfigurableResource):
     # ledger shards computed at once (threads); memory grows by about 2 GB per extra worker
     # on a book with many wash-sale splits (see assets.state.LEDGER_SHARD_TRADES)
     shard_workers: int = SHARD_WORKERS
+    # analytics (transforms.conventions, transforms.margin, transforms.drift)
+    risk_free_rate: float = 0.0  # annual; compounded to a daily rate
+    margin_long_initial: float = 0.50
+    margin_long_maintenance: float = 0.25
+    margin_short_initial: float = 1.50
+    margin_short_maintenance: float = 0.30
+    margin_portfolios: list[str] = []  # margin accounts (a portfolio holding a short is one anyway)
+    drift_abs_band: float = 0.05  # the "5/25" rule
+    drift_rel_band: float = 0.25
+    drift_portfolio_band: float = 0.05  # on the portfolio drift figure
+    drift_trend_window: int = 20  # business days
 
     @property
     def landing_dir(self) -> Path:

@@ -110,15 +110,19 @@ def conform(name: str, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(list(schema)).cast(schema)
 
 
+def write_table(
+    context: dg.AssetExecutionContext, lake: LakeResource, table: str, frame: pl.DataFrame, sources: list[str]
+) -> dict:
+    """Overwrite lake ``table`` with ``frame``, recording the input versions; return metadata."""
+    version = lake.write(table, frame, run_id=context.run.run_id, commit_metadata={"inputs": input_versions(lake, sources)})
+    return {**table_metadata(frame), "delta_version": version}
+
+
 def write_silver(
     context: dg.AssetExecutionContext, lake: LakeResource, name: str, frame: pl.DataFrame, sources: list[str]
 ) -> dict:
     """Overwrite ``silver/<name>`` with ``frame`` (cast to its contract schema); return metadata."""
-    frame = conform(name, frame)
-    version = lake.write(
-        silver_table(name), frame, run_id=context.run.run_id, commit_metadata={"inputs": input_versions(lake, sources)}
-    )
-    return {**table_metadata(frame), "delta_version": version}
+    return write_table(context, lake, silver_table(name), conform(name, frame), sources)
 
 
 LEDGER_OUTPUTS = {

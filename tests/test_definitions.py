@@ -20,7 +20,7 @@ def test_every_asset_has_group_kinds_and_description():
     graph = repo.asset_graph
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingest", "state", "publish"}, key
+        assert node.group_name in {"ingest", "state", "analytics", "publish"}, key
         assert node.description, key
         assert node.kinds, key
 

@@ -227,3 +227,34 @@ def test_extra_columns_are_kept_out_and_logged(built):
     bronze = lake.read("bronze/instruments")
     assert "analyst_note" not in bronze.columns
     assert bronze.filter(pl.col("source_file") == "instruments/more.csv").height == 2
+
+
+def test_analytics_are_published_and_agree_with_the_state(built):
+    data_dir, _ = built
+    from assets.analytics import ANALYTICS_TABLES
+    from transforms.performance import PERIODS
+
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert set(ANALYTICS_TABLES) <= names
+        one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+        assert one("SELECT count(*) FROM returns_daily") == one("SELECT count(*) FROM daily_valuations")
+        valued = one("SELECT count(DISTINCT portfolio_id) FROM daily_valuations")
+        assert one("SELECT count(*) FROM performance") == valued * len(PERIODS)
+        # exposures value the holdings exactly as the valuations do
+        assert one("""SELECT max(abs(e.long_exposure - d.long_market_value) + abs(e.short_exposure - d.short_market_value))
+                      FROM exposures e JOIN daily_valuations d USING (portfolio_id, date)""") < 1e-6
+        # the last day's chain-linked growth is the ITD time-weighted return
+        assert one("""SELECT max(abs(p.cumulative_return - (r.growth - 1))) FROM performance p
+                      JOIN (SELECT portfolio_id, arg_max(growth, date) growth FROM returns_daily GROUP BY 1) r USING (portfolio_id)
+                      WHERE p.period = 'ITD' AND p.cumulative_return IS NOT NULL""") < 1e-9
+        # margin equity is the state's nav; cash balances in base add up to the state's cash
+        assert one("SELECT max(abs(m.equity - s.total_value)) FROM margin m JOIN portfolio_state s USING (portfolio_id)") < 1e-9
+        assert one("""SELECT max(abs(c.cash - s.cash_balance)) FROM portfolio_state s JOIN
+                      (SELECT portfolio_id, sum(total_cash_base) cash FROM cash_balances GROUP BY 1) c USING (portfolio_id)""") < 0.01
+        # every portfolio is measured for drift or says why not; no NaN anywhere in the analytics
+        assert one("SELECT count(*) FROM drift_summary WHERE drift IS NULL AND note IS NULL") == 0
+        for table in ANALYTICS_TABLES:
+            columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[1] == "DOUBLE"]
+            if columns:
+                assert one(f"SELECT count(*) FROM {table} WHERE " + " OR ".join(f"isnan({c}) OR isinf({c})" for c in columns)) == 0, table

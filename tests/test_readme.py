@@ -35,10 +35,10 @@ def test_every_readme_query_runs_on_the_warehouse(data_dir):
     assert len(statements) >= 8
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
         pid = con.sql("SELECT portfolio_id FROM portfolio_state ORDER BY portfolio_id LIMIT 1").fetchall()[0][0]
-        answered = 0
+        # Each statement must run (a renamed column or table raises here) and return rows,
+        # except those about what a healthy 60-day book may not have: wash-sale lots, this
+        # year's realised gains, days without a return, margin calls, bad rows (the tiny book has none).
+        may_be_empty = ("wash_sale_adjustment > 0", "close_ts >= DATE", "return_note IS NOT NULL", "margin_call OR", "FROM quarantine")
         for statement in statements:
-            # Each statement must run (a renamed column or table raises here) ...
-            answered += bool(con.sql(statement.replace("'P001'", f"'{pid}'")).fetchall())
-        # ... and the ones about tables the tiny book fills must return rows; only the
-        # wash-sale lot list and this year's realised gains may be empty on a 60-day book.
-        assert answered >= len(statements) - 2
+            rows = con.sql(statement.replace("'P001'", f"'{pid}'")).fetchall()
+            assert rows or any(marker in statement for marker in may_be_empty), statement

@@ -838,3 +838,25 @@ def drift_alerts(
             (pl.col("slope") > 0).alias("rising")
         )
     return _cast(alerts, DRIFT_ALERTS_SCHEMA, ["portfolio_id", "date", "level", "key", "severity", "message"])
+
+
+def holdings_by_sleeve(lots: pl.DataFrame, positions: pl.DataFrame, instruments: pl.DataFrame) -> pl.DataFrame:
+    """The ``holdings`` input of ``drift`` from the current state: each open lot (``LOTS_SCHEMA``)
+    valued at its position's price and rate (``POSITIONS_SCHEMA``): ``market_value = ±quantity *
+    price * fx_rate`` (SHORT negative), under the lot's ``strategy_id``, with the instrument's
+    sector; plus the positions' CASH rows (no sleeve, no sector). Columns: portfolio_id,
+    strategy_id, instrument_id, sector, market_value."""
+    priced = positions.filter(pl.col("position_type") != "CASH").select("portfolio_id", "instrument_id", "position_type", "price", "fx_rate")
+    sign = pl.when(pl.col("position_type") == "SHORT").then(-1.0).otherwise(1.0)
+    lots_valued = (
+        lots.filter((pl.col("status") == "OPEN") & (pl.col("quantity") > 0))
+        .join(priced, on=["portfolio_id", "instrument_id", "position_type"], how="inner")
+        .join(instruments.select("instrument_id", "sector").unique("instrument_id", keep="first"), on="instrument_id", how="left")
+        .select("portfolio_id", "strategy_id", "instrument_id", "sector",
+                (sign * pl.col("quantity") * pl.col("price") * pl.col("fx_rate")).alias("market_value"))
+    )
+    cash = positions.filter(pl.col("position_type") == "CASH").select(
+        "portfolio_id", pl.lit(None, dtype=pl.String).alias("strategy_id"), "instrument_id",
+        pl.lit(None, dtype=pl.String).alias("sector"), "market_value",
+    )
+    return pl.concat([lots_valued, cash]).sort("portfolio_id", "instrument_id", "strategy_id", nulls_last=True)

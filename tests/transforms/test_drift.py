@@ -607,3 +607,25 @@ def test_empty_inputs_give_empty_frames_with_the_schemas():
     )
     for frame, schema in zip(frames, schemas):
         assert frame.is_empty() and frame.schema == pl.Schema(schema)
+
+
+def test_holdings_by_sleeve_value_each_lot_at_its_position():
+    from transforms.drift import holdings_by_sleeve
+
+    lots = pl.DataFrame({
+        "portfolio_id": ["P", "P", "P", "P"], "instrument_id": ["A", "A", "B", "A"],
+        "position_type": ["LONG", "LONG", "SHORT", "LONG"], "strategy_id": ["CORE", "TACTICAL", "CORE", "CORE"],
+        "quantity": [10.0, 5.0, 4.0, 0.0], "status": ["OPEN", "OPEN", "OPEN", "CLOSED"],
+    })
+    positions = pl.DataFrame({
+        "portfolio_id": ["P", "P", "P"], "instrument_id": ["A", "B", "CASH:EUR"], "position_type": ["LONG", "SHORT", "CASH"],
+        "price": [20.0, 50.0, 1.0], "fx_rate": [1.0, 1.0, 1.1], "market_value": [300.0, -200.0, 110.0],
+    })
+    instruments = pl.DataFrame({"instrument_id": ["A", "B"], "sector": ["Technology", "Energy"]})
+    out = holdings_by_sleeve(lots, positions, instruments)
+    assert out.rows() == [
+        ("P", "CORE", "A", "Technology", 200.0), ("P", "TACTICAL", "A", "Technology", 100.0),
+        ("P", "CORE", "B", "Energy", -200.0), ("P", None, "CASH:EUR", None, 110.0),
+    ]
+    # the sleeves add up to the positions: nothing lost or counted twice
+    assert out["market_value"].sum() == positions["market_value"].sum()

@@ -1,0 +1,246 @@
+"""Gold: analytics over the portfolio state, rebuilt in full on each run.
+
+Thin assets over ``transforms``: market and benchmark returns, daily returns and performance,
+exposures, cash and margin, drift and its alerts. Each writes one Delta table under ``gold/``
+(the warehouse publishes them under the same names) and records the versions of its inputs.
+"""
+
+
+from datetime import date
+
+import dagster as dg
+import polars as pl
+
+from assets.resources import LakeResource, PipelineSettings
+from assets.state import bronze_key, current_moment, read_bronze, read_silver, silver_key, silver_table, write_table
+from transforms import contract
+from transforms.cash import cash_balances as build_cash_balances
+from transforms.conventions import risk_free_per_period
+from transforms.drift import (
+    DRIFT_ALERTS_SCHEMA,
+    DRIFT_SCHEMA,
+    DRIFT_SUMMARY_SCHEMA,
+    drift as build_drift,
+    drift_alerts as build_drift_alerts,
+    drift_trend,
+    holdings_by_sleeve,
+    targets_in_force,
+)
+from transforms.exposures import exposures as build_exposures, exposures_firm as build_exposures_firm
+from transforms.margin import MarginRules, account_types, cash_balances_base, margin as build_margin
+from transforms.market_returns import BENCHMARK_RETURNS_SCHEMA, benchmark_returns as build_benchmark_returns
+from transforms.performance import performance as build_performance, returns_daily as build_returns_daily
+
+GROUP = "analytics"
+DRIFT_HISTORY_SCHEMA = {"portfolio_id": pl.String, "date": pl.Date, "drift": pl.Float64}
+GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "benchmark_returns": BENCHMARK_RETURNS_SCHEMA,
+    "returns_daily": contract.RETURNS_DAILY_SCHEMA,
+    "performance": contract.PERFORMANCE_SCHEMA,
+    "exposures": contract.EXPOSURES_SCHEMA,
+    "exposure_breakdown": contract.EXPOSURE_BREAKDOWN_SCHEMA,
+    "exposures_firm": contract.EXPOSURES_FIRM_SCHEMA,
+    "cash_balances": contract.CASH_BALANCES_BASE_SCHEMA,
+    "margin": contract.MARGIN_SCHEMA,
+    "drift": DRIFT_SCHEMA,
+    "drift_summary": DRIFT_SUMMARY_SCHEMA,
+    "drift_alerts": DRIFT_ALERTS_SCHEMA,
+    "drift_history": DRIFT_HISTORY_SCHEMA,
+}
+
+
+def gold_table(name: str) -> str:
+    return f"gold/{name}"
+
+
+def gold_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["gold", name])
+
+
+def read_gold(lake: LakeResource, name: str) -> pl.DataFrame:
+    return lake.read(gold_table(name), GOLD_SCHEMAS[name])
+
+
+def write_gold(context: dg.AssetExecutionContext, lake: LakeResource, name: str, frame: pl.DataFrame, sources: list[str]) -> dict:
+    """Overwrite ``gold/<name>`` with ``frame`` cast to its schema; return metadata."""
+    schema = GOLD_SCHEMAS[name]
+    return write_table(context, lake, gold_table(name), frame.select(list(schema)).cast(schema), sources)
+
+
+def _base_currencies(portfolios: pl.DataFrame) -> list[str]:
+    return sorted(set(portfolios["base_currency"].fill_null(contract.BASE_CURRENCY).to_list()) or {contract.BASE_CURRENCY})
+
+
+@dg.asset(
+    key=gold_key("benchmark_returns"),
+    deps=[bronze_key(k) for k in ("benchmarks", "prices", "fx_rates", "instruments", "portfolios")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="Daily return of every benchmark in every base currency used by a portfolio: the "
+    "basket in force bought at the previous close and held (weights drift with prices); baskets "
+    "that do not sum to one are not used and say why.",
+)
+def benchmark_returns(context: dg.AssetExecutionContext, lake: LakeResource):
+    portfolios = read_bronze(lake, "portfolios")
+    frame = build_benchmark_returns(
+        read_bronze(lake, "benchmarks"), read_bronze(lake, "prices"), read_bronze(lake, "fx_rates"),
+        read_bronze(lake, "instruments"), _base_currencies(portfolios),
+    )
+    flagged = frame.filter(pl.col("note").is_not_null()).select("benchmark_id", "effective_date", "note").unique()
+    for row in flagged.iter_rows(named=True):
+        context.log.warning(f"benchmark {row['benchmark_id']} from {row['effective_date']}: {row['note']}")
+    meta = write_gold(context, lake, "benchmark_returns", frame, ["bronze/benchmarks", "bronze/prices"])
+    return dg.MaterializeResult(metadata={**meta, "baskets_not_used": flagged.height})
+
+
+@dg.asset(
+    key=gold_key("returns_daily"),
+    deps=[silver_key("daily_valuations")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="Daily time-weighted return per portfolio with external flows removed (flows at the "
+    "start of the day), chain-linked; days without capital or nav have a null return and a note.",
+)
+def returns_daily(context: dg.AssetExecutionContext, lake: LakeResource):
+    frame = build_returns_daily(read_silver(lake, "daily_valuations"))
+    meta = write_gold(context, lake, "returns_daily", frame, [silver_table("daily_valuations")])
+    return dg.MaterializeResult(metadata={**meta, "days_without_return": frame["return_note"].is_not_null().sum()})
+
+
+@dg.asset(
+    key=gold_key("performance"),
+    deps=[gold_key("returns_daily"), gold_key("benchmark_returns"), bronze_key("portfolios")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="Per portfolio and period (MTD, QTD, YTD, 1Y, 3Y, ITD): cumulative and annualised "
+    "time-weighted return, money-weighted return (XIRR), volatility, Sharpe, Sortino, maximum "
+    "drawdown and its duration, Calmar, and against the benchmark beta, alpha, tracking error and "
+    "information ratio.",
+)
+def performance(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    frame = build_performance(
+        read_gold(lake, "returns_daily"), read_bronze(lake, "portfolios"), read_gold(lake, "benchmark_returns"),
+        risk_free=risk_free_per_period(settings.risk_free_rate),
+    )
+    meta = write_gold(context, lake, "performance", frame, [gold_table("returns_daily"), gold_table("benchmark_returns")])
+    return dg.MaterializeResult(metadata={**meta, "risk_free_rate": settings.risk_free_rate})
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(gold_key("exposures"), description="Per portfolio and business day: long, short, gross, net, "
+                     "leverage, top-10 weight, Herfindahl and beta-adjusted net exposure.", kinds={"polars", "delta"},
+                     deps=[silver_key("daily_valuations"), silver_key("trades"), silver_key("cash_ledger"), gold_key("benchmark_returns")]),
+        dg.AssetSpec(gold_key("exposure_breakdown"), description="Per portfolio and business day: long, short, gross "
+                     "and net exposure by sector, asset class, currency and country.", kinds={"polars", "delta"},
+                     deps=[silver_key("daily_valuations"), silver_key("trades"), silver_key("cash_ledger")]),
+    ],
+    group_name=GROUP,
+)
+def exposures(context: dg.AssetExecutionContext, lake: LakeResource):
+    frames = build_exposures(
+        read_silver(lake, "trades"), read_silver(lake, "cash_ledger"), read_bronze(lake, "prices"),
+        read_bronze(lake, "fx_rates"), read_bronze(lake, "instruments"), read_bronze(lake, "portfolios"),
+        read_silver(lake, "daily_valuations"), read_gold(lake, "benchmark_returns"),
+    )
+    sources = [silver_table("trades"), silver_table("daily_valuations"), gold_table("benchmark_returns")]
+    for name, frame in zip(("exposures", "exposure_breakdown"), frames):
+        yield dg.MaterializeResult(asset_key=gold_key(name), metadata=write_gold(context, lake, name, frame, sources))
+
+
+@dg.asset(
+    key=gold_key("exposures_firm"),
+    deps=[silver_key("positions"), bronze_key("portfolios"), bronze_key("instruments"), bronze_key("fx_rates")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="The firm's current exposure across all portfolios, in USD, by instrument and by sector.",
+)
+def exposures_firm(context: dg.AssetExecutionContext, lake: LakeResource):
+    frame = build_exposures_firm(
+        read_silver(lake, "positions"), read_bronze(lake, "portfolios"), read_bronze(lake, "instruments"), read_bronze(lake, "fx_rates")
+    )
+    return dg.MaterializeResult(metadata=write_gold(context, lake, "exposures_firm", frame, [silver_table("positions")]))
+
+
+def _margin_rules(settings: PipelineSettings) -> MarginRules:
+    return MarginRules(settings.margin_long_initial, settings.margin_long_maintenance,
+                       settings.margin_short_initial, settings.margin_short_maintenance)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(gold_key("cash_balances"), description="Settled and pending cash per portfolio and currency, "
+                     "local and base, with the account type; negative settled cash in a cash account is flagged.",
+                     kinds={"polars", "delta"}, deps=[silver_key("cash_ledger"), silver_key("positions")]),
+        dg.AssetSpec(gold_key("margin"), description="Margin per portfolio under the settings' rule set: initial and "
+                     "maintenance requirements, excess or deficit, buying power, margin-call flag.",
+                     kinds={"polars", "delta"}, deps=[silver_key("portfolio_state"), silver_key("positions")]),
+    ],
+    group_name=GROUP,
+)
+def cash_and_margin(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    positions = read_silver(lake, "positions")
+    state = read_silver(lake, "portfolio_state")
+    accounts = account_types(positions, read_bronze(lake, "portfolios"), settings.margin_portfolios)
+    balances = cash_balances_base(build_cash_balances(read_silver(lake, "cash_ledger"), current_moment(lake)), positions, accounts)
+    frame = build_margin(state, accounts, _margin_rules(settings))
+    yield dg.MaterializeResult(
+        asset_key=gold_key("cash_balances"),
+        metadata={**write_gold(context, lake, "cash_balances", balances, [silver_table("cash_ledger")]),
+                  "negative_settled_cash": int(balances["negative_settled_cash"].sum())},
+    )
+    yield dg.MaterializeResult(
+        asset_key=gold_key("margin"),
+        metadata={**write_gold(context, lake, "margin", frame, [silver_table("portfolio_state")]),
+                  "margin_calls": int(frame["margin_call"].sum())},
+    )
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(gold_key("drift"), description="Target against actual weights per portfolio at instrument, sector "
+                     "and sleeve level: absolute and relative drift and band breaches (5/25 by default).",
+                     kinds={"polars", "delta"}, deps=[silver_key("positions"), silver_key("lots"), bronze_key("targets")]),
+        dg.AssetSpec(gold_key("drift_summary"), description="Per portfolio: the drift figure (half the sum of absolute "
+                     "differences), breaches, and why a portfolio was not measured.", kinds={"polars", "delta"},
+                     deps=[silver_key("positions"), silver_key("lots"), bronze_key("targets")]),
+        dg.AssetSpec(gold_key("drift_history"), description="The drift figure of every run's as-of date (one row per "
+                     "portfolio and date, replaced when a date is run again): the input of the drift trend.",
+                     kinds={"polars", "delta"}),
+        dg.AssetSpec(gold_key("drift_alerts"), description="One row per band breach (instrument, sector, portfolio) with "
+                     "severity and whether the drift is rising, and one ERROR row per portfolio not measured.",
+                     kinds={"polars", "delta"}),
+    ],
+    group_name=GROUP,
+)
+def drift(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    as_of: date = current_moment(lake).date()
+    positions = read_silver(lake, "positions")
+    instruments = read_bronze(lake, "instruments")
+    targets, issues = targets_in_force(read_bronze(lake, "targets"), as_of)
+    navs = positions.group_by("portfolio_id").agg(pl.col("market_value").sum().alias("nav"))
+    result = build_drift(
+        holdings_by_sleeve(read_silver(lake, "lots", where=pl.col("status") == "OPEN"), positions, instruments),
+        navs, targets, instruments, as_of, target_issues=issues,
+        abs_band=settings.drift_abs_band, rel_band=settings.drift_rel_band, portfolio_band=settings.drift_portfolio_band,
+    )
+    sources = [silver_table("positions"), silver_table("lots"), "bronze/targets"]
+    yield dg.MaterializeResult(asset_key=gold_key("drift"), metadata=write_gold(context, lake, "drift", result["drift"], sources))
+    yield dg.MaterializeResult(asset_key=gold_key("drift_summary"),
+                               metadata=write_gold(context, lake, "drift_summary", result["summary"], sources))
+    # the history keeps one figure per portfolio and as-of date: a rerun of a date replaces it
+    today = result["summary"].filter(pl.col("drift").is_not_null()).select(list(DRIFT_HISTORY_SCHEMA)).cast(DRIFT_HISTORY_SCHEMA)
+    history = pl.concat([read_gold(lake, "drift_history").filter(pl.col("date") != as_of), today]).sort("portfolio_id", "date")
+    yield dg.MaterializeResult(asset_key=gold_key("drift_history"),
+                               metadata=write_gold(context, lake, "drift_history", history, sources))
+    trend = drift_trend(history, settings.drift_trend_window) if history.height else None
+    alerts = build_drift_alerts(result["drift"], result["summary"], result["issues"], trend)
+    yield dg.MaterializeResult(
+        asset_key=gold_key("drift_alerts"),
+        metadata={**write_gold(context, lake, "drift_alerts", alerts, sources),
+                  "by_severity": dg.MetadataValue.json(dict(alerts.group_by("severity").len().iter_rows()))},
+    )
+
+
+ANALYTICS_ASSETS = [benchmark_returns, returns_daily, performance, exposures, exposures_firm, cash_and_margin, drift]
+ANALYTICS_TABLES = tuple(GOLD_SCHEMAS)
