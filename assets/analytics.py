@@ -7,6 +7,7 @@ exposures, cash and margin, drift and its alerts. Each writes one Delta table un
 
 
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -29,7 +30,12 @@ from transforms.drift import (
 from transforms.exposures import exposures as build_exposures, exposures_firm as build_exposures_firm
 from transforms.margin import MarginRules, account_types, cash_balances_base, margin as build_margin
 from transforms.market_returns import BENCHMARK_RETURNS_SCHEMA, benchmark_returns as build_benchmark_returns
+from transforms.market_returns import instrument_returns
 from transforms.performance import performance as build_performance, returns_daily as build_returns_daily
+from transforms.prices import PriceTable
+from transforms.risk import RISK_CONTRIBUTIONS_SCHEMA, RISK_SCHEMA, VAR_SCHEMA
+from transforms.risk_report import RISK_MODEL_SCHEMA, benchmark_weights, risk_holdings, risk_report, stress_report
+from transforms.stress import DEFAULT_SCENARIOS_YAML, STRESS_SCHEMA
 
 GROUP = "analytics"
 DRIFT_HISTORY_SCHEMA = {"portfolio_id": pl.String, "date": pl.Date, "drift": pl.Float64}
@@ -46,6 +52,11 @@ GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "drift_summary": DRIFT_SUMMARY_SCHEMA,
     "drift_alerts": DRIFT_ALERTS_SCHEMA,
     "drift_history": DRIFT_HISTORY_SCHEMA,
+    "risk_model": RISK_MODEL_SCHEMA,
+    "risk": RISK_SCHEMA,
+    "risk_var": VAR_SCHEMA,
+    "risk_contributions": RISK_CONTRIBUTIONS_SCHEMA,
+    "stress_tests": STRESS_SCHEMA,
 }
 
 
@@ -242,5 +253,48 @@ def drift(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipel
     )
 
 
-ANALYTICS_ASSETS = [benchmark_returns, returns_daily, performance, exposures, exposures_firm, cash_and_margin, drift]
+def _scenarios_yaml(settings: PipelineSettings) -> str:
+    if not settings.stress_scenarios_file:
+        return DEFAULT_SCENARIOS_YAML
+    return Path(settings.stress_scenarios_file).read_text()
+
+
+RISK_TABLES = {
+    "risk_model": "The sector factor model per base currency (exposures, factor covariance, specific variances; per day) "
+    "estimated over the last 252 business days: what the rebalancing optimiser reads.",
+    "risk": "Per portfolio: ex-ante volatility and tracking error to its benchmark (Ledoit-Wolf covariance of the last "
+    "252 business days), daily and annualised; positions without history excluded and counted.",
+    "risk_var": "Per portfolio, method (historical, parametric), confidence (95%, 99%) and horizon (1, 10 days): VaR "
+    "and CVaR as positive losses in base currency and as a share of nav.",
+    "risk_contributions": "Marginal and component contributions to volatility by position and by sector (components "
+    "sum to the portfolio's volatility).",
+    "stress_tests": "P&L per portfolio under the named scenarios (settings.stress_scenarios_file, else the defaults) "
+    "and its five worst historical days replayed on today's holdings.",
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(gold_key(name), description=description, kinds={"polars", "delta"},
+                     deps=[silver_key("positions"), bronze_key("prices"), bronze_key("fx_rates"), bronze_key("benchmarks")])
+        for name, description in RISK_TABLES.items()
+    ],
+    group_name=GROUP,
+)
+def risk(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    portfolios, instruments = read_bronze(lake, "portfolios"), read_bronze(lake, "instruments")
+    prices = PriceTable(read_bronze(lake, "prices"))
+    returns = instrument_returns(prices, read_bronze(lake, "fx_rates"), instruments, _base_currencies(portfolios))
+    holdings = risk_holdings(read_silver(lake, "positions"), instruments, portfolios)
+    benchmark = benchmark_weights(read_bronze(lake, "benchmarks"), portfolios, prices.last_day) if prices.last_day else None
+    report = risk_report(holdings, returns, benchmark if benchmark is not None else pl.DataFrame(
+        schema={"portfolio_id": pl.String, "instrument_id": pl.String, "weight": pl.Float64}), instruments)
+    report["stress_tests"] = stress_report(holdings, returns, _scenarios_yaml(settings))
+    sources = [silver_table("positions"), "bronze/prices", "bronze/fx_rates", "bronze/benchmarks"]
+    names = {"risk_model": "risk_model", "risk": "risk", "risk_var": "var", "risk_contributions": "contributions", "stress_tests": "stress_tests"}
+    for table, key in names.items():
+        yield dg.MaterializeResult(asset_key=gold_key(table), metadata=write_gold(context, lake, table, report[key], sources))
+
+
+ANALYTICS_ASSETS = [benchmark_returns, returns_daily, performance, exposures, exposures_firm, cash_and_margin, drift, risk]
 ANALYTICS_TABLES = tuple(GOLD_SCHEMAS)

@@ -252,6 +252,11 @@ def test_analytics_are_published_and_agree_with_the_state(built):
         assert one("SELECT max(abs(m.equity - s.total_value)) FROM margin m JOIN portfolio_state s USING (portfolio_id)") < 1e-9
         assert one("""SELECT max(abs(c.cash - s.cash_balance)) FROM portfolio_state s JOIN
                       (SELECT portfolio_id, sum(total_cash_base) cash FROM cash_balances GROUP BY 1) c USING (portfolio_id)""") < 0.01
+        # components of risk sum to the volatility; every portfolio has its 8 VaR rows
+        assert one("""SELECT max(abs(c.total - r.volatility)) FROM risk r JOIN
+                      (SELECT portfolio_id, sum(component) total FROM risk_contributions WHERE level = 'position' GROUP BY 1) c
+                      USING (portfolio_id) WHERE r.volatility IS NOT NULL""") < 1e-12
+        assert one("SELECT count(*) FROM risk_var") == 8 * one("SELECT count(*) FROM risk")
         # every portfolio is measured for drift or says why not; no NaN anywhere in the analytics
         assert one("SELECT count(*) FROM drift_summary WHERE drift IS NULL AND note IS NULL") == 0
         for table in ANALYTICS_TABLES:
