@@ -15,6 +15,8 @@ import polars as pl
 from assets.resources import LakeResource, PipelineSettings
 from assets.state import bronze_key, current_moment, read_bronze, read_silver, silver_key, silver_table, write_table
 from transforms import contract
+from transforms.attribution import ATTRIBUTION_LINKED_SCHEMA, ATTRIBUTION_SCHEMA, CONTRIBUTION_SCHEMA, LINK_SUMMARY_SCHEMA
+from transforms.attribution_inputs import attribution_report, benchmark_holding_days, portfolio_holding_days
 from transforms.cash import cash_balances as build_cash_balances
 from transforms.conventions import risk_free_per_period
 from transforms.drift import (
@@ -30,9 +32,10 @@ from transforms.drift import (
 from transforms.exposures import exposures as build_exposures, exposures_firm as build_exposures_firm
 from transforms.margin import MarginRules, account_types, cash_balances_base, margin as build_margin
 from transforms.market_returns import BENCHMARK_RETURNS_SCHEMA, benchmark_returns as build_benchmark_returns
-from transforms.market_returns import instrument_returns
+from transforms.market_returns import benchmark_holdings, instrument_returns
 from transforms.performance import performance as build_performance, returns_daily as build_returns_daily
 from transforms.prices import PriceTable
+from transforms.valuations import holdings as book_holdings
 from transforms.risk import RISK_CONTRIBUTIONS_SCHEMA, RISK_SCHEMA, VAR_SCHEMA
 from transforms.risk_report import RISK_MODEL_SCHEMA, benchmark_weights, risk_holdings, risk_report, stress_report
 from transforms.stress import DEFAULT_SCENARIOS_YAML, STRESS_SCHEMA
@@ -57,7 +60,15 @@ GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "risk_var": VAR_SCHEMA,
     "risk_contributions": RISK_CONTRIBUTIONS_SCHEMA,
     "stress_tests": STRESS_SCHEMA,
+    "attribution": ATTRIBUTION_SCHEMA,
+    "attribution_linked": {"portfolio_id": pl.String, "period": pl.String,
+                           **{k: v for k, v in ATTRIBUTION_LINKED_SCHEMA.items() if k != "portfolio_id"}},
+    "attribution_summary": {"portfolio_id": pl.String, "period": pl.String,
+                            **{k: v for k, v in LINK_SUMMARY_SCHEMA.items() if k != "portfolio_id"}},
+    "contribution": {"portfolio_id": pl.String, "period": pl.String,
+                     **{k: v for k, v in CONTRIBUTION_SCHEMA.items() if k != "portfolio_id"}},
 }
+ATTRIBUTION_WINDOW = 252  # business days of daily attribution kept
 
 
 def gold_table(name: str) -> str:
@@ -296,5 +307,50 @@ def risk(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipeli
         yield dg.MaterializeResult(asset_key=gold_key(table), metadata=write_gold(context, lake, table, report[key], sources))
 
 
-ANALYTICS_ASSETS = [benchmark_returns, returns_daily, performance, exposures, exposures_firm, cash_and_margin, drift, risk]
+ATTRIBUTION_TABLES = {
+    "attribution": "Daily Brinson-Fachler attribution by sector against the portfolio's benchmark (allocation, "
+    "selection, interaction) over the last 252 business days, holdings-based.",
+    "attribution_linked": "The daily effects linked over MTD, QTD, YTD and 1Y by Carino, Menchero, GRAP and Frongello, "
+    "per sector.",
+    "attribution_summary": "Per portfolio, period and linking method: portfolio, benchmark and excess return, the linked "
+    "effects and the residual (excess minus effects, ~0).",
+    "contribution": "Contribution to return by position over MTD, QTD, YTD and 1Y (compound linking: they sum to the "
+    "period's holdings-based return).",
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(gold_key(name), description=description, kinds={"polars", "delta"},
+                     deps=[silver_key("daily_valuations"), silver_key("trades"), silver_key("cash_ledger"), bronze_key("benchmarks")])
+        for name, description in ATTRIBUTION_TABLES.items()
+    ],
+    group_name=GROUP,
+)
+def attribution(context: dg.AssetExecutionContext, lake: LakeResource):
+    portfolios, instruments, fx = read_bronze(lake, "portfolios"), read_bronze(lake, "instruments"), read_bronze(lake, "fx_rates")
+    prices = PriceTable(read_bronze(lake, "prices"))
+    daily = read_silver(lake, "daily_valuations")
+    held = book_holdings(read_silver(lake, "trades"), read_silver(lake, "cash_ledger"), prices, fx, instruments, portfolios)
+    sources = [silver_table("daily_valuations"), silver_table("trades"), "bronze/benchmarks", "bronze/prices"]
+    if held is None or held.cal.n < 2:
+        frames = {name: pl.DataFrame(schema=GOLD_SCHEMAS[name]) for name in ATTRIBUTION_TABLES}
+    else:
+        first = max(held.cal.n - ATTRIBUTION_WINDOW, 1)
+        mine = portfolio_holding_days(held, daily, instruments, first)
+        theirs = benchmark_holding_days(
+            benchmark_holdings(read_bronze(lake, "benchmarks"), prices, fx, instruments, _base_currencies(portfolios)),
+            portfolios, instruments, held.days[first],
+        )
+        report = attribution_report(mine, theirs, prices.last_day)
+        frames = {
+            "attribution": report["daily"], "attribution_linked": report["linked"],
+            "attribution_summary": report["summary"], "contribution": report["contribution"],
+        }
+        frames = {k: v if v is not None else pl.DataFrame(schema=GOLD_SCHEMAS[k]) for k, v in frames.items()}
+    for name, frame in frames.items():
+        yield dg.MaterializeResult(asset_key=gold_key(name), metadata=write_gold(context, lake, name, frame, sources))
+
+
+ANALYTICS_ASSETS = [benchmark_returns, returns_daily, performance, exposures, exposures_firm, cash_and_margin, drift, risk, attribution]
 ANALYTICS_TABLES = tuple(GOLD_SCHEMAS)

@@ -4,6 +4,7 @@
 import dagster as dg
 import polars as pl
 
+from assets.analytics import gold_key, read_gold
 from assets.publish import ingestion_log_frame
 from assets.resources import LakeResource, PipelineSettings
 from assets.state import read_silver, silver_key
@@ -95,4 +96,45 @@ def quarantine_share_under_limit(lake: LakeResource, settings: PipelineSettings)
     )
 
 
-ASSET_CHECKS = [nav_equals_cash_plus_market_value, lots_reconcile_to_trades, quarantine_share_under_limit]
+WEIGHT_TOLERANCE = 1e-9
+EFFECT_TOLERANCE = 1e-9
+
+
+@dg.asset_check(
+    asset=gold_key("attribution"),
+    description="Per portfolio and day, the portfolio's sector weights sum to one (cash included) and so do "
+    "the benchmark's.",
+)
+def weights_sum_to_one(lake: LakeResource) -> dg.AssetCheckResult:
+    rows = read_gold(lake, "attribution")
+    sums = rows.group_by("portfolio_id", "date").agg(pl.col("portfolio_weight").sum(), pl.col("benchmark_weight").sum())
+    off = sums.filter(
+        ((pl.col("portfolio_weight") - 1).abs() > WEIGHT_TOLERANCE) | ((pl.col("benchmark_weight") - 1).abs() > WEIGHT_TOLERANCE)
+    )
+    return dg.AssetCheckResult(
+        passed=off.height == 0,
+        metadata={"portfolio_days": sums.height, "off": off.height, "examples": str(off.head(5)) if off.height else "none"},
+    )
+
+
+@dg.asset_check(
+    asset=gold_key("attribution_summary"),
+    description="For every portfolio, period and linking method, the linked effects sum to the excess return "
+    "(R - B): the residual is below 1e-9.",
+)
+def attribution_effects_sum_to_excess(lake: LakeResource) -> dg.AssetCheckResult:
+    summary = read_gold(lake, "attribution_summary").filter(pl.col("residual").is_not_null())
+    worst = float(summary["residual"].abs().max() or 0.0)
+    return dg.AssetCheckResult(
+        passed=worst <= EFFECT_TOLERANCE,
+        metadata={"rows": summary.height, "largest_residual": worst},
+    )
+
+
+ASSET_CHECKS = [
+    nav_equals_cash_plus_market_value,
+    lots_reconcile_to_trades,
+    quarantine_share_under_limit,
+    weights_sum_to_one,
+    attribution_effects_sum_to_excess,
+]

@@ -130,23 +130,35 @@ def _basket_notes(benchmarks: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def benchmark_returns(
+BENCHMARK_HOLDINGS_SCHEMA: dict[str, pl.DataType] = {
+    "benchmark_id": pl.String,
+    "base_currency": pl.String,
+    "date": pl.Date,
+    "effective_date": pl.Date,  # of the basket held that day
+    "instrument_id": pl.String,  # null on the days of an unusable basket (see note)
+    "weight": pl.Float64,  # at the start of the day (the previous close), drifted with prices
+    "daily_return": pl.Float64,  # the constituent's return that day in the base currency
+    "note": pl.String,  # null, or why the basket is not used
+}
+
+
+def benchmark_holdings(
     benchmarks: pl.DataFrame, prices: Prices, fx_rates: FxRates, instruments: pl.DataFrame, base_currencies: list[str]
 ) -> pl.DataFrame:
-    """``BENCHMARK_RETURNS_SCHEMA`` rows: each benchmark's daily return in each base currency
-    from its first basket's first day to the last business day (module rules), sorted by
-    (benchmark_id, base_currency, date).
+    """``BENCHMARK_HOLDINGS_SCHEMA`` rows: each benchmark's constituents on each day in each base
+    currency, with the weight at the start of the day (module rules: units bought at the close
+    before the basket's first day, ``w_i(d) = units_i * value_i(d - 1) / sum_j units_j *
+    value_j(d - 1)``) and the day's return; the days of an unusable basket have one row with a
+    null instrument and the note. Sorted by (benchmark_id, base_currency, date, instrument_id).
 
     ``benchmarks`` is the landing kind (benchmark_id, instrument_id, weight, effective_date).
     """
     out = []
     benchmarks = benchmarks.select("benchmark_id", "instrument_id", "weight", "effective_date").drop_nulls()
-    if benchmarks.height == 0:
-        return pl.DataFrame(schema=BENCHMARK_RETURNS_SCHEMA)
-    notes = _basket_notes(benchmarks)
     table, fx = price_table(prices), usd_table(fx_rates)
-    if table.calendar is None:
-        return pl.DataFrame(schema=BENCHMARK_RETURNS_SCHEMA)
+    if benchmarks.height == 0 or table.calendar is None:
+        return pl.DataFrame(schema=BENCHMARK_HOLDINGS_SCHEMA)
+    notes = _basket_notes(benchmarks)
     for base in sorted(set(base_currencies)):
         values = UnitValues(table, fx, instruments, base)
         n_d = values.days.len()
@@ -167,31 +179,56 @@ def benchmark_returns(
             days = np.arange(max(first, 1), last)
             note = basket["note"][0]
             rows = basket["row"].to_numpy()
-            daily = np.full(days.size, np.nan)
-            if note is None:
-                bought = max(first - 1, 0)
-                if (rows < 0).any() or not np.isfinite(values.value[np.maximum(rows, 0), bought]).all():
-                    note = "a benchmark constituent has no value when the basket is bought"
-                else:
-                    units = basket["weight"].to_numpy() / values.value[rows, bought]
-                    level = units @ np.nan_to_num(values.value[rows][:, bought:last], nan=0.0)
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        step = level[1:] / level[:-1] - 1.0
-                    daily = step[days - bought - 1]
-            out.append(
-                pl.DataFrame(
-                    {
-                        "benchmark_id": [bid] * days.size,
-                        "base_currency": [base] * days.size,
-                        "date": values.days.gather(days),
-                        "effective_date": [eff] * days.size,
-                        "daily_return": np.where(np.isfinite(daily), daily, np.nan),
-                        "note": [note] * days.size,
-                    },
-                    nan_to_null=True,
-                    schema_overrides={"note": pl.String},
-                )
-            )
+            bought = max(first - 1, 0)
+            if note is None and ((rows < 0).any() or not np.isfinite(values.value[np.maximum(rows, 0), bought]).all()):
+                note = "a benchmark constituent has no value when the basket is bought"
+            if note is not None:
+                out.append(pl.DataFrame({
+                    "benchmark_id": bid, "base_currency": base, "date": values.days.gather(days), "effective_date": eff,
+                    "instrument_id": None, "weight": None, "daily_return": None, "note": note,
+                }, schema=BENCHMARK_HOLDINGS_SCHEMA))
+                continue
+            held = values.value[rows][:, bought:last]  # (constituents, days from the purchase close)
+            units = basket["weight"].to_numpy() / held[:, 0]
+            worth = units[:, None] * held
+            level = worth.sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                weight = worth[:, :-1] / level[None, :-1]
+                ret = held[:, 1:] / held[:, :-1] - 1.0
+            j = days - bought - 1  # column of the previous close
+            k = rows.size
+            out.append(pl.DataFrame({
+                "benchmark_id": bid, "base_currency": base,
+                "date": values.days.gather(np.tile(days, k)), "effective_date": eff,
+                "instrument_id": basket["instrument_id"].gather(np.repeat(np.arange(k), days.size)),
+                "weight": weight[:, j].ravel(), "daily_return": ret[:, j].ravel(), "note": None,
+            }, schema_overrides={"note": pl.String}, nan_to_null=True))
     if not out:
-        return pl.DataFrame(schema=BENCHMARK_RETURNS_SCHEMA)
-    return pl.concat(out).cast(BENCHMARK_RETURNS_SCHEMA).sort("benchmark_id", "base_currency", "date")
+        return pl.DataFrame(schema=BENCHMARK_HOLDINGS_SCHEMA)
+    return (
+        pl.concat([f.select(list(BENCHMARK_HOLDINGS_SCHEMA)).cast(BENCHMARK_HOLDINGS_SCHEMA) for f in out])
+        .sort("benchmark_id", "base_currency", "date", "instrument_id", nulls_last=True)
+    )
+
+
+def benchmark_returns(
+    benchmarks: pl.DataFrame, prices: Prices, fx_rates: FxRates, instruments: pl.DataFrame, base_currencies: list[str]
+) -> pl.DataFrame:
+    """``BENCHMARK_RETURNS_SCHEMA`` rows: each benchmark's daily return in each base currency
+    from its first basket's first day to the last business day, sorted by (benchmark_id,
+    base_currency, date): ``sum_i w_i(d) * r_i(d)`` over ``benchmark_holdings`` (the basket's
+    value at the close over its value at the previous close, minus 1); null with the basket's
+    note on the days of an unusable basket."""
+    holdings = benchmark_holdings(benchmarks, prices, fx_rates, instruments, base_currencies)
+    return (
+        holdings.group_by("benchmark_id", "base_currency", "date", "effective_date")
+        .agg(
+            pl.when(pl.col("note").is_null().all() & pl.col("daily_return").is_not_null().all())
+            .then((pl.col("weight") * pl.col("daily_return")).sum())
+            .alias("daily_return"),
+            pl.col("note").drop_nulls().first().alias("note"),
+        )
+        .select(list(BENCHMARK_RETURNS_SCHEMA))
+        .cast(BENCHMARK_RETURNS_SCHEMA)
+        .sort("benchmark_id", "base_currency", "date")
+    )
