@@ -218,6 +218,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.suite == "analytics":
+        from bench.analytics import main as analytics_main
+
+        return analytics_main(standard=args.standard, output=args.output)
     from bench.foundation import main as bench_main
 
     return bench_main(data_dir=data_dir_from_env(args.data_dir), standard=args.standard, output=args.output)
@@ -251,9 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rows", type=int, default=50, help="rows to show")
     q.set_defaults(func=cmd_sql)
 
-    b = with_data_dir(sub.add_parser("bench", help="benchmark the foundation (ledger, state, lookups)"))
+    b = with_data_dir(sub.add_parser("bench", help="benchmark the foundation (ledger, state, lookups) or the analytics"))
+    b.add_argument("suite", nargs="?", choices=("foundation", "analytics"), default="foundation")
     b.add_argument("--standard", action="store_true", help="also the standard book (1,000 portfolios, 10M trades)")
-    b.add_argument("--output", default=None, help="JSON results file (default bench/results/foundation.json)")
+    b.add_argument("--output", default=None, help="JSON results file (default bench/results/<suite>.json)")
     b.set_defaults(func=cmd_bench)
     return parser
 
