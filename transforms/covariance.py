@@ -48,12 +48,14 @@ instrument, no NaN.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import polars as pl
+
+from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from scipy.linalg import eigh
 
 from transforms.conventions import DDOF, PERIODS_PER_YEAR
@@ -74,38 +76,6 @@ class ReturnMatrix(NamedTuple):
 
 
 # --- frame helpers (shared by transforms.risk and transforms.stress) --------------------------
-
-
-def _frame(frame: pl.DataFrame | pl.LazyFrame, columns: Iterable[str], name: str) -> pl.DataFrame:
-    """``frame`` collected, with ``columns`` present (else a ``ValueError`` naming them)."""
-    df = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
-    if not isinstance(df, pl.DataFrame):
-        raise ValueError(f"{name} must be a Polars DataFrame or LazyFrame, got {type(frame).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} is missing column(s) {', '.join(missing)}")
-    return df
-
-
-def _no_nulls(df: pl.DataFrame, columns: Iterable[str], name: str) -> None:
-    for c in columns:
-        n = df[c].null_count()
-        if n:
-            raise ValueError(f"{name} has {n} row(s) with a null {c}")
-
-
-def _unique(df: pl.DataFrame, key: list[str], name: str) -> None:
-    dup = df.select(key).is_duplicated()
-    if dup.any():
-        raise ValueError(f"{name} has duplicate key ({', '.join(key)}): {df.filter(dup).select(key).row(0)}")
-
-
-def _finite(df: pl.DataFrame, columns: Iterable[str], name: str) -> None:
-    """Values present must be finite (a NaN or an infinity in an input is a bug upstream)."""
-    for c in columns:
-        bad = df[c].cast(pl.Float64).is_finite().not_().fill_null(False)
-        if bad.any():
-            raise ValueError(f"{name} has {int(bad.sum())} non-finite {c} value(s) (NaN or infinite)")
 
 
 def _matrix(X: np.ndarray, name: str = "X", min_rows: int = 1) -> np.ndarray:
@@ -158,14 +128,14 @@ def return_matrix(
     """
     if min_history < 1 or not 0.0 <= min_coverage <= 1.0:
         raise ValueError(f"min_history must be >= 1 and min_coverage in [0, 1], got {min_history}, {min_coverage}")
-    df = _frame(returns, ("instrument_id", "date", column), "returns").select(
+    df = collected_with(returns, ("instrument_id", "date", column), "returns").select(
         pl.col("instrument_id").cast(pl.String), pl.col("date").cast(pl.Date), pl.col(column).cast(pl.Float64).alias("r")
     )
     if instruments is not None:
         df = df.filter(pl.col("instrument_id").is_in(list(set(instruments))))
-    _no_nulls(df, ("instrument_id", "date"), "returns")
-    _unique(df, ["instrument_id", "date"], "returns")
-    _finite(df, ("r",), "returns")
+    require_no_nulls(df, ("instrument_id", "date"), "returns")
+    require_unique(df, ["instrument_id", "date"], "returns")
+    require_finite(df, ("r",), "returns")
     if (df["r"] < -1.0).any():
         raise ValueError(f"returns has {int((df['r'] < -1.0).sum())} return(s) below -100%")
     df = df.filter(pl.col("r").is_not_null())

@@ -61,6 +61,8 @@ from datetime import date
 import numpy as np
 import polars as pl
 
+from transforms.frame_checks import collected_with, require_no_nulls, require_unique
+
 from transforms.ordering import ordered_sum
 
 ABS_BAND = 0.05
@@ -159,31 +161,6 @@ _HOLDING_COLUMNS = ("portfolio_id", "strategy_id", "instrument_id", "sector", "m
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _frame(frame: pl.DataFrame | pl.LazyFrame, columns: Iterable[str], name: str) -> pl.DataFrame:
-    """``frame`` collected, with ``columns`` present (else a ``ValueError`` naming them)."""
-    df = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
-    if not isinstance(df, pl.DataFrame):
-        raise ValueError(f"{name} must be a Polars DataFrame or LazyFrame, got {type(frame).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} is missing column(s) {', '.join(missing)}")
-    return df
-
-
-def _no_nulls(df: pl.DataFrame, columns: Iterable[str], name: str) -> None:
-    for c in columns:
-        n = df[c].null_count()
-        if n:
-            raise ValueError(f"{name} has {n} row(s) with a null {c}")
-
-
-def _unique(df: pl.DataFrame, key: list[str], name: str) -> None:
-    dup = df.select(key).is_duplicated()
-    if dup.any():
-        first = df.filter(dup).row(0)
-        raise ValueError(f"{name} has duplicate key ({', '.join(key)}): {first}")
-
-
 def _finite(e: pl.Expr) -> pl.Expr:
     """True where ``e`` is a number (not null, NaN or infinite)."""
     return e.is_not_null() & e.is_finite().fill_null(False)
@@ -253,9 +230,9 @@ def targets_in_force(
     problem of an invalid portfolio, e.g. "targets sum to 0.930000 (sleeve TACTICAL)"), sorted
     by (portfolio_id, date, reason).
     """
-    t = _frame(targets, _TARGET_COLUMNS, "targets").select(_TARGET_COLUMNS)
-    _no_nulls(t, ("portfolio_id", "instrument_id", "effective_date"), "targets")
-    _unique(t, ["portfolio_id", "strategy_id", "instrument_id", "effective_date"], "targets")
+    t = collected_with(targets, _TARGET_COLUMNS, "targets").select(_TARGET_COLUMNS)
+    require_no_nulls(t, ("portfolio_id", "instrument_id", "effective_date"), "targets")
+    require_unique(t, ["portfolio_id", "strategy_id", "instrument_id", "effective_date"], "targets")
     if not isinstance(as_of, date):
         raise ValueError(f"as_of must be a date, got {as_of!r}")
     sleeve = pl.col("strategy_id").fill_null(UNASSIGNED)
@@ -347,12 +324,12 @@ def _bands(
     if bands is None:
         b = pl.DataFrame(schema={c: pl.String if c == "portfolio_id" else pl.Float64 for c in columns})
     else:
-        b = _frame(bands, columns, "bands")
+        b = collected_with(bands, columns, "bands")
     if "portfolio_band" not in b.columns:
         b = b.with_columns(pl.lit(None, dtype=pl.Float64).alias("portfolio_band"))
     b = b.select("portfolio_id", pl.col("abs_band", "rel_band", "portfolio_band").cast(pl.Float64))
-    _no_nulls(b, ("portfolio_id",), "bands")
-    _unique(b, ["portfolio_id"], "bands")
+    require_no_nulls(b, ("portfolio_id",), "bands")
+    require_unique(b, ["portfolio_id"], "bands")
     for c in ("abs_band", "rel_band", "portfolio_band"):
         wrong = b.filter(pl.col(c).is_not_null() & ~(_finite(pl.col(c)) & (pl.col(c) > 0)))
         if wrong.height:
@@ -427,24 +404,24 @@ def drift(
       reasons in ``note`` for a portfolio with an issue), sorted by portfolio_id;
     - ``"issues"``: ``ISSUES_SCHEMA``, sorted by (portfolio_id, date, reason).
     """
-    h = _frame(holdings, _HOLDING_COLUMNS, "holdings").select(_HOLDING_COLUMNS)
-    _no_nulls(h, ("portfolio_id", "instrument_id"), "holdings")
-    n = _frame(navs, ("portfolio_id", "nav"), "navs").select("portfolio_id", pl.col("nav").cast(pl.Float64))
-    _no_nulls(n, ("portfolio_id",), "navs")
-    _unique(n, ["portfolio_id"], "navs")
-    t = _frame(targets, TARGETS_IN_FORCE_SCHEMA, "targets").select(list(TARGETS_IN_FORCE_SCHEMA))
-    _no_nulls(t, ("portfolio_id", "instrument_id", "target_weight"), "targets")
-    _unique(t, ["portfolio_id", "strategy_id", "instrument_id"], "targets")
+    h = collected_with(holdings, _HOLDING_COLUMNS, "holdings").select(_HOLDING_COLUMNS)
+    require_no_nulls(h, ("portfolio_id", "instrument_id"), "holdings")
+    n = collected_with(navs, ("portfolio_id", "nav"), "navs").select("portfolio_id", pl.col("nav").cast(pl.Float64))
+    require_no_nulls(n, ("portfolio_id",), "navs")
+    require_unique(n, ["portfolio_id"], "navs")
+    t = collected_with(targets, TARGETS_IN_FORCE_SCHEMA, "targets").select(list(TARGETS_IN_FORCE_SCHEMA))
+    require_no_nulls(t, ("portfolio_id", "instrument_id", "target_weight"), "targets")
+    require_unique(t, ["portfolio_id", "strategy_id", "instrument_id"], "targets")
     other_days = t.filter(pl.col("date") != as_of)
     if other_days.height:
         raise ValueError(f"targets are those in force on {other_days['date'][0]}, not on {as_of}")
-    inst = _frame(instruments, ("instrument_id", "sector"), "instruments").select("instrument_id", "sector")
-    _no_nulls(inst, ("instrument_id",), "instruments")
-    _unique(inst, ["instrument_id"], "instruments")
+    inst = collected_with(instruments, ("instrument_id", "sector"), "instruments").select("instrument_id", "sector")
+    require_no_nulls(inst, ("instrument_id",), "instruments")
+    require_unique(inst, ["instrument_id"], "instruments")
     if target_issues is None:
         ti = pl.DataFrame(schema=ISSUES_SCHEMA)
     else:
-        ti = _frame(target_issues, ISSUES_SCHEMA, "target_issues").select(list(ISSUES_SCHEMA))
+        ti = collected_with(target_issues, ISSUES_SCHEMA, "target_issues").select(list(ISSUES_SCHEMA))
 
     mv = pl.col("market_value")
     # one row order for every sum, whatever the input order
@@ -683,11 +660,11 @@ def drift_trend(
     """
     if not isinstance(window, int) or isinstance(window, bool) or window < MIN_TREND_OBSERVATIONS:
         raise ValueError(f"window must be an integer >= {MIN_TREND_OBSERVATIONS}, got {window!r}")
-    df = _frame(history, ("portfolio_id", "date", "drift"), "history").select(
+    df = collected_with(history, ("portfolio_id", "date", "drift"), "history").select(
         "portfolio_id", pl.col("date").cast(pl.Date), pl.col("drift").cast(pl.Float64)
     )
-    _no_nulls(df, ("portfolio_id", "date"), "history")
-    _unique(df, ["portfolio_id", "date"], "history")
+    require_no_nulls(df, ("portfolio_id", "date"), "history")
+    require_unique(df, ["portfolio_id", "date"], "history")
     days = df["date"].to_numpy().astype("datetime64[D]")
     holiday_days = np.array(sorted(holidays), dtype="datetime64[D]")
     off = ~np.is_busday(days, holidays=holiday_days)
@@ -770,9 +747,9 @@ def drift_alerts(
     band) whose message is the reason. ``rising`` = trend slope > 0 (null without a slope).
     Messages read e.g. "P001 instrument I0042 is 6.2% over its 3.0% target (band 5/25)".
     """
-    r = _frame(drift_rows, DRIFT_SCHEMA, "drift_rows")
-    s = _frame(summary, ("date", "portfolio_id", "drift", "portfolio_band", "breach"), "summary")
-    iss = _frame(issues, ISSUES_SCHEMA, "issues")
+    r = collected_with(drift_rows, DRIFT_SCHEMA, "drift_rows")
+    s = collected_with(summary, ("date", "portfolio_id", "drift", "portfolio_band", "breach"), "summary")
+    iss = collected_with(issues, ISSUES_SCHEMA, "issues")
     ad, tw = pl.col("abs_drift"), pl.col("target_weight")
     rel = pl.col("relative_drift").abs()  # null when the target is 0
     abs_ratio = _divide(ad, pl.col("band_abs"))
@@ -832,8 +809,8 @@ def drift_alerts(
     if trend is None:
         alerts = alerts.with_columns(pl.lit(None, dtype=pl.Boolean).alias("rising"))
     else:
-        slopes = _frame(trend, ("portfolio_id", "slope"), "trend").select("portfolio_id", "slope")
-        _unique(slopes, ["portfolio_id"], "trend")
+        slopes = collected_with(trend, ("portfolio_id", "slope"), "trend").select("portfolio_id", "slope")
+        require_unique(slopes, ["portfolio_id"], "trend")
         alerts = alerts.join(slopes, on="portfolio_id", how="left").with_columns(
             (pl.col("slope") > 0).alias("rising")
         )

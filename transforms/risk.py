@@ -54,13 +54,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.stats import norm
 
 from transforms.conventions import PERIODS_PER_YEAR
+from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from transforms.covariance import (
     ReturnMatrix,
     _column_index,
-    _finite,
-    _frame,
-    _no_nulls,
-    _unique,
     sample_covariance,
 )
 
@@ -193,16 +190,16 @@ def horizon_returns(X: np.ndarray, horizon: int) -> np.ndarray:
 
 def _holdings(holdings: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Validated holdings (the ``HOLDINGS_COLUMNS``), sorted by portfolio and instrument."""
-    df = _frame(holdings, HOLDINGS_COLUMNS, "holdings").select(
+    df = collected_with(holdings, HOLDINGS_COLUMNS, "holdings").select(
         pl.col("portfolio_id").cast(pl.String),
         pl.col("instrument_id").cast(pl.String),
         pl.col("weight").cast(pl.Float64),
         pl.col("sector").cast(pl.String),
         pl.col("nav").cast(pl.Float64),
     )
-    _no_nulls(df, ("portfolio_id", "instrument_id", "weight"), "holdings")
-    _unique(df, ["portfolio_id", "instrument_id"], "holdings")
-    _finite(df, ("weight", "nav"), "holdings")
+    require_no_nulls(df, ("portfolio_id", "instrument_id", "weight"), "holdings")
+    require_unique(df, ["portfolio_id", "instrument_id"], "holdings")
+    require_finite(df, ("weight", "nav"), "holdings")
     navs = df.group_by("portfolio_id").agg(pl.col("nav").n_unique().alias("n"))
     if (navs["n"] > 1).any():
         raise ValueError(f"holdings give portfolio {navs.filter(pl.col('n') > 1)['portfolio_id'][0]!r} more than one nav")
@@ -303,14 +300,14 @@ def ex_ante_risk(
     bench = None
     extra = None
     if benchmark is not None:
-        bench = _frame(benchmark, ("portfolio_id", "instrument_id", "weight"), "benchmark").select(
+        bench = collected_with(benchmark, ("portfolio_id", "instrument_id", "weight"), "benchmark").select(
             pl.col("portfolio_id").cast(pl.String),
             pl.col("instrument_id").cast(pl.String),
             pl.col("weight").cast(pl.Float64),
         )
-        _no_nulls(bench, ("portfolio_id", "instrument_id", "weight"), "benchmark")
-        _unique(bench, ["portfolio_id", "instrument_id"], "benchmark")
-        _finite(bench, ("weight",), "benchmark")
+        require_no_nulls(bench, ("portfolio_id", "instrument_id", "weight"), "benchmark")
+        require_unique(bench, ["portfolio_id", "instrument_id"], "benchmark")
+        require_finite(bench, ("weight",), "benchmark")
         bench = bench.filter(pl.col("portfolio_id").is_in(h["portfolio_id"].unique().implode())).join(
             universe, on="instrument_id", how="left"
         )

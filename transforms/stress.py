@@ -53,16 +53,13 @@ import polars as pl
 import yaml
 
 from transforms.contract import ASSET_CLASSES
+from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from transforms.covariance import (
     MIN_COVERAGE,
     MIN_HISTORY,
     FactorModel,
     ReturnMatrix,
     _column_index,
-    _finite,
-    _frame,
-    _no_nulls,
-    _unique,
     return_matrix,
 )
 
@@ -262,13 +259,13 @@ def parse_scenarios(text: str | Mapping[str, Any], sectors: Collection[str] | No
 
 
 def _holdings(holdings: pl.DataFrame | pl.LazyFrame, columns: Sequence[str]) -> pl.DataFrame:
-    df = _frame(holdings, columns, "holdings")
+    df = collected_with(holdings, columns, "holdings")
     df = df.select(
         [pl.col(c).cast(pl.Float64 if c in ("market_value", "nav") else pl.String) for c in columns]
     )
-    _no_nulls(df, ("portfolio_id", "instrument_id", "market_value"), "holdings")
-    _unique(df, ["portfolio_id", "instrument_id"], "holdings")
-    _finite(df, ("market_value", "nav"), "holdings")
+    require_no_nulls(df, ("portfolio_id", "instrument_id", "market_value"), "holdings")
+    require_unique(df, ["portfolio_id", "instrument_id"], "holdings")
+    require_finite(df, ("market_value", "nav"), "holdings")
     navs = df.group_by("portfolio_id").agg(pl.col("nav").n_unique().alias("n"))
     if (navs["n"] > 1).any():
         raise ValueError(f"holdings give portfolio {navs.filter(pl.col('n') > 1)['portfolio_id'][0]!r} more than one nav")
@@ -323,7 +320,7 @@ def apply_scenarios(
                 _shock_value(s.name, dim, _check_key(s.name, dim, key, None), v)
     has_fx = any("currency" in s.shocks for s in scenarios)
     columns = list(HOLDINGS_COLUMNS) + (["base_currency"] if has_fx else [])
-    h = _frame(holdings, HOLDINGS_COLUMNS, "holdings")
+    h = collected_with(holdings, HOLDINGS_COLUMNS, "holdings")
     if has_fx and "base_currency" not in h.columns:
         raise ValueError("holdings need a base_currency column to apply currency shocks")
     h = _holdings(h, columns)
