@@ -36,7 +36,7 @@ from transforms.contract import EXPOSURE_BREAKDOWN_SCHEMA, EXPOSURES_FIRM_SCHEMA
 from transforms.exposure_kernel import add_exposures
 from transforms.fx import FxRates, usd_table
 from transforms.prices import Prices, codes
-from transforms.valuations import Holdings, holdings, unit_values
+from transforms.valuations import Holdings, holdings, unit_values, valued_days
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -163,9 +163,7 @@ def exposures(
     )
 
     # one row per valued (portfolio, day)
-    counts = n_days - h.start_idx
-    p_rows = np.repeat(np.arange(n_ports), counts)
-    d_rows = h.start_idx[p_rows] + (np.arange(p_rows.size) - np.repeat(np.cumsum(counts) - counts, counts))
+    p_rows, d_rows = valued_days(h.start_idx, n_days)
     first_dim = slice(0, int((np.array(labels_dim) == DIMENSIONS[0]).sum()))  # one dimension covers every position
     long_t = long_b[:, first_dim, :].sum(axis=1)[p_rows, d_rows]
     short_t = short_b[:, first_dim, :].sum(axis=1)[p_rows, d_rows]

@@ -426,6 +426,15 @@ def holdings(
     return Holdings(ports, start_idx, days, cal, inst_ids, inst_ccy, currencies, close, last, usd2d, base_of_p, seg, led, led_day, led_p)
 
 
+def valued_days(start_idx: np.ndarray, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """(portfolio, day) indices of every valued cell: each portfolio ``p`` from its first
+    valued day ``start_idx[p]`` to the last, portfolios in order."""
+    counts = n_days - start_idx
+    p_rows = np.repeat(np.arange(start_idx.size), counts)
+    d_rows = start_idx[p_rows] + (np.arange(p_rows.size) - np.repeat(np.cumsum(counts) - counts, counts))
+    return p_rows, d_rows
+
+
 def daily_valuations(
     trades: AnyFrame,
     cash_ledger: AnyFrame,
@@ -455,9 +464,7 @@ def daily_valuations(
         h.led, h.led_day, h.led_p, np.where(led_ccy < 0, n_ccy, led_ccy), n_ccy, start_idx, base_of_p, usd2d, cal
     )
 
-    counts = n_days - start_idx
-    p_rows = np.repeat(np.arange(n_ports), counts)
-    d_rows = start_idx[p_rows] + (np.arange(p_rows.size) - np.repeat(np.cumsum(counts) - counts, counts))
+    p_rows, d_rows = valued_days(start_idx, n_days)
     cell = p_rows * n_days + d_rows
     lm, sm, c, sc = long_mv[cell], short_mv[cell], cash[cell], settled[cell]
     out = pl.DataFrame(
