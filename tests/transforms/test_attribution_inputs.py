@@ -51,5 +51,15 @@ def test_report_effects_sum_to_the_excess_on_the_tiny_book():
     sums = report["daily"].group_by("portfolio_id", "date").agg(pl.col("portfolio_weight").sum(), pl.col("benchmark_weight").sum())
     assert (sums["portfolio_weight"] - 1).abs().max() < 1e-9 and (sums["benchmark_weight"] - 1).abs().max() < 1e-9
     # contributions add up to each period's holdings-based return (compound linking)
+    from transforms.performance import period_starts
+
+    start = period_starts(inputs.prices["date"].max())["YTD"]
     ytd = report["contribution"].filter(pl.col("period") == "YTD").group_by("portfolio_id").agg(pl.col("contribution").sum())
-    assert ytd.height == mine["portfolio_id"].n_unique()
+    held = (
+        mine.filter(pl.col("date") >= start)
+        .group_by("portfolio_id", "date").agg((pl.col("weight") * pl.col("return")).sum().alias("r"))
+        .group_by("portfolio_id").agg(((pl.col("r") + 1).product() - 1).alias("expected"))
+    )
+    both = ytd.join(held, on="portfolio_id")
+    assert both.height == mine["portfolio_id"].n_unique()
+    assert (both["contribution"] - both["expected"]).abs().max() < 1e-12

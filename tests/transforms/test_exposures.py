@@ -10,7 +10,7 @@ import pytest
 
 from transforms.book import BookInputs, build_book
 from transforms.contract import EXPOSURE_BREAKDOWN_SCHEMA, EXPOSURES_FIRM_SCHEMA, EXPOSURES_SCHEMA, LANDING_SCHEMAS
-from transforms.exposures import DIMENSIONS, TOP_N, UNKNOWN, exposures, exposures_firm, instrument_betas
+from transforms.exposures import DIMENSIONS, UNKNOWN, exposures, exposures_firm, instrument_betas
 from transforms.market_returns import benchmark_returns
 from transforms.sample_book import generate_book
 
@@ -123,7 +123,6 @@ def test_exposures_equal_the_valuations_and_buckets_sum_to_totals(tiny):
     assert ex.select(pl.col(pl.Float64).is_nan().any()).row(0) == (False,) * len([t for t in EXPOSURES_SCHEMA.values() if t == pl.Float64])
     held = ex.filter(pl.col("gross_exposure") > 0)
     assert held["top10_weight"].is_between(0.0, 1.0 + 1e-12).all() and held["herfindahl"].is_between(0.0, 1.0 + 1e-12).all()
-    assert TOP_N == 10
 
 
 def test_firm_exposure_converts_to_usd_and_sums_across_portfolios(tiny):
