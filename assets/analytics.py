@@ -284,12 +284,13 @@ RISK_TABLES = {
 }
 
 
+def _gold_specs(tables: dict[str, str], deps: list[dg.AssetKey]) -> list[dg.AssetSpec]:
+    """One spec per gold table written by one multi-asset, all with the same inputs."""
+    return [dg.AssetSpec(gold_key(name), description=text, kinds={"polars", "delta"}, deps=deps) for name, text in tables.items()]
+
+
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec(gold_key(name), description=description, kinds={"polars", "delta"},
-                     deps=[silver_key("positions"), bronze_key("prices"), bronze_key("fx_rates"), bronze_key("benchmarks")])
-        for name, description in RISK_TABLES.items()
-    ],
+    specs=_gold_specs(RISK_TABLES, [silver_key("positions"), bronze_key("prices"), bronze_key("fx_rates"), bronze_key("benchmarks")]),
     group_name=GROUP,
 )
 def risk(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
@@ -320,11 +321,8 @@ ATTRIBUTION_TABLES = {
 
 
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec(gold_key(name), description=description, kinds={"polars", "delta"},
-                     deps=[silver_key("daily_valuations"), silver_key("trades"), silver_key("cash_ledger"), bronze_key("benchmarks")])
-        for name, description in ATTRIBUTION_TABLES.items()
-    ],
+    specs=_gold_specs(ATTRIBUTION_TABLES, [silver_key("daily_valuations"), silver_key("trades"), silver_key("cash_ledger"),
+                                           bronze_key("benchmarks")]),
     group_name=GROUP,
 )
 def attribution(context: dg.AssetExecutionContext, lake: LakeResource):

@@ -52,7 +52,7 @@ def run_analytics(inputs, benchmarks: pl.DataFrame, targets: pl.DataFrame) -> tu
     from transforms.drift import drift, holdings_by_sleeve, targets_in_force
     from transforms.exposures import exposures, exposures_firm
     from transforms.margin import account_types, cash_balances_base, margin
-    from transforms.market_returns import benchmark_holdings, instrument_returns
+    from transforms.market_returns import basket_returns, benchmark_holdings, instrument_returns
     from transforms.performance import performance, returns_daily
     from transforms.prices import PriceTable
     from transforms.risk_report import benchmark_weights, risk_holdings, risk_report, stress_report
@@ -65,8 +65,7 @@ def run_analytics(inputs, benchmarks: pl.DataFrame, targets: pl.DataFrame) -> tu
     stages: dict[str, float] = {}
     started = time.perf_counter()
     bench_holdings = _timed(stages, "benchmark_holdings", benchmark_holdings, benchmarks, prices, inputs.fx_rates, inputs.instruments, bases)
-    bench_returns = _timed(stages, "benchmark_returns", lambda: bench_holdings.group_by("benchmark_id", "base_currency", "date", "effective_date").agg(
-        (pl.col("weight") * pl.col("daily_return")).sum().alias("daily_return"), pl.col("note").first()))
+    bench_returns = _timed(stages, "benchmark_returns", basket_returns, bench_holdings)
     daily = _timed(stages, "returns_daily", returns_daily, book.daily_valuations)
     _timed(stages, "performance", performance, daily, inputs.portfolios, bench_returns)
     _timed(stages, "exposures", exposures, book.trades, book.cash_ledger, prices, inputs.fx_rates, inputs.instruments,

@@ -74,10 +74,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from transforms.contract import UNCLASSIFIED
+
 # A side's weight in a sector at or below this (in absolute value) counts as zero: dividing by
 # a float residue of cancelling weights would make an enormous, meaningless sector return.
 WEIGHT_EPSILON = 1e-12
-UNCLASSIFIED = "(unclassified)"
 BRINSON_METHODS = ("BF", "BHB")
 INTERACTIONS = ("separate", "in_selection")
 LINK_METHODS = ("carino", "menchero", "grap", "frongello")
@@ -168,7 +169,7 @@ CONTRIBUTION_SCHEMA: dict[str, pl.DataType] = {
     "note": pl.String,  # null, or why the contribution could not be linked
 }
 
-_HOLDING_COLUMNS: dict[str, pl.DataType] = {
+HOLDINGS_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "date": pl.Date,
     "instrument_id": pl.String,
@@ -237,8 +238,8 @@ def _check_unique(frame: pl.DataFrame, keys: list[str], what: str) -> None:
 
 
 def _holdings(frame: pl.DataFrame | pl.LazyFrame, what: str) -> pl.DataFrame:
-    holdings = _read(frame, _HOLDING_COLUMNS, what)
-    _check_values(holdings, [c for c in _HOLDING_COLUMNS if c != "sector"], what)
+    holdings = _read(frame, HOLDINGS_SCHEMA, what)
+    _check_values(holdings, [c for c in HOLDINGS_SCHEMA if c != "sector"], what)
     _check_unique(holdings, ["portfolio_id", "date", "instrument_id"], what)
     return holdings.with_columns(pl.col("sector").fill_null(UNCLASSIFIED))
 
@@ -626,7 +627,7 @@ def contribution(positions: pl.DataFrame, linking: str = "compound") -> pl.DataF
     """
     if linking not in CONTRIBUTION_LINKINGS:
         raise ValueError(f"unknown contribution linking {linking!r}; expected one of {CONTRIBUTION_LINKINGS}")
-    columns = {c: t for c, t in _HOLDING_COLUMNS.items() if c != "sector"}
+    columns = {c: t for c, t in HOLDINGS_SCHEMA.items() if c != "sector"}
     frame = _read(positions, columns, "positions")
     _check_values(frame, list(columns), "positions")
     _check_unique(frame, ["portfolio_id", "date", "instrument_id"], "positions")

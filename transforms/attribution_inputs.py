@@ -19,18 +19,13 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from transforms.attribution import HOLDINGS_SCHEMA, brinson, contribution, link, link_summary, sector_inputs, total_returns
+from transforms.contract import UNCLASSIFIED
+from transforms.performance import period_starts
 from transforms.valuations import Holdings, unit_values
 
-HOLDING_DAYS_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "date": pl.Date,
-    "instrument_id": pl.String,
-    "sector": pl.String,
-    "weight": pl.Float64,
-    "return": pl.Float64,
-}
+HOLDING_DAYS_SCHEMA = HOLDINGS_SCHEMA  # what transforms.attribution reads
 CASH = "CASH"
-UNCLASSIFIED = "UNCLASSIFIED"
 
 
 def portfolio_holding_days(h: Holdings, daily_valuations: pl.DataFrame, instruments: pl.DataFrame, first_day: int) -> pl.DataFrame:
@@ -113,9 +108,6 @@ def attribution_report(portfolio_days: pl.DataFrame, benchmark_days: pl.DataFram
     ``LINKING_METHODS``, their summary, and every portfolio's contribution to return by
     position (compound linking). Returns ``{"daily", "linked", "summary", "contribution"}``;
     the last three carry a ``period`` column after portfolio_id."""
-    from transforms.attribution import brinson, contribution, link, link_summary, sector_inputs, total_returns
-    from transforms.performance import period_starts
-
     benchmarked = benchmark_days["portfolio_id"].unique().implode()
     mine = portfolio_days.filter(pl.col("portfolio_id").is_in(benchmarked))
     # days on which both sides are known

@@ -27,6 +27,7 @@ CLOSING_SIDES = ("SELL", "BUY_TO_COVER")
 CASH_FLOW_TYPES = ("DEPOSIT", "WITHDRAWAL", "DIVIDEND", "INTEREST", "FEE")
 POSITION_TYPES = ("LONG", "SHORT", "CASH")
 ASSET_CLASSES = ("EQUITY", "FIXED_INCOME", "COMMODITY", "REAL_ESTATE", "CASH_EQUIVALENT")
+UNCLASSIFIED = "UNCLASSIFIED"  # the sector of an instrument that has none
 BASE_CURRENCY = "USD"  # fx_rates quote every currency in USD per unit
 # Settlement amounts are whole minor units: 2 decimals unless listed here (ISO 4217).
 CURRENCY_DECIMALS: dict[str, int] = {"JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3}

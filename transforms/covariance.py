@@ -55,6 +55,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
+from transforms.contract import UNCLASSIFIED  # the sector factor of an instrument without one
 from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from scipy.linalg import eigh
 
@@ -62,7 +63,6 @@ from transforms.conventions import DDOF, PERIODS_PER_YEAR
 
 MIN_HISTORY = 20  # returns an instrument needs to be kept in a return matrix
 MIN_COVERAGE = 0.9  # share of the matrix's dates its returns must cover
-UNCLASSIFIED = "UNCLASSIFIED"  # the sector factor of an instrument without a sector
 
 
 class ReturnMatrix(NamedTuple):

@@ -61,6 +61,7 @@ from datetime import date
 import numpy as np
 import polars as pl
 
+from transforms.contract import UNCLASSIFIED
 from transforms.frame_checks import collected_with, require_no_nulls, require_unique
 
 from transforms.ordering import ordered_sum
@@ -73,7 +74,6 @@ BAND_TOLERANCE = 1e-12
 MIN_TREND_OBSERVATIONS = 3
 UNASSIGNED = "UNASSIGNED"
 CASH_SECTOR = "CASH"
-UNCLASSIFIED = "UNCLASSIFIED"
 CASH_PREFIX = "CASH:"
 LEVELS = ("instrument", "sector", "strategy")
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "ERROR")

@@ -219,7 +219,13 @@ def benchmark_returns(
     base_currency, date): ``sum_i w_i(d) * r_i(d)`` over ``benchmark_holdings`` (the basket's
     value at the close over its value at the previous close, minus 1); null with the basket's
     note on the days of an unusable basket."""
-    holdings = benchmark_holdings(benchmarks, prices, fx_rates, instruments, base_currencies)
+    return basket_returns(benchmark_holdings(benchmarks, prices, fx_rates, instruments, base_currencies))
+
+
+def basket_returns(holdings: pl.DataFrame) -> pl.DataFrame:
+    """``BENCHMARK_RETURNS_SCHEMA`` from ``benchmark_holdings`` rows: per benchmark, base
+    currency and day, ``sum(weight * daily_return)``; null with the note on an unusable
+    basket's days or when a constituent's return is unknown."""
     return (
         holdings.group_by("benchmark_id", "base_currency", "date", "effective_date")
         .agg(

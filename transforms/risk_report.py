@@ -21,12 +21,12 @@ from datetime import date
 import numpy as np
 import polars as pl
 
+from transforms.contract import UNCLASSIFIED
 from transforms.covariance import FactorModel, ledoit_wolf, return_matrix, sector_factor_model
 from transforms.risk import RISK_CONTRIBUTIONS_SCHEMA, RISK_SCHEMA, VAR_SCHEMA, ex_ante_risk, risk_contributions, value_at_risk
 from transforms.stress import STRESS_SCHEMA, apply_scenarios, historical_scenarios, parse_scenarios
 
 RISK_WINDOW = 252
-UNCLASSIFIED = "UNCLASSIFIED"
 
 RISK_MODEL_SCHEMA: dict[str, pl.DataType] = {
     "base_currency": pl.String,
