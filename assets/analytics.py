@@ -16,7 +16,7 @@ from assets.resources import LakeResource, PipelineSettings
 from assets.state import bronze_key, current_moment, read_bronze, read_silver, silver_key, silver_table, write_table
 from transforms import contract
 from transforms.attribution import ATTRIBUTION_LINKED_SCHEMA, ATTRIBUTION_SCHEMA, CONTRIBUTION_SCHEMA, LINK_SUMMARY_SCHEMA
-from transforms.attribution_inputs import attribution_report, benchmark_holding_days, portfolio_holding_days
+from transforms.attribution_inputs import attribution_report, benchmark_sector_sums, portfolio_days
 from transforms.cash import cash_balances as build_cash_balances
 from transforms.conventions import risk_free_per_period
 from transforms.drift import (
@@ -335,8 +335,8 @@ def attribution(context: dg.AssetExecutionContext, lake: LakeResource):
         frames = {name: pl.DataFrame(schema=GOLD_SCHEMAS[name]) for name in ATTRIBUTION_TABLES}
     else:
         first = max(held.cal.n - ATTRIBUTION_WINDOW, 1)
-        mine = portfolio_holding_days(held, daily, instruments, first)
-        theirs = benchmark_holding_days(
+        mine = portfolio_days(held, daily, instruments, first)
+        theirs = benchmark_sector_sums(
             benchmark_holdings(read_bronze(lake, "benchmarks"), prices, fx, instruments, _base_currencies(portfolios)),
             portfolios, instruments, held.days[first],
         )

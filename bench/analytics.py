@@ -90,7 +90,7 @@ def run_analytics(inputs, book, benchmarks: pl.DataFrame, targets: pl.DataFrame,
                   ) -> tuple[dict[str, float], dict[str, float], pl.DataFrame]:
     """Every analytics stage on a built ``book`` of ``inputs``; returns (seconds per stage,
     resident GiB after each stage, daily returns with their benchmark's)."""
-    from transforms.attribution_inputs import attribution_report, benchmark_holding_days, portfolio_holding_days
+    from transforms.attribution_inputs import attribution_report, benchmark_sector_sums, portfolio_days
     from transforms.cash import cash_balances
     from transforms.drift import drift, holdings_by_sleeve, targets_in_force
     from transforms.exposures import exposures, exposures_firm
@@ -146,8 +146,8 @@ def run_analytics(inputs, book, benchmarks: pl.DataFrame, targets: pl.DataFrame,
     def attribution_stage():
         h = holdings(book.trades, book.cash_ledger, prices, inputs.fx_rates, inputs.instruments, inputs.portfolios)
         first = max(h.cal.n - 252, 1)
-        mine = portfolio_holding_days(h, book.daily_valuations, inputs.instruments, first)
-        theirs = benchmark_holding_days(bench_holdings, inputs.portfolios, inputs.instruments, h.days[first])
+        mine = portfolio_days(h, book.daily_valuations, inputs.instruments, first)
+        theirs = benchmark_sector_sums(bench_holdings, inputs.portfolios, inputs.instruments, h.days[first])
         return attribution_report(mine, theirs, prices.last_day)
 
     timed("attribution", attribution_stage)

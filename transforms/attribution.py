@@ -7,6 +7,10 @@ short position has a negative weight) and returns ``rp``, ``rb``; the period's t
 ``R_t = sum(w * r)`` over the portfolio's holdings and ``B_t`` likewise over the benchmark's.
 Over the ``T`` periods given: ``R = prod(1 + R_t) - 1`` and ``B = prod(1 + B_t) - 1``.
 
+- ``sector_sums(holdings)`` (``SECTOR_SUMS_SCHEMA``): one side's holdings summed per sector
+  and day, ``weight = sum(w)`` and ``earned = sum(w * r)``: all that the sector inputs and the
+  totals below need of a side. A caller whose side is shared (a benchmark compared with many
+  portfolios) sums it once and copies the sums, not the holdings.
 - ``sector_inputs(portfolio, benchmark)`` (``SECTOR_INPUTS_SCHEMA``): per sector and day,
   ``w = sum(weight)`` and ``r = sum(weight * return) / sum(weight)`` on each side; a side holding
   nothing of the sector has weight 0 and a null return; a side whose weights in the sector net
@@ -14,9 +18,11 @@ Over the ``T`` periods given: ``R = prod(1 + R_t) - 1`` and ``B = prod(1 + B_t) 
   still earned something (``sum(weight * return) != 0``, a long/short pair) the ``note`` says so
   (that contribution cannot be attributed by sector). Holdings without a sector go to the
   sector ``UNCLASSIFIED``.
+  ``sector_inputs_from_sums`` takes the two sides' ``sector_sums`` instead.
 - ``total_returns(portfolio, benchmark)`` (``TOTAL_RETURNS_SCHEMA``): ``R_t`` and ``B_t`` and the
-  summed weights per portfolio and day; a side with no holdings that day has weight and return
-  0 and a ``note``.
+  summed weights per portfolio and day (the day's sector sums added up); a side with no
+  holdings that day has weight and return 0 and a ``note``. ``total_returns_from_sums`` takes
+  the sides' ``sector_sums``.
 - ``brinson(sectors, method, interaction)`` (``ATTRIBUTION_SCHEMA``), with
   ``B = sum(wb * rb)`` over the day's sectors:
 
@@ -75,6 +81,7 @@ import numpy as np
 import polars as pl
 
 from transforms.contract import UNCLASSIFIED
+from transforms.frame_checks import strictly_increasing
 
 # A side's weight in a sector at or below this (in absolute value) counts as zero: dividing by
 # a float residue of cancelling weights would make an enormous, meaningless sector return.
@@ -169,6 +176,14 @@ CONTRIBUTION_SCHEMA: dict[str, pl.DataType] = {
     "note": pl.String,  # null, or why the contribution could not be linked
 }
 
+SECTOR_SUMS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "date": pl.Date,
+    "sector": pl.String,
+    "weight": pl.Float64,  # sum(w) over the side's holdings in the sector
+    "earned": pl.Float64,  # sum(w * r)
+}
+
 HOLDINGS_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "date": pl.Date,
@@ -232,6 +247,8 @@ def _check_values(frame: pl.DataFrame, columns: list[str], what: str, *, nullabl
 
 
 def _check_unique(frame: pl.DataFrame, keys: list[str], what: str) -> None:
+    if strictly_increasing(frame, keys):  # sorted and unique, as the transforms hand them over
+        return
     dup = frame.group_by(keys).len().filter(pl.col("len") > 1)
     if dup.height:
         raise ValueError(f"{what}: {dup.height} duplicate {tuple(keys)} key(s), e.g. {dup.row(0)[:-1]}")
@@ -272,15 +289,43 @@ def _finish(frame: pl.DataFrame | pl.LazyFrame, schema: dict[str, pl.DataType], 
 # --- single period --------------------------------------------------------------------------
 
 
+def sector_sums(holdings: pl.DataFrame | pl.LazyFrame, what: str = "holdings") -> pl.DataFrame:
+    """One side's holdings summed per (portfolio_id, date, sector) (``SECTOR_SUMS_SCHEMA``),
+    sorted by them: ``weight = sum(w)``, ``earned = sum(w * r)``.
+
+    Input, one row per (portfolio_id, date, instrument_id): portfolio_id (str), date (Date),
+    instrument_id (str), sector (str; null goes to ``UNCLASSIFIED``), weight (f64, the
+    holding's weight at the start of the day, negative when short), return (f64, the day's
+    return in base currency). Weights and returns must be finite and keys unique
+    (``ValueError`` naming ``what``).
+    """
+    holdings = _holdings(holdings, what)
+    out = holdings.lazy().group_by(_SECTOR_KEYS).agg(
+        pl.col("weight").sum(), (pl.col("weight") * pl.col("return")).sum().alias("earned")
+    )
+    return _finish(out, SECTOR_SUMS_SCHEMA, _SECTOR_KEYS)
+
+
+def _sums(frame: pl.DataFrame | pl.LazyFrame, what: str) -> pl.DataFrame:
+    sums = _read(frame, SECTOR_SUMS_SCHEMA, what)
+    _check_values(sums, list(SECTOR_SUMS_SCHEMA), what)
+    _check_unique(sums, _SECTOR_KEYS, what)
+    return sums
+
+
 def sector_inputs(portfolio: pl.DataFrame, benchmark: pl.DataFrame) -> pl.DataFrame:
     """Sector weights and returns of a portfolio and its benchmark, per day
     (``SECTOR_INPUTS_SCHEMA``), sorted by (portfolio_id, date, sector).
 
-    Inputs, one row per (portfolio_id, date, instrument_id): portfolio_id (str), date (Date),
-    instrument_id (str), sector (str; null goes to ``UNCLASSIFIED``), weight (f64, the
-    holding's weight at the start of the day, negative when short), return (f64, the day's
-    return in base currency). ``benchmark`` has the same columns, keyed by the portfolio it is
-    compared with. Weights and returns must be finite and keys unique (``ValueError``).
+    Inputs: each side's holdings as ``sector_sums`` reads them, ``benchmark`` keyed by the
+    portfolio it is compared with. Output and rules as ``sector_inputs_from_sums``.
+    """
+    return sector_inputs_from_sums(sector_sums(portfolio, "portfolio"), sector_sums(benchmark, "benchmark"))
+
+
+def sector_inputs_from_sums(portfolio: pl.DataFrame | pl.LazyFrame, benchmark: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """``SECTOR_INPUTS_SCHEMA`` from the two sides' ``sector_sums`` (``SECTOR_SUMS_SCHEMA``, keys
+    unique, numbers finite, else ``ValueError``).
 
     Output: one row per (portfolio_id, date, sector) held on either side. Per side,
     ``weight = sum(w)`` (0 when the side holds none of the sector) and
@@ -291,13 +336,9 @@ def sector_inputs(portfolio: pl.DataFrame, benchmark: pl.DataFrame) -> pl.DataFr
     """
     sides = []
     for side, frame in (("portfolio", portfolio), ("benchmark", benchmark)):
-        holdings = _holdings(frame, side)
         sides.append(
-            holdings.lazy()
-            .group_by(_SECTOR_KEYS)
-            .agg(
-                pl.col("weight").sum().alias(f"{side}_weight"),
-                (pl.col("weight") * pl.col("return")).sum().alias(f"_{side}_earned"),
+            _sums(frame, side).lazy().select(
+                *_SECTOR_KEYS, pl.col("weight").alias(f"{side}_weight"), pl.col("earned").alias(f"_{side}_earned")
             )
         )
     out = sides[0].join(sides[1], on=_SECTOR_KEYS, how="full", coalesce=True)
@@ -314,23 +355,25 @@ def sector_inputs(portfolio: pl.DataFrame, benchmark: pl.DataFrame) -> pl.DataFr
 
 def total_returns(portfolio: pl.DataFrame, benchmark: pl.DataFrame) -> pl.DataFrame:
     """The day's total return of each portfolio and its benchmark (``TOTAL_RETURNS_SCHEMA``),
-    sorted by (portfolio_id, date).
+    sorted by (portfolio_id, date). Inputs as ``sector_inputs``; rules as
+    ``total_returns_from_sums``."""
+    return total_returns_from_sums(sector_sums(portfolio, "portfolio"), sector_sums(benchmark, "benchmark"))
 
-    Inputs as ``sector_inputs``. Per (portfolio_id, date) on either side: ``portfolio_return``
-    ``R_t = sum(w * r)`` over the portfolio's holdings, ``benchmark_return`` ``B_t`` over the
-    benchmark's, and the summed weights (Brinson's effects add up to ``R_t - B_t`` when both
-    are 1). A side without holdings that day has weight and return 0 and ``note`` says so.
+
+def total_returns_from_sums(portfolio: pl.DataFrame | pl.LazyFrame, benchmark: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """``TOTAL_RETURNS_SCHEMA`` from the two sides' ``sector_sums``: per (portfolio_id, date) on
+    either side, ``portfolio_return`` ``R_t = sum(w * r)`` (the day's sector ``earned`` added
+    up), ``benchmark_return`` ``B_t`` likewise, and the summed weights (Brinson's effects add up
+    to ``R_t - B_t`` when both are 1). A side without holdings that day has weight and return 0
+    and ``note`` says so.
     """
     sides = []
     for side, frame in (("portfolio", portfolio), ("benchmark", benchmark)):
-        holdings = _holdings(frame, side)
         sides.append(
-            holdings.lazy()
+            _sums(frame, side)
+            .lazy()
             .group_by(_DAY_KEYS)
-            .agg(
-                pl.col("weight").sum().alias(f"{side}_weight"),
-                (pl.col("weight") * pl.col("return")).sum().alias(f"{side}_return"),
-            )
+            .agg(pl.col("weight").sum().alias(f"{side}_weight"), pl.col("earned").sum().alias(f"{side}_return"))
         )
     out = sides[0].join(sides[1], on=_DAY_KEYS, how="full", coalesce=True).with_columns(
         _join_notes(
