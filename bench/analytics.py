@@ -134,8 +134,9 @@ def run_analytics(inputs, book, benchmarks: pl.DataFrame, targets: pl.DataFrame,
     def drift_stage():
         targets_now, issues = targets_in_force(targets, as_of)
         navs = book.positions.group_by("portfolio_id").agg(pl.col("market_value").sum().alias("nav"))
+        closed = inputs.portfolios.filter(pl.col("status") == "CLOSED").select("portfolio_id", pl.lit("portfolio is CLOSED").alias("reason"))
         return drift(holdings_by_sleeve(book.lots, book.positions, inputs.instruments), navs, targets_now, inputs.instruments,
-                     as_of, target_issues=issues)
+                     as_of, target_issues=issues, skipped=closed)
 
     timed("drift", drift_stage)
     returns = timed("instrument_returns", instrument_returns, prices, inputs.fx_rates, inputs.instruments, bases)

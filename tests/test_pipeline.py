@@ -259,6 +259,12 @@ def test_analytics_are_published_and_agree_with_the_state(built):
         assert one("SELECT count(*) FROM risk_var") == 8 * one("SELECT count(*) FROM risk")
         # every portfolio is measured for drift or says why not; no NaN anywhere in the analytics
         assert one("SELECT count(*) FROM drift_summary WHERE drift IS NULL AND note IS NULL") == 0
+        # closed portfolios are listed unmeasured and raise no alert
+        closed = "SELECT portfolio_id FROM portfolios WHERE status = 'CLOSED'"
+        assert one(f"SELECT count(*) FROM drift_summary WHERE portfolio_id IN ({closed})") > 0
+        assert one(f"""SELECT count(*) FROM drift_summary WHERE portfolio_id IN ({closed})
+                       AND (drift IS NOT NULL OR note <> 'not measured: portfolio is CLOSED')""") == 0
+        assert one(f"SELECT count(*) FROM drift_alerts WHERE portfolio_id IN ({closed})") == 0
         for table in ANALYTICS_TABLES:
             columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[1] == "DOUBLE"]
             if columns:

@@ -46,7 +46,9 @@ Alerts (``drift_alerts``): one row per breach with a severity from ``ratio`` = h
 band, ``|drift| / abs_band`` (abs band) or ``(|drift| / target) / rel_band`` (rel band; when both
 bands are breached the larger ratio is reported): ``ratio < 1.5`` LOW, ``< 2`` MEDIUM, else HIGH;
 and one ``ERROR`` row per issue (targets invalid, no targets, nav unknown or <= 0, a market value
-unknown), so no portfolio is skipped silently.
+unknown), so no portfolio is skipped silently. A portfolio the caller skips by policy (``skipped``:
+a CLOSED portfolio, all cash by design) is listed in the summary as "not measured" with its
+reason, and raises no alert.
 
 Sums over groups use ``ordering.ordered_sum`` on rows in a fixed order and quotients are
 numpy's correctly rounded division (``_divide``), so the same input, in any row order and
@@ -366,6 +368,7 @@ def drift(
     as_of: date,
     *,
     target_issues: pl.DataFrame | pl.LazyFrame | None = None,
+    skipped: pl.DataFrame | pl.LazyFrame | None = None,
     bands: pl.DataFrame | pl.LazyFrame | None = None,
     abs_band: float = ABS_BAND,
     rel_band: float = REL_BAND,
@@ -383,6 +386,10 @@ def drift(
     - ``targets``: the first frame of ``targets_in_force(.., as_of)`` (``TARGETS_IN_FORCE_SCHEMA``).
     - ``target_issues``: its second frame; those portfolios are reported with their reasons
       (not as having no targets).
+    - ``skipped``: optional portfolio_id, reason: portfolios not to be measured by policy (a
+      CLOSED portfolio is all cash by design, not an underweight). They are listed in the
+      summary with null figures and ``note`` = "not measured: <reason>", and raise no issue
+      (so no alert), whatever else is wrong with them.
     - ``instruments``: instrument_id (unique), sector: the sector of targeted instruments that
       are not held (``ValueError`` when a targeted instrument is in neither).
     - ``bands``: optional per-portfolio overrides: portfolio_id, abs_band, rel_band and
@@ -422,6 +429,14 @@ def drift(
         ti = pl.DataFrame(schema=ISSUES_SCHEMA)
     else:
         ti = collected_with(target_issues, ISSUES_SCHEMA, "target_issues").select(list(ISSUES_SCHEMA))
+    if skipped is None:
+        sk = pl.DataFrame(schema={"portfolio_id": pl.String, "reason": pl.String})
+    else:
+        sk = collected_with(skipped, ("portfolio_id", "reason"), "skipped").select(
+            pl.col("portfolio_id").cast(pl.String), pl.col("reason").cast(pl.String)
+        )
+        require_no_nulls(sk, ("portfolio_id", "reason"), "skipped")
+        sk = sk.group_by("portfolio_id").agg(pl.col("reason").unique().sort().str.join("; "))
 
     mv = pl.col("market_value")
     # one row order for every sum, whatever the input order
@@ -430,7 +445,7 @@ def drift(
     )
     t = t.sort("portfolio_id", "instrument_id", "strategy_id", nulls_last=False)
     universe = (
-        pl.concat([f.select("portfolio_id") for f in (h, n, t, ti)])
+        pl.concat([f.select("portfolio_id") for f in (h, n, t, ti, sk)])
         .unique()
         .sort("portfolio_id")
     )
@@ -472,8 +487,11 @@ def drift(
             ),
         ]
     )
-    issues = _cast(issues, ISSUES_SCHEMA, ["portfolio_id", "date", "reason"])
-    ok_ids = universe.filter(~pl.col("portfolio_id").is_in(issues["portfolio_id"].implode()))
+    skipped_ids = sk["portfolio_id"].implode()
+    issues = _cast(issues.filter(~pl.col("portfolio_id").is_in(skipped_ids)), ISSUES_SCHEMA, ["portfolio_id", "date", "reason"])
+    ok_ids = universe.filter(
+        ~pl.col("portfolio_id").is_in(issues["portfolio_id"].implode()) & ~pl.col("portfolio_id").is_in(skipped_ids)
+    )
     ok = pl.col("portfolio_id").is_in(ok_ids["portfolio_id"].implode())
     band_frame = _bands(bands, universe, abs_band, rel_band, portfolio_band)
 
@@ -618,12 +636,15 @@ def drift(
         .join(sector_breaches, on="portfolio_id", how="left")
         .join(coverage, on="portfolio_id", how="left")
         .join(reasons, on="portfolio_id", how="left")
+        .join(sk.rename({"reason": "_skipped"}), on="portfolio_id", how="left")
         .with_columns(
             pl.lit(as_of).alias("date"),
             pl.when(pl.col("drift").is_not_null())
             .then(pl.col("drift") > pl.col("portfolio_band") + BAND_TOLERANCE)
             .alias("breach"),
-            pl.when(pl.col("reason").is_not_null())
+            pl.when(pl.col("_skipped").is_not_null())
+            .then(pl.format("not measured: {}", pl.col("_skipped")))
+            .when(pl.col("reason").is_not_null())
             .then(pl.format("drift not computed: {}", pl.col("reason")))
             .when((held_share - 1.0).abs() > TARGET_TOLERANCE)
             .then(pl.format("holdings add up to {} of nav", _fixed6(held_share)))

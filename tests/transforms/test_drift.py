@@ -403,6 +403,31 @@ def test_nav_zero_negative_or_missing_and_unknown_values_are_reported():
         assert not frame.select(pl.any_horizontal(pl.col(floats).is_nan() | pl.col(floats).is_infinite()).any()).item()
 
 
+def test_skipped_portfolios_are_listed_unmeasured_and_raise_no_alert():
+    # CL is closed: all cash, so measured it would be a 100% underweight of its targets; NT is
+    # closed without targets (no "no targets" issue either); OK is measured as before
+    targets = _targets([("CL", "CORE", "A", 1.0), ("OK", "CORE", "A", 1.0)])
+    holdings = _holdings([("CL", None, "CASH:USD", 10.0), ("NT", None, "CASH:USD", 5.0), ("OK", "CORE", "A", 10.0)])
+    navs = _navs([("CL", 10.0), ("NT", 5.0), ("OK", 10.0)])
+    skipped = pl.DataFrame({"portfolio_id": ["CL", "NT", "NT"], "reason": ["portfolio is CLOSED"] * 3})
+    out = _run(targets, holdings, navs, skipped=skipped)
+    assert out["issues"].is_empty()
+    assert out["drift"]["portfolio_id"].unique().to_list() == ["OK"]
+    summary = out["summary"]
+    assert summary["portfolio_id"].to_list() == ["CL", "NT", "OK"]
+    assert _row(summary, portfolio_id="CL")["drift"] is None
+    assert _row(summary, portfolio_id="CL")["note"] == "not measured: portfolio is CLOSED"
+    assert _row(summary, portfolio_id="NT")["note"] == "not measured: portfolio is CLOSED"
+    assert _row(summary, portfolio_id="OK")["drift"] == 0.0
+    alerts = drift_alerts(out["drift"], summary, out["issues"])
+    assert set(alerts["portfolio_id"]) <= {"OK"}
+    # unmeasured is not the same as measured without a breach: without the skip, CL alerts
+    unskipped = _run(targets, holdings, navs)
+    assert _row(unskipped["summary"], portfolio_id="CL")["drift"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="skipped has 1 row"):
+        _run(targets, holdings, navs, skipped=pl.DataFrame({"portfolio_id": ["CL"], "reason": [None]}, schema_overrides={"reason": pl.String}))
+
+
 def test_held_not_targeted_targeted_not_held_shorts_and_lots():
     targets = _targets([("P1", "CORE", "A", 0.5), ("P1", "CORE", "C", 0.3), ("P1", "CORE", "D", 0.2)])
     holdings = _holdings(
