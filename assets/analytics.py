@@ -15,14 +15,10 @@ import polars as pl
 from assets.resources import LakeResource, PipelineSettings
 from assets.state import bronze_key, current_moment, read_bronze, read_silver, silver_key, silver_table, write_table
 from transforms import contract
-from transforms.attribution import ATTRIBUTION_LINKED_SCHEMA, ATTRIBUTION_SCHEMA, CONTRIBUTION_SCHEMA, LINK_SUMMARY_SCHEMA
 from transforms.attribution_inputs import attribution_report, benchmark_sector_sums, portfolio_days
 from transforms.cash import cash_balances as build_cash_balances
 from transforms.conventions import risk_free_per_period
 from transforms.drift import (
-    DRIFT_ALERTS_SCHEMA,
-    DRIFT_SCHEMA,
-    DRIFT_SUMMARY_SCHEMA,
     drift as build_drift,
     drift_alerts as build_drift_alerts,
     drift_trend,
@@ -31,19 +27,17 @@ from transforms.drift import (
 )
 from transforms.exposures import exposures as build_exposures, exposures_firm as build_exposures_firm
 from transforms.margin import MarginRules, account_types, cash_balances_base, margin as build_margin
-from transforms.market_returns import BENCHMARK_RETURNS_SCHEMA, benchmark_returns as build_benchmark_returns
+from transforms.market_returns import benchmark_returns as build_benchmark_returns
 from transforms.market_returns import benchmark_holdings, instrument_returns
 from transforms.performance import performance as build_performance, returns_daily as build_returns_daily
 from transforms.prices import PriceTable
 from transforms.valuations import holdings as book_holdings
-from transforms.risk import RISK_CONTRIBUTIONS_SCHEMA, RISK_SCHEMA, VAR_SCHEMA
-from transforms.risk_report import RISK_MODEL_SCHEMA, benchmark_weights, risk_holdings, risk_report, stress_report
-from transforms.stress import DEFAULT_SCENARIOS_YAML, STRESS_SCHEMA
+from transforms.risk_report import benchmark_weights, risk_holdings, risk_report, stress_report
+from transforms.stress import DEFAULT_SCENARIOS_YAML
 
 GROUP = "analytics"
-DRIFT_HISTORY_SCHEMA = {"portfolio_id": pl.String, "date": pl.Date, "drift": pl.Float64}
 GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    "benchmark_returns": BENCHMARK_RETURNS_SCHEMA,
+    "benchmark_returns": contract.BENCHMARK_RETURNS_SCHEMA,
     "returns_daily": contract.RETURNS_DAILY_SCHEMA,
     "performance": contract.PERFORMANCE_SCHEMA,
     "exposures": contract.EXPOSURES_SCHEMA,
@@ -51,22 +45,19 @@ GOLD_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "exposures_firm": contract.EXPOSURES_FIRM_SCHEMA,
     "cash_balances": contract.CASH_BALANCES_BASE_SCHEMA,
     "margin": contract.MARGIN_SCHEMA,
-    "drift": DRIFT_SCHEMA,
-    "drift_summary": DRIFT_SUMMARY_SCHEMA,
-    "drift_alerts": DRIFT_ALERTS_SCHEMA,
-    "drift_history": DRIFT_HISTORY_SCHEMA,
-    "risk_model": RISK_MODEL_SCHEMA,
-    "risk": RISK_SCHEMA,
-    "risk_var": VAR_SCHEMA,
-    "risk_contributions": RISK_CONTRIBUTIONS_SCHEMA,
-    "stress_tests": STRESS_SCHEMA,
-    "attribution": ATTRIBUTION_SCHEMA,
-    "attribution_linked": {"portfolio_id": pl.String, "period": pl.String,
-                           **{k: v for k, v in ATTRIBUTION_LINKED_SCHEMA.items() if k != "portfolio_id"}},
-    "attribution_summary": {"portfolio_id": pl.String, "period": pl.String,
-                            **{k: v for k, v in LINK_SUMMARY_SCHEMA.items() if k != "portfolio_id"}},
-    "contribution": {"portfolio_id": pl.String, "period": pl.String,
-                     **{k: v for k, v in CONTRIBUTION_SCHEMA.items() if k != "portfolio_id"}},
+    "drift": contract.DRIFT_SCHEMA,
+    "drift_summary": contract.DRIFT_SUMMARY_SCHEMA,
+    "drift_alerts": contract.DRIFT_ALERTS_SCHEMA,
+    "drift_history": contract.DRIFT_HISTORY_SCHEMA,
+    "risk_model": contract.RISK_MODEL_SCHEMA,
+    "risk": contract.RISK_SCHEMA,
+    "risk_var": contract.VAR_SCHEMA,
+    "risk_contributions": contract.RISK_CONTRIBUTIONS_SCHEMA,
+    "stress_tests": contract.STRESS_SCHEMA,
+    "attribution": contract.ATTRIBUTION_SCHEMA,
+    "attribution_linked": contract.ATTRIBUTION_LINKED_TABLE_SCHEMA,
+    "attribution_summary": contract.ATTRIBUTION_SUMMARY_TABLE_SCHEMA,
+    "contribution": contract.CONTRIBUTION_TABLE_SCHEMA,
 }
 ATTRIBUTION_WINDOW = 252  # business days of daily attribution kept
 
@@ -255,7 +246,7 @@ def drift(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipel
     yield dg.MaterializeResult(asset_key=gold_key("drift_summary"),
                                metadata=write_gold(context, lake, "drift_summary", result["summary"], sources))
     # the history keeps one figure per portfolio and as-of date: a rerun of a date replaces it
-    today = result["summary"].filter(pl.col("drift").is_not_null()).select(list(DRIFT_HISTORY_SCHEMA)).cast(DRIFT_HISTORY_SCHEMA)
+    today = result["summary"].filter(pl.col("drift").is_not_null()).select(list(contract.DRIFT_HISTORY_SCHEMA)).cast(contract.DRIFT_HISTORY_SCHEMA)
     history = pl.concat([read_gold(lake, "drift_history").filter(pl.col("date") != as_of), today]).sort("portfolio_id", "date")
     yield dg.MaterializeResult(asset_key=gold_key("drift_history"),
                                metadata=write_gold(context, lake, "drift_history", history, sources))

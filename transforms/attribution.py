@@ -82,6 +82,7 @@ import polars as pl
 
 from transforms.contract import UNCLASSIFIED
 from transforms.frame_checks import strictly_increasing
+from transforms.contract import ATTRIBUTION_SCHEMA, ATTRIBUTION_LINKED_SCHEMA, LINK_SUMMARY_SCHEMA, CONTRIBUTION_SCHEMA  # noqa: F401 (published schemas, defined in the contract)
 
 # A side's weight in a sector at or below this (in absolute value) counts as zero: dividing by
 # a float residue of cancelling weights would make an enormous, meaningless sector return.
@@ -120,61 +121,6 @@ TOTAL_RETURNS_SCHEMA: dict[str, pl.DataType] = {
     "note": pl.String,  # null, or which side has no holdings that day
 }
 
-ATTRIBUTION_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "date": pl.Date,
-    "sector": pl.String,
-    "portfolio_weight": pl.Float64,
-    "benchmark_weight": pl.Float64,
-    "portfolio_return": pl.Float64,  # as given (null when the portfolio holds none of it)
-    "benchmark_return": pl.Float64,
-    "allocation": pl.Float64,
-    "selection": pl.Float64,
-    "interaction": pl.Float64,
-    "total_effect": pl.Float64,
-    "note": pl.String,  # the input's note, passed on
-}
-
-ATTRIBUTION_LINKED_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "sector": pl.String,
-    "method": pl.String,
-    "start_date": pl.Date,
-    "end_date": pl.Date,
-    "periods": pl.Int64,
-    "allocation": pl.Float64,
-    "selection": pl.Float64,
-    "interaction": pl.Float64,
-    "total_effect": pl.Float64,
-    "note": pl.String,  # null, or why the effects could not be linked
-}
-
-LINK_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "method": pl.String,
-    "start_date": pl.Date,
-    "end_date": pl.Date,
-    "periods": pl.Int64,
-    "portfolio_return": pl.Float64,  # R = prod(1 + R_t) - 1
-    "benchmark_return": pl.Float64,
-    "excess_return": pl.Float64,  # R - B
-    "allocation": pl.Float64,
-    "selection": pl.Float64,
-    "interaction": pl.Float64,
-    "total_effect": pl.Float64,
-    "residual": pl.Float64,  # excess_return - total_effect, ~0
-    "note": pl.String,
-}
-
-CONTRIBUTION_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "instrument_id": pl.String,
-    "start_date": pl.Date,
-    "end_date": pl.Date,
-    "average_weight": pl.Float64,  # sum of the daily weights / the portfolio's periods
-    "contribution": pl.Float64,
-    "note": pl.String,  # null, or why the contribution could not be linked
-}
 
 SECTOR_SUMS_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,

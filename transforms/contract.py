@@ -439,3 +439,181 @@ PORTFOLIO_STATE_SCHEMA: dict[str, pl.DataType] = {
     "as_of": TS,  # the moment the state describes
     "last_updated": TS,  # latest trade or cash flow included
 }
+
+
+# --- gold tables: what the analytics modules return, published under assets/analytics.py's names
+
+# transforms.market_returns
+BENCHMARK_RETURNS_SCHEMA: dict[str, pl.DataType] = {
+    "benchmark_id": pl.String,
+    "base_currency": pl.String,
+    "date": pl.Date,
+    "effective_date": pl.Date,  # of the basket held that day
+    "daily_return": pl.Float64,
+    "note": pl.String,  # null, or why the day has no return
+}
+
+# transforms.drift
+DRIFT_SCHEMA: dict[str, pl.DataType] = {
+    "date": pl.Date,
+    "portfolio_id": pl.String,
+    "level": pl.String,  # "instrument", "sector", "strategy"
+    "key": pl.String,  # instrument_id, sector, strategy_id ("UNASSIGNED" for null)
+    "actual_weight": pl.Float64,
+    "target_weight": pl.Float64,
+    "drift": pl.Float64,
+    "abs_drift": pl.Float64,
+    "relative_drift": pl.Float64,  # null when the target is 0
+    "breach": pl.Boolean,  # null at strategy level (no band)
+    "band_abs": pl.Float64,
+    "band_rel": pl.Float64,
+    "note": pl.String,
+}
+DRIFT_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
+    "date": pl.Date,
+    "portfolio_id": pl.String,
+    "nav": pl.Float64,
+    "drift": pl.Float64,  # 0.5 * sum over instruments of |actual - target|; null with an issue
+    "portfolio_band": pl.Float64,
+    "breach": pl.Boolean,
+    "instruments_breaching": pl.Int64,
+    "sectors_breaching": pl.Int64,
+    "max_abs_drift": pl.Float64,  # over instruments
+    "note": pl.String,
+}
+DRIFT_ALERTS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "date": pl.Date,
+    "level": pl.String,  # "instrument", "sector", "portfolio"
+    "key": pl.String,  # instrument_id, sector, or the portfolio_id at portfolio level
+    "drift": pl.Float64,  # the portfolio drift figure at portfolio level; null on ERROR rows
+    "band_type": pl.String,  # "abs" or "rel"; null on ERROR rows
+    "band": pl.Float64,
+    "severity": pl.String,  # LOW, MEDIUM, HIGH, ERROR
+    "message": pl.String,
+    "rising": pl.Boolean,  # the trend slope is > 0; null without a trend
+}
+
+# transforms.risk_report
+RISK_MODEL_SCHEMA: dict[str, pl.DataType] = {
+    "base_currency": pl.String,
+    "matrix": pl.String,  # exposures (instrument x factor), factor_covariance (factor x factor), specific_variance (instrument)
+    "row_id": pl.String,
+    "column_id": pl.String,  # null for specific_variance
+    "value": pl.Float64,  # per day
+}
+
+# transforms.risk
+RISK_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "nav": pl.Float64,
+    "positions": pl.Int64,  # non-cash holdings
+    "excluded_positions": pl.Int64,  # non-cash holdings without return history
+    "excluded_weight": pl.Float64,  # their summed weight
+    "volatility": pl.Float64,  # per day: sqrt(w' S w)
+    "annualised_volatility": pl.Float64,  # volatility * sqrt(252)
+    "tracking_error": pl.Float64,  # per day: sqrt((w - b)' S (w - b)); null without a benchmark
+    "annualised_tracking_error": pl.Float64,
+    "note": pl.String,  # null, or what is excluded or missing
+}
+VAR_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "method": pl.String,  # historical or parametric
+    "confidence": pl.Float64,  # 0.95, 0.99
+    "horizon_days": pl.Int64,  # 1, 10
+    "observations": pl.Int64,  # historical: return windows used; parametric: null
+    "var": pl.Float64,  # loss, base currency (> 0 is a loss)
+    "cvar": pl.Float64,  # expected loss beyond the VaR, base currency
+    "var_pct_nav": pl.Float64,  # var / nav
+    "cvar_pct_nav": pl.Float64,
+    "note": pl.String,
+}
+RISK_CONTRIBUTIONS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "level": pl.String,  # position or sector
+    "key": pl.String,  # the instrument_id, or the sector (CASH for cash rows)
+    "weight": pl.Float64,
+    "marginal": pl.Float64,  # d sigma / d weight, per day
+    "component": pl.Float64,  # weight * marginal; sums to the daily volatility
+    "share": pl.Float64,  # component / volatility
+    "note": pl.String,
+}
+
+# transforms.stress
+STRESS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "scenario": pl.String,  # the named scenario, or worst_day_<rank>
+    "kind": pl.String,  # named or historical
+    "scenario_date": pl.Date,  # historical: the replayed day; named: null
+    "pnl": pl.Float64,  # base currency; a loss is negative
+    "pnl_pct_nav": pl.Float64,  # pnl / nav
+    "note": pl.String,  # null, or what was not shocked and why
+}
+
+# transforms.attribution
+ATTRIBUTION_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "date": pl.Date,
+    "sector": pl.String,
+    "portfolio_weight": pl.Float64,
+    "benchmark_weight": pl.Float64,
+    "portfolio_return": pl.Float64,  # as given (null when the portfolio holds none of it)
+    "benchmark_return": pl.Float64,
+    "allocation": pl.Float64,
+    "selection": pl.Float64,
+    "interaction": pl.Float64,
+    "total_effect": pl.Float64,
+    "note": pl.String,  # the input's note, passed on
+}
+ATTRIBUTION_LINKED_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "sector": pl.String,
+    "method": pl.String,
+    "start_date": pl.Date,
+    "end_date": pl.Date,
+    "periods": pl.Int64,
+    "allocation": pl.Float64,
+    "selection": pl.Float64,
+    "interaction": pl.Float64,
+    "total_effect": pl.Float64,
+    "note": pl.String,  # null, or why the effects could not be linked
+}
+LINK_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "method": pl.String,
+    "start_date": pl.Date,
+    "end_date": pl.Date,
+    "periods": pl.Int64,
+    "portfolio_return": pl.Float64,  # R = prod(1 + R_t) - 1
+    "benchmark_return": pl.Float64,
+    "excess_return": pl.Float64,  # R - B
+    "allocation": pl.Float64,
+    "selection": pl.Float64,
+    "interaction": pl.Float64,
+    "total_effect": pl.Float64,
+    "residual": pl.Float64,  # excess_return - total_effect, ~0
+    "note": pl.String,
+}
+CONTRIBUTION_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,
+    "start_date": pl.Date,
+    "end_date": pl.Date,
+    "average_weight": pl.Float64,  # sum of the daily weights / the portfolio's periods
+    "contribution": pl.Float64,
+    "note": pl.String,  # null, or why the contribution could not be linked
+}
+
+# published with the period each row belongs to (MTD, QTD, YTD, 1Y), after portfolio_id
+ATTRIBUTION_LINKED_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String, "period": pl.String, **{k: v for k, v in ATTRIBUTION_LINKED_SCHEMA.items() if k != "portfolio_id"}
+}
+ATTRIBUTION_SUMMARY_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String, "period": pl.String, **{k: v for k, v in LINK_SUMMARY_SCHEMA.items() if k != "portfolio_id"}
+}
+CONTRIBUTION_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String, "period": pl.String, **{k: v for k, v in CONTRIBUTION_SCHEMA.items() if k != "portfolio_id"}
+}
+
+# the drift figure of every run's as-of date (analytics keeps one row per portfolio and date)
+DRIFT_HISTORY_SCHEMA: dict[str, pl.DataType] = {"portfolio_id": pl.String, "date": pl.Date, "drift": pl.Float64}

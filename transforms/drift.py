@@ -67,6 +67,7 @@ from transforms.contract import UNCLASSIFIED
 from transforms.frame_checks import collected_with, require_no_nulls, require_unique
 
 from transforms.ordering import ordered_sum
+from transforms.contract import DRIFT_SCHEMA, DRIFT_SUMMARY_SCHEMA, DRIFT_ALERTS_SCHEMA  # noqa: F401 (published schemas, defined in the contract)
 
 ABS_BAND = 0.05
 REL_BAND = 0.25
@@ -105,34 +106,6 @@ ISSUES_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String,
 }
 
-DRIFT_SCHEMA: dict[str, pl.DataType] = {
-    "date": pl.Date,
-    "portfolio_id": pl.String,
-    "level": pl.String,  # "instrument", "sector", "strategy"
-    "key": pl.String,  # instrument_id, sector, strategy_id ("UNASSIGNED" for null)
-    "actual_weight": pl.Float64,
-    "target_weight": pl.Float64,
-    "drift": pl.Float64,
-    "abs_drift": pl.Float64,
-    "relative_drift": pl.Float64,  # null when the target is 0
-    "breach": pl.Boolean,  # null at strategy level (no band)
-    "band_abs": pl.Float64,
-    "band_rel": pl.Float64,
-    "note": pl.String,
-}
-
-DRIFT_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
-    "date": pl.Date,
-    "portfolio_id": pl.String,
-    "nav": pl.Float64,
-    "drift": pl.Float64,  # 0.5 * sum over instruments of |actual - target|; null with an issue
-    "portfolio_band": pl.Float64,
-    "breach": pl.Boolean,
-    "instruments_breaching": pl.Int64,
-    "sectors_breaching": pl.Int64,
-    "max_abs_drift": pl.Float64,  # over instruments
-    "note": pl.String,
-}
 
 DRIFT_TREND_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
@@ -143,18 +116,6 @@ DRIFT_TREND_SCHEMA: dict[str, pl.DataType] = {
     "note": pl.String,
 }
 
-DRIFT_ALERTS_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "date": pl.Date,
-    "level": pl.String,  # "instrument", "sector", "portfolio"
-    "key": pl.String,  # instrument_id, sector, or the portfolio_id at portfolio level
-    "drift": pl.Float64,  # the portfolio drift figure at portfolio level; null on ERROR rows
-    "band_type": pl.String,  # "abs" or "rel"; null on ERROR rows
-    "band": pl.Float64,
-    "severity": pl.String,  # LOW, MEDIUM, HIGH, ERROR
-    "message": pl.String,
-    "rising": pl.Boolean,  # the trend slope is > 0; null without a trend
-}
 
 _TARGET_COLUMNS = ("portfolio_id", "strategy_id", "instrument_id", "target_weight", "effective_date")
 _HOLDING_COLUMNS = ("portfolio_id", "strategy_id", "instrument_id", "sector", "market_value")

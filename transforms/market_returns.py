@@ -25,6 +25,7 @@ import polars as pl
 
 from transforms.fx import FxRates, cross_rates, usd_table
 from transforms.prices import Prices, codes, day_numbers, price_table
+from transforms.contract import BENCHMARK_RETURNS_SCHEMA  # noqa: F401 (published schemas, defined in the contract)
 
 WEIGHT_TOLERANCE = 1e-6
 
@@ -34,15 +35,6 @@ INSTRUMENT_RETURNS_SCHEMA: dict[str, pl.DataType] = {
     "date": pl.Date,
     "value": pl.Float64,  # close * fx: one unit in the base currency
     "daily_return": pl.Float64,  # value / previous value - 1; null on the first day
-}
-
-BENCHMARK_RETURNS_SCHEMA: dict[str, pl.DataType] = {
-    "benchmark_id": pl.String,
-    "base_currency": pl.String,
-    "date": pl.Date,
-    "effective_date": pl.Date,  # of the basket held that day
-    "daily_return": pl.Float64,
-    "note": pl.String,  # null, or why the day has no return
 }
 
 

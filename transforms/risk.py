@@ -53,6 +53,7 @@ import polars as pl
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.stats import norm
 
+from transforms.contract import RISK_SCHEMA, VAR_SCHEMA, RISK_CONTRIBUTIONS_SCHEMA  # noqa: F401 (published schemas, defined in the contract)
 from transforms.conventions import PERIODS_PER_YEAR
 from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from transforms.covariance import (
@@ -75,43 +76,6 @@ NO_BENCHMARK = "no benchmark weights"
 NAV_UNKNOWN = "nav unknown"
 NAV_NOT_POSITIVE = "nav is zero or negative"
 TOO_FEW = "too few return windows for the confidence"
-
-RISK_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "nav": pl.Float64,
-    "positions": pl.Int64,  # non-cash holdings
-    "excluded_positions": pl.Int64,  # non-cash holdings without return history
-    "excluded_weight": pl.Float64,  # their summed weight
-    "volatility": pl.Float64,  # per day: sqrt(w' S w)
-    "annualised_volatility": pl.Float64,  # volatility * sqrt(252)
-    "tracking_error": pl.Float64,  # per day: sqrt((w - b)' S (w - b)); null without a benchmark
-    "annualised_tracking_error": pl.Float64,
-    "note": pl.String,  # null, or what is excluded or missing
-}
-
-VAR_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "method": pl.String,  # historical or parametric
-    "confidence": pl.Float64,  # 0.95, 0.99
-    "horizon_days": pl.Int64,  # 1, 10
-    "observations": pl.Int64,  # historical: return windows used; parametric: null
-    "var": pl.Float64,  # loss, base currency (> 0 is a loss)
-    "cvar": pl.Float64,  # expected loss beyond the VaR, base currency
-    "var_pct_nav": pl.Float64,  # var / nav
-    "cvar_pct_nav": pl.Float64,
-    "note": pl.String,
-}
-
-RISK_CONTRIBUTIONS_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "level": pl.String,  # position or sector
-    "key": pl.String,  # the instrument_id, or the sector (CASH for cash rows)
-    "weight": pl.Float64,
-    "marginal": pl.Float64,  # d sigma / d weight, per day
-    "component": pl.Float64,  # weight * marginal; sums to the daily volatility
-    "share": pl.Float64,  # component / volatility
-    "note": pl.String,
-}
 
 
 # --- numpy: one portfolio, or many along an axis -------------------------------------------------

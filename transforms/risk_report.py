@@ -25,16 +25,9 @@ from transforms.contract import UNCLASSIFIED
 from transforms.covariance import FactorModel, ledoit_wolf, return_matrix, sector_factor_model
 from transforms.risk import RISK_CONTRIBUTIONS_SCHEMA, RISK_SCHEMA, VAR_SCHEMA, ex_ante_risk, risk_contributions, value_at_risk
 from transforms.stress import STRESS_SCHEMA, apply_scenarios, historical_scenarios, parse_scenarios
+from transforms.contract import RISK_MODEL_SCHEMA  # noqa: F401 (published schemas, defined in the contract)
 
 RISK_WINDOW = 252
-
-RISK_MODEL_SCHEMA: dict[str, pl.DataType] = {
-    "base_currency": pl.String,
-    "matrix": pl.String,  # exposures (instrument x factor), factor_covariance (factor x factor), specific_variance (instrument)
-    "row_id": pl.String,
-    "column_id": pl.String,  # null for specific_variance
-    "value": pl.Float64,  # per day
-}
 
 
 def risk_holdings(positions: pl.DataFrame, instruments: pl.DataFrame, portfolios: pl.DataFrame) -> pl.DataFrame:

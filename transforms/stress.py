@@ -52,7 +52,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from transforms.contract import ASSET_CLASSES
+from transforms.contract import ASSET_CLASSES, STRESS_SCHEMA  # noqa: F401 (STRESS_SCHEMA: published, defined in the contract)
 from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from transforms.covariance import (
     MIN_COVERAGE,
@@ -73,15 +73,6 @@ NAV_NOT_POSITIVE = "nav is zero or negative"
 CASH_ONLY = "cash only: no market risk to replay"
 NO_COVERED = "no position with return history"
 
-STRESS_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "scenario": pl.String,  # the named scenario, or worst_day_<rank>
-    "kind": pl.String,  # named or historical
-    "scenario_date": pl.Date,  # historical: the replayed day; named: null
-    "pnl": pl.Float64,  # base currency; a loss is negative
-    "pnl_pct_nav": pl.Float64,  # pnl / nav
-    "note": pl.String,  # null, or what was not shocked and why
-}
 
 DEFAULT_SCENARIOS_YAML = """\
 # Named stress scenarios: shocks are returns (-0.35 = -35%). Per holding, a sector shock
