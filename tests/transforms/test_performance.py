@@ -12,9 +12,11 @@ import pytest
 from transforms.contract import PERFORMANCE_SCHEMA, RETURNS_DAILY_SCHEMA
 from transforms.conventions import PERIODS_PER_YEAR, risk_free_per_period
 from transforms.market_returns import BENCHMARK_RETURNS_SCHEMA
+import transforms.performance as performance_module
 from transforms.performance import (
     NAV_UNKNOWN,
     NO_CAPITAL,
+    NO_IRR,
     NO_RETURNS,
     PERIODS,
     PREVIOUS_NAV_UNKNOWN,
@@ -22,6 +24,7 @@ from transforms.performance import (
     money_weighted_returns,
     performance,
     period_starts,
+    period_statistics,
     return_statistics,
     returns_daily,
     xirr,
@@ -254,3 +257,152 @@ def test_a_period_of_flagged_days_has_no_figures_and_says_why():
     assert out["note"].to_list() == [NO_RETURNS] * 3 + [SHORT_HISTORY] * 2 + [NO_RETURNS]
     assert out["days_without_return"].to_list() == [2] * 6
     assert out.select(pl.col(pl.Float64).is_not_null().any()).row(0) == (False,) * len([t for t in PERFORMANCE_SCHEMA.values() if t == pl.Float64])
+
+
+def _book(rng, n_portfolios, n_days, with_benchmark):
+    """Daily return rows of several portfolios (the last one without a benchmark)."""
+    days = pl.Series(pd.bdate_range("2024-01-01", periods=n_days).date.tolist(), dtype=pl.Date)
+    frames = []
+    for k in range(n_portfolios):
+        bench = rng.normal(0.0003, 0.01, n_days)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "portfolio_id": f"P{k}",
+                    "date": days,
+                    "daily_return": 0.0002 + 0.9 * bench + rng.normal(0, 0.005, n_days),
+                    "benchmark_return": bench if with_benchmark(k) else None,
+                },
+                schema_overrides={"benchmark_return": pl.Float64},
+            )
+        )
+    return pl.concat(frames)
+
+
+def test_period_statistics_of_many_portfolios_agree_with_empyrical_per_portfolio():
+    rng = np.random.default_rng(21)
+    rows = _book(rng, 4, 300, lambda k: k < 3)
+    # a few days without a benchmark return, and the rows in no particular order
+    rows = rows.with_columns(pl.when(pl.int_range(pl.len()) % 37 == 5).then(None).otherwise("benchmark_return").alias("benchmark_return"))
+    rf = risk_free_per_period(0.02)
+    out = period_statistics(rows.sample(fraction=1.0, shuffle=True, seed=3), ["portfolio_id"], rf)
+    assert out["portfolio_id"].to_list() == ["P0", "P1", "P2", "P3"]
+    for row in out.iter_rows(named=True):
+        part = rows.filter(pl.col("portfolio_id") == row["portfolio_id"])
+        r = pd.Series(part["daily_return"].to_numpy(), index=pd.DatetimeIndex(part["date"].to_list()))
+        b = pd.Series(part["benchmark_return"].to_numpy(), index=r.index)
+        both = b.notna()
+        assert row["days"] == 300
+        assert row["sharpe"] == pytest.approx(empyrical.sharpe_ratio(r, risk_free=rf), rel=1e-8)
+        assert row["sortino"] == pytest.approx(empyrical.sortino_ratio(r, required_return=rf), rel=1e-8)
+        assert row["max_drawdown"] == pytest.approx(empyrical.max_drawdown(r), rel=1e-8)
+        assert row["calmar"] == pytest.approx(empyrical.calmar_ratio(r), rel=1e-8)
+        if row["portfolio_id"] == "P3":
+            assert row["beta"] is None and row["benchmark_cumulative_return"] is None and row["information_ratio"] is None
+            continue
+        alpha, beta = empyrical.alpha_beta(r[both], b[both], risk_free=rf)
+        assert row["beta"] == pytest.approx(beta, rel=1e-8)
+        assert row["alpha"] == pytest.approx(alpha, rel=1e-8)
+        assert row["benchmark_cumulative_return"] == pytest.approx(empyrical.cum_returns_final(b[both]), rel=1e-8)
+        assert row["information_ratio"] == pytest.approx(empyrical.excess_sharpe(r[both], b[both]) * np.sqrt(PERIODS_PER_YEAR), rel=1e-8)
+
+
+def test_period_statistics_groups_are_independent_whatever_the_row_order():
+    # P0 ends under water and P1 starts under water: their runs must not join (2 days each)
+    rows = pl.DataFrame(
+        {
+            "portfolio_id": ["P0"] * 3 + ["P1"] * 4,
+            "period": ["ITD"] * 7,
+            "date": [D0 + timedelta(days=d) for d in (0, 1, 2, 0, 1, 2, 3)],
+            "daily_return": [0.1, -0.2, 0.05, -0.1, -0.1, 0.5, 0.01],
+        }
+    )
+    out = period_statistics(rows, ["portfolio_id", "period"])
+    assert out["drawdown_days"].to_list() == [2, 2]
+    for row in out.iter_rows(named=True):
+        alone = return_statistics(rows.filter(pl.col("portfolio_id") == row["portfolio_id"])["daily_return"].to_numpy())
+        assert {k: row[k] for k in alone} == alone
+    # sorted, shuffled, or day by day (the order of a cross join with the periods): the same
+    book = _book(np.random.default_rng(8), 5, 120, lambda k: k % 2 == 0).with_columns(
+        pl.when(pl.col("date").dt.month() == 2).then(pl.lit("A")).otherwise(pl.lit("B")).alias("period")
+    )
+    keys = ["portfolio_id", "period"]
+    expected = period_statistics(book, keys)
+    assert expected.height == 10
+    for order in (book.sample(fraction=1.0, shuffle=True, seed=1), book.sort("date", "portfolio_id"), book.sort("period")):
+        got = period_statistics(order, keys)
+        assert got.select(*keys, "days", "first_date", "last_date", "drawdown_days").equals(
+            expected.select(*keys, "days", "first_date", "last_date", "drawdown_days")
+        )
+        for c in ("cumulative_return", "volatility", "sharpe", "sortino", "max_drawdown", "beta", "alpha", "information_ratio"):
+            np.testing.assert_allclose(got[c].to_numpy(), expected[c].to_numpy(), rtol=1e-12, atol=1e-15, err_msg=c)
+            assert got[c].null_count() == expected[c].null_count() == (0 if c not in ("beta", "alpha", "information_ratio") else 4)
+
+
+def _flow_rows(pid, offsets, flows, navs, start_value):
+    """Rows of one group for money_weighted_returns: days at ``offsets`` from D0, the first
+    day's capital = start value + its flow."""
+    return pl.DataFrame(
+        {
+            "portfolio_id": pid,
+            "date": [D0 + timedelta(days=int(d)) for d in offsets],
+            "nav": navs,
+            "net_flows": flows,
+            "capital": [start_value + flows[0]] + [0.0] * (len(offsets) - 1),
+        },
+        schema_overrides={"nav": pl.Float64, "net_flows": pl.Float64, "capital": pl.Float64},
+    )
+
+
+def _expected_xirr(part):
+    """The rule of money_weighted_returns for one group, with the one-series ``xirr``."""
+    days = np.array([(d - part["date"][0]).days for d in part["date"]], dtype=np.float64)
+    if part["nav"].null_count():
+        return None, NAV_UNKNOWN
+    start = part["capital"][0] - part["net_flows"][0]
+    x = xirr(np.r_[0.0, days / 365.0], np.r_[start, part["net_flows"].to_numpy()], (days[-1] + 1) / 365.0, part["nav"][-1])
+    return x, None if x is not None else NO_IRR
+
+
+def test_vectorised_money_weighted_returns_agree_with_xirr_group_by_group(monkeypatch):
+    rng = np.random.default_rng(17)
+    groups = []
+    for k in range(300):
+        n = int(rng.integers(1, 25))
+        offsets = np.cumsum(rng.integers(1, 40, n)) - 1
+        # deposits and withdrawals (some larger than what is invested), many days without flows
+        flows = np.where(rng.random(n) < 0.5, 0.0, rng.normal(0.0, 400.0, n))
+        start = 0.0 if k % 7 == 0 else float(rng.uniform(100.0, 2000.0))
+        end = float(rng.uniform(-300.0, 3000.0))  # a negative end value: often no solution
+        navs = list(rng.uniform(0.0, 2000.0, n - 1)) + [end]
+        if k % 50 == 3:
+            navs[n // 2] = None
+        if k % 61 == 4:  # no money in at all
+            start, flows = 0.0, np.zeros(n)
+        groups.append(_flow_rows(f"G{k:03d}", offsets, list(flows), navs, start))
+    # three rates solve these flows, -90%, -50% and 10%: (v - 0.1)(v - 0.5)(v - 1.1) = 0 with
+    # v = 1 + x, that is v^3 - 1.7 v^2 + 0.71 v - 0.055; brentq finds -90%, Chandrupatla's
+    # method 10%
+    groups.append(_flow_rows("MANY", [0, 365, 730, 1094], [0.0, -1.7, 0.71, 0.0], [1.0, 1.0, 1.0, 0.055], 1.0))
+    rows = pl.concat(groups)
+    calls = []
+    real_xirr = performance_module.xirr
+    monkeypatch.setattr(performance_module, "xirr", lambda *a: calls.append(a) or real_xirr(*a))
+    out = money_weighted_returns(rows.sample(fraction=1.0, shuffle=True, seed=2), ["portfolio_id"])
+    monkeypatch.undo()
+    assert out["portfolio_id"].to_list() == sorted(set(rows["portfolio_id"]))
+    notes = set()
+    for row, part in zip(out.iter_rows(named=True), rows.partition_by("portfolio_id", maintain_order=True)):
+        expected, note = _expected_xirr(part)
+        notes.add(note)
+        assert row["mwr_note"] == note, row["portfolio_id"]
+        if expected is None:
+            assert row["money_weighted_return_annualised"] is None and row["money_weighted_return"] is None
+        else:
+            assert row["money_weighted_return_annualised"] == pytest.approx(expected, rel=1e-10, abs=1e-10), row["portfolio_id"]
+    assert notes == {None, NO_IRR, NAV_UNKNOWN}
+    many = out.filter(pl.col("portfolio_id") == "MANY")["money_weighted_return_annualised"][0]
+    assert many == pytest.approx(-0.9, abs=1e-10)  # brentq's pick among the three
+    # most groups are solved all together; the one with three rates by xirr itself
+    assert 1 <= len(calls) < 60
+    assert any(list(a[1]) == [1.0, 0.0, -1.7, 0.71, 0.0] for a in calls)
