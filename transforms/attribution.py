@@ -53,9 +53,11 @@ Over the ``T`` periods given: ``R = prod(1 + R_t) - 1`` and ``B = prod(1 + B_t) 
   - ``"frongello"`` (Frongello 2002): the recursion ``G_t = e_t prod_{s<t}(1 + R_s) +
     B_t sum_{s<t} G_s`` per sector and effect, ``e = sum_t G_t``. With ``Q_t = prod_{s<=t}(1 +
     B_s)`` the running sum solves to ``S_t = sum_{s<=t} G_s = Q_t sum_{u<=t} e_u prod_{s<u}(1 +
-    R_s) / Q_u``, which is how it is evaluated (cumulative sums, no loop over periods); summed,
-    it equals GRAP's result exactly (Bacon 2008 shows the same totals in his GRAP and
-    Frongello tables), only the per-period split differs.
+    R_s) / Q_u``, so the linked effect ``e = S_T`` is ``sum_t e_t f_t`` with ``f_t = prod_{s<t}(1 +
+    R_s) * Q_T / Q_t``, which is how it is evaluated (no recursion, no (sector, period) grid).
+    That factor is GRAP's (``Q_T / Q_t = prod_{s>t}(1 + B_s)``): linked over the whole period
+    the two agree exactly (Bacon 2008 shows the same totals in his GRAP and Frongello tables);
+    only the per-period split ``G_t``, which is not published, differs.
 
   Each method's linked effects sum over sectors and effects to ``R - B`` (when each period's
   effects sum to ``d_t``). Every period return must be known and above -100%
@@ -499,39 +501,21 @@ def link(daily: pl.DataFrame, totals: pl.DataFrame, method: str) -> pl.DataFrame
     per_period, per_portfolio = _periods(totals)
     keys = ["portfolio_id", "sector"]
 
-    if method == "frongello":
-        # G_t also has a term on days the sector has no row (B_t times the running sum): the
-        # recursion runs on every (sector, period) of the portfolio, absent effects being 0
-        grid = (
-            frame.lazy()
-            .select(keys)
-            .unique()
-            .join(per_period.select("portfolio_id", "date", "benchmark_return", "_grown", "_q"), on="portfolio_id")
-            .join(frame.lazy(), on=_SECTOR_KEYS, how="left")
-            .with_columns(pl.col(EFFECTS).fill_null(0.0))
-            .sort(*keys, "date")
-        )
-        q_before = pl.col("_q").shift(1, fill_value=1.0).over(keys)
-        linked_terms = []
-        for e in EFFECTS:
-            scaled = pl.col(e) * pl.col("_grown")
-            running_before = q_before * (scaled / pl.col("_q")).cum_sum().shift(1, fill_value=0.0).over(keys)
-            linked_terms.append((scaled + pl.col("benchmark_return") * running_before).sum().alias(e))
-        linked = grid.group_by(keys).agg(linked_terms)
-    else:
-        if method == "carino":
-            factor = pl.col("_k") / pl.col("_K")
-        elif method == "menchero":
-            factor = pl.col("_M") + pl.col("_c") * pl.col("_d")
-        else:  # grap
-            factor = pl.col("_grown") * pl.col("_b_after")
-        factors = per_period.join(per_portfolio, on="portfolio_id").select(*_DAY_KEYS, factor.alias("_f"))
-        linked = (
-            frame.lazy()
-            .join(factors, on=_DAY_KEYS)
-            .group_by(keys)
-            .agg([(pl.col(e) * pl.col("_f")).sum().alias(e) for e in EFFECTS])
-        )
+    if method == "carino":
+        factor = pl.col("_k") / pl.col("_K")
+    elif method == "menchero":
+        factor = pl.col("_M") + pl.col("_c") * pl.col("_d")
+    elif method == "grap":
+        factor = pl.col("_grown") * pl.col("_b_after")
+    else:  # frongello: S_T = Q_T sum_t e_t grown_t / Q_t (module docstring)
+        factor = pl.col("_grown") * (1.0 + pl.col("_B")) / pl.col("_q")
+    factors = per_period.join(per_portfolio, on="portfolio_id").select(*_DAY_KEYS, factor.alias("_f"))
+    linked = (
+        frame.lazy()
+        .join(factors, on=_DAY_KEYS)
+        .group_by(keys)
+        .agg([(pl.col(e) * pl.col("_f")).sum().alias(e) for e in EFFECTS])
+    )
     ok = pl.col("_ok")
     out = (
         linked.join(per_portfolio, on="portfolio_id")
