@@ -35,25 +35,11 @@ from transforms.attribution import (
 )
 from transforms.contract import UNCLASSIFIED
 from transforms.performance import period_starts
-from transforms.prices import codes, day_numbers
-from transforms.valuations import Holdings, unit_values
+from transforms.prices import codes
+from transforms.valuations import Holdings, unit_values, valuation_cells
 
 HOLDING_DAYS_SCHEMA = HOLDINGS_SCHEMA  # what transforms.attribution reads
 CASH = "CASH"
-
-
-def _previous_close(h: Holdings, daily_valuations: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Dense (portfolio, day) arrays of ``nav`` and ``cash`` from ``daily_valuations``, in the
-    codes of ``h``; NaN where a (portfolio, day) has no row or a null value."""
-    nav = np.full((h.ports.height, h.cal.n), np.nan)
-    cash = np.full((h.ports.height, h.cal.n), np.nan)
-    p = codes(daily_valuations["portfolio_id"], h.ports["portfolio_id"])
-    d = np.searchsorted(h.cal.numbers, day_numbers(daily_valuations["date"]))
-    known = (p >= 0) & (d < h.cal.n)
-    known[known] &= h.cal.numbers[d[known]] == day_numbers(daily_valuations["date"])[known]
-    nav[p[known], d[known]] = daily_valuations["nav"].cast(pl.Float64).fill_null(np.nan).to_numpy()[known]
-    cash[p[known], d[known]] = daily_valuations["cash"].cast(pl.Float64).fill_null(np.nan).to_numpy()[known]
-    return nav, cash
 
 
 def portfolio_days(h: Holdings, daily_valuations: pl.DataFrame, instruments: pl.DataFrame,
@@ -73,7 +59,8 @@ def portfolio_days(h: Holdings, daily_valuations: pl.DataFrame, instruments: pl.
     first_day = max(first_day, 1)
     bases, slot_of_p = np.unique(h.base_of_p, return_inverse=True)
     table, _ = unit_values(bases, h.inst_ccy, h.close, h.last, h.usd2d)
-    nav, cash = _previous_close(h, daily_valuations)
+    cells = valuation_cells(daily_valuations, h, ("nav", "cash"))
+    nav, cash = cells["nav"], cells["cash"]
     # a segment held on days [start, end) weighs on the days after: [start + 1, end + 1)
     lo = np.maximum(seg["start"] + 1, first_day)
     hi = np.minimum(seg["end"] + 1, n_days)

@@ -10,17 +10,27 @@ valuations' long and short market values), in the portfolio's base currency:
 - concentration: top10_weight = the ``TOP_N`` largest |value| summed / gross; herfindahl =
   sum((|v| / gross) ** 2) over positions (1 for one position; 1 / herfindahl is the effective
   number of positions); both on gross weights so a levered or short book stays in [0, 1];
-- beta_adjusted_net = sum(v * beta_i) / nav, where beta_i is the instrument's beta to the
-  portfolio's benchmark, in the base currency: cov(r_i, r_b) / var(r_b) over the last
-  ``BETA_WINDOW`` business days of the calendar where both returns are known (at least
-  ``BETA_MIN_DAYS`` of them; else unknown). The betas are estimated once, to the last day, and
-  applied to every day's holdings: earlier days use betas estimated with later returns.
+- beta_adjusted_net(d) = sum(v * beta_i(d)) / nav, where beta_i(d) is the instrument's beta to
+  the portfolio's benchmark on day d, in the base currency: cov(r_i, r_b) / var(r_b)
+  (population moments: the OLS slope) over the ``BETA_WINDOW`` business days ending at d
+  (the returns of days d - window + 1 .. d) where both returns are known, at least
+  ``BETA_MIN_DAYS`` of them (else unknown). r_i is the day's change of one unit's value in
+  the base currency (close times fx, as valued), unknown before the instrument's first close;
+  r_b the benchmark's ``daily_return``. A day's figure reads no return after that day.
   Positions without a beta are counted in ``positions_without_beta`` and left out of the sum;
   a portfolio without a benchmark has no beta-adjusted exposure.
 
 By dimension (``exposure_breakdown``): the same long / short / gross / net per sector, asset
 class, currency (the instrument's) and country, with their weights of nav; an instrument
 without a value for a dimension counts under ``UNKNOWN``. Only buckets held that day appear.
+
+Implementation. A compiled loop (``transforms.exposure_kernel``) adds every held segment's daily
+value to dense (portfolio, day, bucket) and (portfolio, day) accumulators; the betas are a
+(benchmark, base currency, instrument) x day table of rolling estimates from running sums
+(``rolling_betas``), for the instruments each benchmark's portfolios hold. Portfolios (sorted
+ids), days and buckets (numbered in (dimension, bucket) order) are numbered in the outputs'
+sort order, so both frames come out sorted without a sort, and the nav is read from a dense
+(portfolio, day) array rather than joined.
 
 Firm-wide (``exposures_firm``): the current positions of every portfolio converted to
 ``FIRM_CURRENCY`` at the positions' date and summed by instrument and by sector: long, short,
@@ -29,14 +39,17 @@ gross, net, the number of portfolios holding, and the share of the firm's gross.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from transforms.contract import EXPOSURE_BREAKDOWN_SCHEMA, EXPOSURES_FIRM_SCHEMA, EXPOSURES_SCHEMA
 from transforms.exposure_kernel import add_exposures
 from transforms.fx import FxRates, usd_table
-from transforms.prices import Prices, codes
-from transforms.valuations import Holdings, holdings, unit_values, valued_days
+from transforms.prices import Prices, codes, day_numbers
+from transforms.valuations import Holdings, holdings, unit_values, valuation_cells, valued_days
 
 AnyFrame = pl.DataFrame | pl.LazyFrame
 
@@ -46,6 +59,7 @@ TOP_N = 10
 BETA_WINDOW = 252
 BETA_MIN_DAYS = 60
 FIRM_CURRENCY = "USD"
+VARIANCE_RTOL = 1e-10  # rolling_betas: a window variance this small against the running sums is rounding
 
 
 def instrument_betas(returns: np.ndarray, benchmark: np.ndarray, min_days: int = BETA_MIN_DAYS) -> np.ndarray:
@@ -65,32 +79,143 @@ def instrument_betas(returns: np.ndarray, benchmark: np.ndarray, min_days: int =
     return beta
 
 
-def _betas(h: Holdings, table: np.ndarray, slot_of_p: np.ndarray, benchmark_ids: pl.Series, benchmark_returns: pl.DataFrame,
-           window: int, min_days: int) -> np.ndarray:
-    """(portfolios, instruments) betas to each portfolio's benchmark in its base currency."""
+def rolling_betas(
+    returns: np.ndarray, benchmark: np.ndarray, window: int = BETA_WINDOW, min_days: int = BETA_MIN_DAYS
+) -> np.ndarray:
+    """Beta of each row of ``returns`` (instruments x days, NaN where unknown) to ``benchmark``
+    (days) on every day ``d``, over the returns of days ``d - window + 1 .. d`` (from day 0
+    while fewer have passed): ``instrument_betas`` of that window, (instruments, days), NaN with
+    fewer than ``min_days`` days where both are known or no benchmark variance.
+
+    Running sums: per row, cumulative sums over the days of the paired count, ``x``, ``y``,
+    ``x * y`` and ``y * y``, and a window's sums are the difference of two of them;
+    ``beta = (n Sxy - Sx Sy) / (n Syy - Sy^2)``. ``x`` and ``y`` are the returns less the row's
+    first paired returns (a shift does not change the slope): returns far from zero would make
+    ``n Syy`` and ``Sy^2`` large and close, their difference cancelling digits; after the shift
+    the terms are of the order of the returns' spread. The shift is a day at or before every
+    window that has a paired day, so a day's beta reads no later return, to the last bit. A
+    window whose ``n Syy - Sy^2`` is within rounding of the running sums (``VARIANCE_RTOL`` of
+    ``n`` times the running ``Syy``) has no variance.
+    """
+    n_rows, n_days = returns.shape
+    known = np.isfinite(returns) & np.isfinite(benchmark)[None, :]
+    first = known.argmax(axis=1)  # each row's first paired day (0 when none: nothing to shift)
+    x = np.where(known, returns - returns[np.arange(n_rows), first][:, None], 0.0)
+    y = np.where(known, benchmark[None, :] - benchmark[first][:, None], 0.0)
+    lo = np.maximum(np.arange(1, n_days + 1) - window, 0)
+
+    def window_sums(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sum over each day's window, running sum through the day)."""
+        running = np.zeros((n_rows, n_days + 1))
+        np.cumsum(values, axis=1, out=running[:, 1:])
+        return running[:, 1:] - running[:, lo], running[:, 1:]
+
+    n = window_sums(known.astype(np.float64))[0]
+    sx, sy = window_sums(x)[0], window_sums(y)[0]
+    sxy = window_sums(x * y)[0]
+    syy, syy_running = window_sums(y * y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = n * syy - sy * sy
+        beta = (n * sxy - sx * sy) / variance
+    beta[(n < min_days) | (variance <= VARIANCE_RTOL * n * syy_running) | ~np.isfinite(beta)] = np.nan
+    return beta
+
+
+def _daily_betas(
+    h: Holdings, table: np.ndarray, slot_of_p: np.ndarray, benchmark_ids: pl.Series, benchmark_returns: pl.DataFrame,
+    window: int, min_days: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(beta, beta_row): ``beta[row, d]`` the beta on day ``d`` (``rolling_betas``) of one held
+    (benchmark, base currency, instrument), in the base currency; ``beta_row`` per segment of
+    ``h.seg`` (-1: the portfolio has no benchmark). Only the instruments a benchmark's
+    portfolios hold get a row."""
     n_ports, n_i, n_days = h.ports.height, h.inst_ids.len(), h.cal.n
-    out = np.full((n_ports, n_i), np.nan)
-    lo = max(n_days - window, 1)
-    values = table.reshape(-1, n_i, n_days)
-    bench = benchmark_returns.select("benchmark_id", "base_currency", "date", "daily_return")
-    keys = pl.DataFrame({"benchmark_id": benchmark_ids, "base_currency": h.ports["base_currency"], "p": np.arange(n_ports)})
-    for (bid, base), group in keys.filter(pl.col("benchmark_id").is_not_null()).group_by(
-        ["benchmark_id", "base_currency"], maintain_order=True
+    ports = pl.DataFrame({"benchmark_id": benchmark_ids.cast(pl.String), "base_currency": h.ports["base_currency"].cast(pl.String),
+                          "p": np.arange(n_ports)})
+    key_of_p = np.full(n_ports, -1, dtype=np.int64)
+    keys = []
+    for k, (key, group) in enumerate(
+        ports.filter(pl.col("benchmark_id").is_not_null()).group_by(["benchmark_id", "base_currency"], maintain_order=True)
     ):
-        series = (
-            pl.DataFrame({"date": h.days})
-            .join(bench.filter((pl.col("benchmark_id") == bid) & (pl.col("base_currency") == base)), on="date", how="left", maintain_order="left")
-            .get_column("daily_return")
-            .fill_null(np.nan)
-            .to_numpy()
-        )
-        slot = slot_of_p[group["p"][0]]
-        v = values[slot][:, lo - 1 :]
+        key_of_p[group["p"].to_numpy()] = k
+        keys.append((*key, k, int(slot_of_p[group["p"][0]])))
+    n_keys = len(keys)
+    seg_key = key_of_p[h.seg["p"]]
+    with_key = seg_key >= 0
+    code = seg_key[with_key] * n_i + h.seg["i"][with_key]  # (key, instrument) of each segment
+    held = np.zeros(n_keys * n_i, dtype=bool)
+    held[code] = True
+    row_of_code = np.cumsum(held) - 1
+    beta_row = np.full(seg_key.size, -1, dtype=np.int64)
+    beta_row[with_key] = row_of_code[code]
+    beta = np.full((int(held.sum()), n_days), np.nan)
+    if not n_keys:
+        return beta, beta_row
+
+    # each key's benchmark return per business day (NaN: unknown)
+    bench = (
+        benchmark_returns.lazy()
+        .select(pl.col("benchmark_id").cast(pl.String), pl.col("base_currency").cast(pl.String), pl.col("date").cast(pl.Date),
+                pl.col("daily_return").cast(pl.Float64))
+        .join(pl.LazyFrame(keys, schema=["benchmark_id", "base_currency", "key", "slot"], orient="row"),
+              on=["benchmark_id", "base_currency"], how="inner")
+        .filter(pl.col("date").is_not_null())
+        .collect()
+    )
+    number = day_numbers(bench["date"])
+    day = h.cal.index(number)
+    on_day = day < n_days
+    on_day[on_day] = h.cal.numbers[day[on_day]] == number[on_day]
+    cell = bench["key"].to_numpy()[on_day] * n_days + day[on_day]
+    if cell.size and np.bincount(cell).max() > 1:
+        raise ValueError("benchmark_returns has more than one row per (benchmark_id, base_currency, date)")
+    series = np.full(n_keys * n_days, np.nan)
+    series[cell] = bench["daily_return"].fill_null(np.nan).to_numpy()[on_day]
+    series = series.reshape(n_keys, n_days)
+
+    for _, _, k, slot in keys:
+        inst = np.flatnonzero(held[k * n_i : (k + 1) * n_i])
+        if not inst.size:
+            continue
+        v = table[slot * n_i + inst]  # rows (base, instrument)
+        r = np.full(v.shape, np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
-            r = v[:, 1:] / v[:, :-1] - 1.0  # 0 before the first close: inf or NaN, unknown
-        r[~np.isfinite(r) | (v[:, :-1] == 0)] = np.nan
-        out[group["p"].to_numpy()] = instrument_betas(r, series[lo:], min_days)
-    return out
+            r[:, 1:] = v[:, 1:] / v[:, :-1] - 1.0  # 0 before the first close: inf or NaN, unknown
+        r[:, 1:][~np.isfinite(r[:, 1:]) | (v[:, :-1] == 0)] = np.nan
+        beta[row_of_code[k * n_i + inst]] = rolling_betas(r, series[k], window, min_days)
+    return beta, beta_row
+
+
+def _per_nav(values: np.ndarray, nav: np.ndarray) -> np.ndarray:
+    """``values / nav`` where the nav is positive, else NaN (null in the output)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(nav > 0, values / nav, np.nan)
+
+
+def _labels_at(labels: list[str], index: np.ndarray) -> pl.Series:
+    """``labels[index]`` as a String column (``index``: integers into ``labels``), the same
+    column as ``pl.Series(labels).gather(index)``.
+
+    Built as Arrow string views in numpy memory and handed to Polars without a copy: a view is
+    16 bytes, the length (int32) then the string when it fits in 12 bytes, else its first 4
+    bytes, buffer 0 and its offset in one buffer of the long labels. Polars' gather would write
+    the same 16 bytes per row into fresh pages of its own allocator (412 MB per column of the
+    standard book's breakdown), which the kernel must zero and map first; numpy's heap reuses
+    the pages the breakdown's temporaries have just freed (``orchestration.memory``).
+    """
+    views, data = [], b""
+    for label in labels:
+        raw = label.encode()
+        if len(raw) <= 12:
+            views.append(struct.pack("<i12s", len(raw), raw))
+        else:
+            views.append(struct.pack("<i4sii", len(raw), raw[:4], 0, len(data)))
+            data += raw
+    table = np.frombuffer(b"".join(views), dtype="V16")
+    column = pa.Array.from_buffers(
+        pa.string_view(), index.size, [None, pa.py_buffer(table[index]), pa.py_buffer(data)]
+    )
+    return pl.Series(pl.from_arrow(column)).cast(pl.String)
 
 
 def _empty() -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -113,23 +238,28 @@ def exposures(
     """(``EXPOSURES_SCHEMA``, ``EXPOSURE_BREAKDOWN_SCHEMA``) frames; see the module docstring.
 
     Arguments as ``transforms.valuations.daily_valuations`` (accepted trades), plus that
-    function's output (for the nav) and ``transforms.market_returns.benchmark_returns`` (for
-    the betas, over ``beta_window`` days with at least ``beta_min_days``). Sorted by (portfolio_id, date[, dimension, bucket]).
+    function's output (``DAILY_VALUATIONS_SCHEMA``: portfolio_id, date, nav; one row per
+    portfolio and date, else ``ValueError``) and ``transforms.market_returns.benchmark_returns``
+    (``BENCHMARK_RETURNS_SCHEMA``: benchmark_id, base_currency, date, daily_return; one row
+    per key and date) for the betas, each day's over the ``beta_window`` days to it with at
+    least ``beta_min_days``. Sorted by (portfolio_id, date[, dimension, bucket]).
     """
     h = holdings(trades, cash_ledger, prices, fx_rates, instruments, portfolios)
     if h is None:
         return _empty()
     seg, n_ports, n_i, n_days = h.seg, h.ports.height, h.inst_ids.len(), h.cal.n
+    nav = valuation_cells(daily_valuations, h)["nav"].ravel()  # indexed by portfolio * days + day
     attrs = (
         pl.DataFrame({"instrument_id": h.inst_ids})
         .join(instruments.lazy().select("instrument_id", *DIMENSIONS).collect().unique("instrument_id", keep="first"),
               on="instrument_id", how="left", maintain_order="left")
         .with_columns([pl.col(d).cast(pl.String).fill_null(UNKNOWN) for d in DIMENSIONS])
     )
+    # buckets numbered in (dimension, bucket) order, the breakdown's sort order
     bucket = np.empty((len(DIMENSIONS), n_i), dtype=np.int64)
     labels_dim: list[str] = []
     labels: list[str] = []
-    for k, dim in enumerate(DIMENSIONS):
+    for k, dim in enumerate(sorted(DIMENSIONS)):
         values = attrs[dim].unique().sort()
         bucket[k] = codes(attrs[dim], values) + len(labels)
         labels_dim += [dim] * values.len()
@@ -150,83 +280,95 @@ def exposures(
               on="portfolio_id", how="left", maintain_order="left")
         .get_column("benchmark_id")
     )
-    betas = _betas(h, table, slot_of_p, benchmark_ids, benchmark_returns, beta_window, beta_min_days)
+    beta, beta_row = _daily_betas(h, table, slot_of_p, benchmark_ids, benchmark_returns, beta_window, beta_min_days)
 
     p, i = seg["p"], seg["i"]
-    long_b, short_b = np.zeros((n_ports, n_b, n_days)), np.zeros((n_ports, n_b, n_days))
-    beta_net, no_beta, sum_sq = np.zeros((n_ports, n_days)), np.zeros((n_ports, n_days)), np.zeros((n_ports, n_days))
-    top = np.zeros((n_ports, n_days, TOP_N))
+    long_b, short_b = np.zeros((n_ports, n_days, n_b)), np.zeros((n_ports, n_days, n_b))
+    beta_net, sum_sq = np.zeros((n_ports, n_days)), np.zeros((n_ports, n_days))
+    no_beta = np.zeros((n_ports, n_days), dtype=np.int64)
+    top, top_min = np.zeros((n_ports, n_days, TOP_N)), np.zeros((n_ports, n_days))
     add_exposures(
         p, slot_of_p[p] * n_i + i, i, seg["start"], seg["end"], seg["q"], seg["last_trade_price"],
-        h.inst_ccy[i] * n_c + h.base_of_p[p], betas[p, i], first_priced, table, fx, bucket,
-        long_b, short_b, beta_net, no_beta, sum_sq, top,
+        h.inst_ccy[i] * n_c + h.base_of_p[p], beta_row, first_priced, table, fx, beta, bucket,
+        long_b, short_b, beta_net, no_beta, sum_sq, top, top_min, np.zeros((n_ports, n_days), dtype=np.int64),
     )
+    # the holdings' segments and ledger rows (some 600 MB on the standard book) are done with:
+    # the breakdown's columns reuse their memory
+    ports, days, start_idx, day_number = h.ports, h.days, h.start_idx, h.cal.numbers
+    del h, seg, p, i, table, beta, beta_row, top_min
 
-    # one row per valued (portfolio, day)
-    p_rows, d_rows = valued_days(h.start_idx, n_days)
-    first_dim = slice(0, int((np.array(labels_dim) == DIMENSIONS[0]).sum()))  # one dimension covers every position
-    long_t = long_b[:, first_dim, :].sum(axis=1)[p_rows, d_rows]
-    short_t = short_b[:, first_dim, :].sum(axis=1)[p_rows, d_rows]
-    gross = long_t - short_t
-    totals = pl.DataFrame(
+    # one row per valued (portfolio, day), in (portfolio_id, date) order (ports are sorted)
+    p_rows, d_rows = valued_days(start_idx, n_days)
+    cell = p_rows * n_days + d_rows
+    # one dimension covers every position; its buckets added in order, as a sum over them would
+    sector = [k for k, dim in enumerate(labels_dim) if dim == DIMENSIONS[0]]
+    long_t, short_t = np.zeros((n_ports, n_days)), np.zeros((n_ports, n_days))  # no instruments: no buckets
+    if sector:
+        long_t[:], short_t[:] = long_b[:, :, sector[0]], short_b[:, :, sector[0]]
+    for k in sector[1:]:
+        long_t += long_b[:, :, k]
+        short_t += short_b[:, :, k]
+    long_t, short_t = long_t.ravel()[cell], short_t.ravel()[cell]
+    gross, net, nav_t = long_t - short_t, long_t + short_t, nav[cell]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        positive_gross = np.where(gross > 0, gross, np.nan)
+        top_weight = top.reshape(-1, TOP_N)[cell].sum(axis=1) / positive_gross
+        herfindahl = sum_sq.ravel()[cell] / positive_gross**2
+    del top, sum_sq
+    has_benchmark = benchmark_ids.is_not_null().to_numpy()[p_rows]
+    out = pl.DataFrame(
         {
-            "portfolio_id": h.ports["portfolio_id"].gather(p_rows),
-            "date": h.days.gather(d_rows),
-            "base_currency": h.ports["base_currency"].gather(p_rows),
+            "portfolio_id": ports["portfolio_id"].gather(p_rows),
+            "date": days.gather(d_rows),
+            "base_currency": ports["base_currency"].gather(p_rows),
             "benchmark_id": benchmark_ids.gather(p_rows),
+            "nav": nav_t,
             "long_exposure": long_t,
             "short_exposure": short_t,
             "gross_exposure": gross,
-            "net_exposure": long_t + short_t,
-            "_top": top[p_rows, d_rows].sum(axis=1),
-            "_sum_sq": sum_sq[p_rows, d_rows],
-            "_beta_net": beta_net[p_rows, d_rows],
-            "positions_without_beta": np.rint(no_beta[p_rows, d_rows]).astype(np.int64),
+            "net_exposure": net,
+            "leverage": _per_nav(gross, nav_t),
+            "net_leverage": _per_nav(net, nav_t),
+            "top10_weight": top_weight,
+            "herfindahl": herfindahl,
+            "beta_adjusted_net": np.where(has_benchmark, _per_nav(beta_net.ravel()[cell], nav_t), np.nan),
+            "positions_without_beta": no_beta.ravel()[cell],
         },
         nan_to_null=True,
-    )
-    nav = pl.col("nav")
-    positive_nav = pl.when(nav > 0).then(nav)
-    positive_gross = pl.when(pl.col("gross_exposure") > 0).then(pl.col("gross_exposure"))
-    out = (
-        totals.join(daily_valuations.select("portfolio_id", "date", "nav"), on=["portfolio_id", "date"], how="left")
-        .with_columns(
-            (pl.col("gross_exposure") / positive_nav).alias("leverage"),
-            (pl.col("net_exposure") / positive_nav).alias("net_leverage"),
-            (pl.col("_top") / positive_gross).alias("top10_weight"),
-            (pl.col("_sum_sq") / positive_gross.pow(2)).alias("herfindahl"),
-            pl.when(pl.col("benchmark_id").is_not_null()).then(pl.col("_beta_net") / positive_nav).alias("beta_adjusted_net"),
-        )
-        .select([pl.col(c).cast(t) for c, t in EXPOSURES_SCHEMA.items()])
-        .sort("portfolio_id", "date")
-    )
+    ).select([pl.col(c).cast(t) for c, t in EXPOSURES_SCHEMA.items()])
+    del beta_net, no_beta
 
-    # breakdown: the (portfolio, bucket, day) cells held, days from each portfolio's first
-    valued = np.arange(n_days)[None, None, :] >= h.start_idx[:, None, None]
-    cp, cb, cd = np.nonzero(((long_b != 0) | (short_b != 0)) & valued)
-    lb, sb = long_b[cp, cb, cd], short_b[cp, cb, cd]
-    breakdown = (
-        pl.DataFrame(
-            {
-                "portfolio_id": h.ports["portfolio_id"].gather(cp),
-                "date": h.days.gather(cd),
-                "dimension": pl.Series(labels_dim, dtype=pl.String).gather(cb),
-                "bucket": pl.Series(labels, dtype=pl.String).gather(cb),
-                "long_exposure": lb,
-                "short_exposure": sb,
-                "gross_exposure": lb - sb,
-                "net_exposure": lb + sb,
-            },
-            nan_to_null=True,
-        )
-        .join(daily_valuations.select("portfolio_id", "date", "nav"), on=["portfolio_id", "date"], how="left")
-        .with_columns(
-            (pl.col("gross_exposure") / positive_nav).alias("gross_weight"),
-            (pl.col("net_exposure") / positive_nav).alias("net_weight"),
-        )
-        .select([pl.col(c).cast(t) for c, t in EXPOSURE_BREAKDOWN_SCHEMA.items()])
-        .sort("portfolio_id", "date", "dimension", "bucket")
-    )
+    # breakdown: the (portfolio, day, bucket) cells held from each portfolio's first day, found in
+    # output order: portfolios, days and buckets are numbered in sort order
+    held = (long_b != 0) | (short_b != 0)
+    held &= (np.arange(n_days)[None, :] >= start_idx[:, None])[:, :, None]
+    at = np.flatnonzero(held)
+    del held
+    lb, sb = long_b.ravel()[at], short_b.ravel()[at]
+    del long_b, short_b
+    cell, b = np.divmod(at, n_b)
+    del at
+    gross, net, nav_c = lb - sb, lb + sb, nav[cell]
+    gross_weight, net_weight = _per_nav(gross, nav_c), _per_nav(net, nav_c)
+    del nav_c
+    p_c, d_c = np.divmod(cell, n_days)
+    del cell
+    # every column is numpy memory handed to Polars without a copy (see _labels_at)
+    breakdown = pl.DataFrame(
+        {
+            "portfolio_id": _labels_at(ports["portfolio_id"].to_list(), p_c),
+            "date": pl.Series(day_number.astype(np.int32)[d_c]).cast(pl.Date),
+            "dimension": _labels_at(labels_dim, b),
+            "bucket": _labels_at(labels, b),
+            "long_exposure": lb,
+            "short_exposure": sb,
+            "gross_exposure": gross,
+            "net_exposure": net,
+            "gross_weight": gross_weight,
+            "net_weight": net_weight,
+        },
+        nan_to_null=True,
+    ).select([pl.col(c).cast(t) for c, t in EXPOSURE_BREAKDOWN_SCHEMA.items()])
     return out, breakdown
 
 

@@ -435,6 +435,29 @@ def valued_days(start_idx: np.ndarray, n_days: int) -> tuple[np.ndarray, np.ndar
     return p_rows, d_rows
 
 
+def valuation_cells(daily_valuations: pl.DataFrame, h: Holdings, columns: tuple[str, ...] = ("nav",)) -> dict[str, np.ndarray]:
+    """``columns`` of ``daily_valuations`` as dense (portfolio, day) float arrays in the codes of
+    ``h`` (shape ``(h.ports.height, h.cal.n)``): NaN where a cell has no row or a null value; rows
+    of other portfolios or days are ignored. ``ValueError`` when a (portfolio_id, date) has more
+    than one row (every use reads one value per cell)."""
+    n_days = h.cal.n
+    dv = daily_valuations.select("portfolio_id", "date", *columns).filter(pl.col("date").is_not_null())
+    p = run_codes(dv["portfolio_id"], h.ports["portfolio_id"])
+    number = day_numbers(dv["date"])
+    day = h.cal.index(number)
+    found = (p >= 0) & (day < n_days)
+    found[found] = h.cal.numbers[day[found]] == number[found]
+    cell = p[found] * n_days + day[found]
+    if cell.size and np.bincount(cell).max() > 1:
+        raise ValueError("daily_valuations has more than one row per (portfolio_id, date)")
+    out = {}
+    for c in columns:
+        values = np.full(h.ports.height * n_days, np.nan)
+        values[cell] = dv[c].cast(pl.Float64).fill_null(np.nan).to_numpy()[found]
+        out[c] = values.reshape(h.ports.height, n_days)
+    return out
+
+
 def daily_valuations(
     trades: AnyFrame,
     cash_ledger: AnyFrame,

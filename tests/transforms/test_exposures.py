@@ -1,8 +1,10 @@
-"""Exposures (transforms.exposures): a hand-built book worked by hand, and invariants on the
+"""Exposures (transforms.exposures): a hand-built book worked by hand; invariants on the
 generated tiny book (exposures equal the daily valuations' market values; every dimension's
-buckets sum to the totals)."""
+buckets sum to the totals; sorted outputs); rolling betas equal to ``instrument_betas`` (itself
+checked against numpy's least-squares fit) on each day's own window; a day's beta-adjusted
+exposure that later prices do not change; bad input."""
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
@@ -10,7 +12,7 @@ import pytest
 
 from transforms.book import BookInputs, build_book
 from transforms.contract import EXPOSURE_BREAKDOWN_SCHEMA, EXPOSURES_FIRM_SCHEMA, EXPOSURES_SCHEMA, LANDING_SCHEMAS
-from transforms.exposures import DIMENSIONS, UNKNOWN, exposures, exposures_firm, instrument_betas
+from transforms.exposures import DIMENSIONS, UNKNOWN, exposures, exposures_firm, instrument_betas, rolling_betas
 from transforms.market_returns import benchmark_returns
 from transforms.sample_book import generate_book
 
@@ -121,6 +123,7 @@ def test_exposures_equal_the_valuations_and_buckets_sum_to_totals(tiny):
         check = ex.join(sums, on=["portfolio_id", "date"], how="left").with_columns(pl.col("net_exposure_right").fill_null(0.0))
         assert (check["net_exposure"] - check["net_exposure_right"]).abs().max() < scale, dim
     assert ex.select(pl.col(pl.Float64).is_nan().any()).row(0) == (False,) * len([t for t in EXPOSURES_SCHEMA.values() if t == pl.Float64])
+    assert ex.equals(ex.sort("portfolio_id", "date")) and bd.equals(bd.sort("portfolio_id", "date", "dimension", "bucket"))
     held = ex.filter(pl.col("gross_exposure") > 0)
     assert held["top10_weight"].is_between(0.0, 1.0 + 1e-12).all() and held["herfindahl"].is_between(0.0, 1.0 + 1e-12).all()
 
@@ -146,3 +149,150 @@ def test_firm_exposure_converts_to_usd_and_sums_across_portfolios(tiny):
     assert rows["rate"].null_count() == 0
     assert totals[0] == pytest.approx((rows["market_value"] * rows["rate"]).sum(), rel=1e-12)
     assert firm["unconverted_positions"].sum() == 0
+
+
+def _window(d, window):
+    """The days of the window ending at day ``d``."""
+    return slice(max(d - window + 1, 0), d + 1)
+
+
+def test_rolling_betas_equal_instrument_betas_on_each_window():
+    rng = np.random.default_rng(7)
+    n, window, min_days = 400, 120, 40
+    b = rng.normal(0.0005, 0.01, n)
+    b[[0, 17, 250]] = np.nan  # no benchmark return on some days
+    r = np.vstack([
+        1.3 * b + rng.normal(0.0002, 0.006, n),
+        0.05 + 0.2 * b + rng.normal(0, 0.001, n),  # returns far from zero: cancellation in raw sums
+        -0.7 * b + rng.normal(0, 0.02, n),
+        np.zeros(n),  # a flat price: beta 0
+    ])
+    r[:, 0] = np.nan
+    r[0, 150:300:3] = np.nan  # gaps
+    r[2, :200] = np.nan  # returns from day 200: min_days paired days first on day 239
+    beta = rolling_betas(r, b, window, min_days)
+    assert beta.shape == r.shape
+    for d in (0, 30, 39, 40, 41, 119, 120, 121, 210, 238, 239, 240, 300, n - 1):
+        expected = instrument_betas(r[:, _window(d, window)], b[_window(d, window)], min_days)
+        np.testing.assert_array_equal(np.isnan(beta[:, d]), np.isnan(expected), err_msg=f"day {d}")
+        np.testing.assert_allclose(beta[:, d], expected, rtol=1e-9, atol=1e-13, err_msg=f"day {d}")
+    # days 0 .. 40 hold 39 paired days (day 0 has no returns, day 17 no benchmark): no beta yet
+    assert np.isnan(beta[:, 40]).all() and np.isfinite(beta[:2, 41]).all()
+    assert np.isnan(beta[2, 238]) and np.isfinite(beta[2, 239])
+    assert beta[3, n - 1] == pytest.approx(0.0, abs=1e-13)
+
+
+def test_rolling_betas_without_benchmark_variance_are_unknown():
+    rng = np.random.default_rng(8)
+    b = np.r_[rng.normal(0, 0.01, 100), np.full(80, 0.002), np.zeros(80)]  # then flat benchmark returns
+    r = 0.5 * b[None, :] + rng.normal(0, 0.01, (2, b.size))
+    beta = rolling_betas(r, b, window=60, min_days=20)
+    assert np.isfinite(beta[:, 99]).all()
+    assert np.isnan(beta[:, 170]).all() and np.isnan(beta[:, -1]).all()  # constant, then zero, in the window
+    assert np.isnan(instrument_betas(r[:, -60:], b[-60:], 20)).all()
+
+
+N_DAYS = 40
+
+
+def _daily_book(shock_after=None):
+    """One USD portfolio long X and short Y over ``N_DAYS`` days, benchmarked to B (a basket of
+    B alone). ``shock_after``: every close after that day index is redrawn."""
+    rng = np.random.default_rng(11)
+    days = [date(2024, 1, 1) + timedelta(days=k) for k in range(N_DAYS)]
+    rb = rng.normal(0.001, 0.01, N_DAYS)
+    moves = {"B": rb, "X": 1.5 * rb + rng.normal(0, 0.004, N_DAYS), "Y": -0.4 * rb + rng.normal(0, 0.006, N_DAYS)}
+    if shock_after is not None:
+        later = np.arange(N_DAYS) > shock_after
+        for name in moves:
+            moves[name] = np.where(later, rng.normal(0, 0.03, N_DAYS), moves[name])
+    closes = {name: 100 * np.cumprod(1 + m) for name, m in moves.items()}
+    instruments = land("instruments", [{"instrument_id": i, "sector": "S", "asset_class": "EQUITY", "currency": "USD",
+                                        "country": "US"} for i in closes])
+    prices = land("prices", [{"instrument_id": i, "date": d, "close": float(c)} for i, cs in closes.items() for d, c in zip(days, cs)])
+    fx = land("fx_rates", [{"date": days[0], "currency": "EUR", "usd_per_unit": 1.1}])
+    portfolios = land("portfolios", [
+        {"portfolio_id": "P", "portfolio_name": "P", "status": "ACTIVE", "base_currency": "USD", "benchmark_id": "BM",
+         "tax_status": "EXEMPT", "lot_method": "FIFO", "inception_date": days[0]},
+    ])
+    ts = datetime(2024, 1, 1, 15, tzinfo=UTC)
+    trades = land("trades", [
+        {**trade("t1", "P", "X", "BUY", 30, float(closes["X"][0])), "trade_ts": ts, "settle_date": days[2]},
+        {**trade("t2", "P", "Y", "SELL_SHORT", 20, float(closes["Y"][0])), "trade_ts": ts, "settle_date": days[2]},
+    ])
+    flows = land("cash_flows", [{"flow_id": "f1", "portfolio_id": "P", "ts": datetime(2024, 1, 1, 9, tzinfo=UTC),
+                                 "type": "DEPOSIT", "amount": 10_000.0, "currency": "USD"}])
+    bm = land("benchmarks", [{"benchmark_id": "BM", "instrument_id": "B", "weight": 1.0, "effective_date": days[0]}])
+    return BookInputs(trades, portfolios, instruments, prices, fx, flows), bm, closes
+
+
+def test_each_day_uses_the_beta_of_its_own_window():
+    window, min_days = 15, 8
+    inputs, bm, closes = _daily_book()
+    book, ex, _ = _run(inputs, bm, beta_window=window, beta_min_days=min_days)
+    assert ex.height == N_DAYS
+    returns = {name: np.r_[np.nan, c[1:] / c[:-1] - 1] for name, c in closes.items()}
+    r, b = np.vstack([returns["X"], returns["Y"]]), returns["B"]
+    for d in (3, min_days - 1, min_days, window, 25, N_DAYS - 1):
+        row = ex.row(d, named=True)
+        beta = instrument_betas(r[:, _window(d, window)], b[_window(d, window)], min_days)
+        if d < min_days:  # days 1 .. d: fewer than min_days returns, no beta for either position
+            assert np.isnan(beta).all() and row["positions_without_beta"] == 2 and row["beta_adjusted_net"] == 0.0
+            continue
+        value = np.array([30 * closes["X"][d], -20 * closes["Y"][d]])
+        assert row["positions_without_beta"] == 0
+        assert row["beta_adjusted_net"] == pytest.approx(float(value @ beta) / row["nav"], rel=1e-9), d
+
+
+def test_no_look_ahead_later_prices_do_not_change_earlier_betas():
+    window, min_days, cut = 15, 8, 24
+    _, before, _ = _run(*_daily_book()[:2], beta_window=window, beta_min_days=min_days)
+    _, after, _ = _run(*_daily_book(shock_after=cut)[:2], beta_window=window, beta_min_days=min_days)
+    columns = ["date", "beta_adjusted_net", "positions_without_beta"]
+    assert before.select(columns).head(cut + 1).equals(after.select(columns).head(cut + 1))
+    # the later days did change: the comparison can fail
+    assert (before["beta_adjusted_net"].tail(N_DAYS - cut - 1) - after["beta_adjusted_net"].tail(N_DAYS - cut - 1)).abs().min() > 1e-6
+
+
+def test_long_and_non_ascii_labels_and_sort_order():
+    inputs, bm = _hand_book()
+    pid = "PORTFOLIO-WITH-A-LONG-ID-É"  # past the 12 bytes a string view holds inline
+    rename = lambda f: f.with_columns(pl.lit(pid).alias("portfolio_id"))  # noqa: E731
+    instruments = inputs.instruments.with_columns(
+        pl.col("sector").replace({"Technology": "Information Technology — Software"}),
+        pl.col("country").replace({"DE": "Österreich"}),
+    )
+    inputs = BookInputs(rename(inputs.trades), rename(inputs.portfolios), instruments, inputs.prices, inputs.fx_rates,
+                        rename(inputs.cash_flows))
+    _, ex, bd = _run(inputs, bm, beta_window=3, beta_min_days=2)
+    assert set(ex["portfolio_id"]) == set(bd["portfolio_id"]) == {pid}
+    last = bd.filter(pl.col("date") == DAYS[2])
+    assert last.select("dimension", "bucket").rows() == [
+        ("asset_class", "EQUITY"), ("asset_class", "FIXED_INCOME"), ("country", "US"), ("country", "Österreich"),
+        ("currency", "EUR"), ("currency", "USD"),
+        ("sector", "Financials"), ("sector", "Information Technology — Software"), ("sector", UNKNOWN),
+    ]
+    assert last.filter(pl.col("bucket") == "Information Technology — Software")["net_exposure"].item() == pytest.approx(1320.0)
+    assert bd.equals(bd.sort("portfolio_id", "date", "dimension", "bucket"))
+
+
+def test_duplicate_nav_or_benchmark_rows_are_rejected():
+    inputs, bm = _hand_book()
+    book = build_book(inputs)
+    bench = benchmark_returns(bm, inputs.prices, inputs.fx_rates, inputs.instruments, ["USD"])
+    args = (book.trades, book.cash_ledger, inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios)
+    with pytest.raises(ValueError, match="daily_valuations has more than one row"):
+        exposures(*args, pl.concat([book.daily_valuations, book.daily_valuations.tail(1)]), bench)
+    with pytest.raises(ValueError, match="benchmark_returns has more than one row"):
+        exposures(*args, book.daily_valuations, pl.concat([bench, bench.tail(1)]))
+
+
+def test_a_portfolio_with_cash_only_has_zero_exposure():
+    inputs, bm = _hand_book()
+    inputs = BookInputs(inputs.trades.clear(), inputs.portfolios, inputs.instruments, inputs.prices, inputs.fx_rates,
+                        inputs.cash_flows)
+    _, ex, bd = _run(inputs, bm)
+    assert ex.height == len(DAYS) and bd.height == 0
+    assert ex["gross_exposure"].to_list() == [0.0] * 3 and ex["nav"].to_list() == [2000.0] * 3
+    assert ex["beta_adjusted_net"].to_list() == [0.0] * 3 and ex["positions_without_beta"].to_list() == [0] * 3
+    assert ex["top10_weight"].is_null().all() and ex["leverage"].to_list() == [0.0] * 3
