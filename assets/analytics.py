@@ -19,6 +19,7 @@ from transforms.attribution_inputs import attribution_report, benchmark_sector_s
 from transforms.cash import cash_balances as build_cash_balances
 from transforms.conventions import risk_free_per_period
 from transforms.drift import (
+    closed_portfolios,
     drift as build_drift,
     drift_alerts as build_drift_alerts,
     drift_trend,
@@ -232,13 +233,9 @@ def drift(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipel
     instruments = read_bronze(lake, "instruments")
     targets, issues = targets_in_force(read_bronze(lake, "targets"), as_of)
     navs = positions.group_by("portfolio_id").agg(pl.col("market_value").sum().alias("nav"))
-    # a closed portfolio holds only cash by design: measured, it would alert as 100% off target
-    closed = read_bronze(lake, "portfolios").filter(pl.col("status") == "CLOSED").select(
-        "portfolio_id", pl.lit("portfolio is CLOSED").alias("reason")
-    )
     result = build_drift(
         holdings_by_sleeve(read_silver(lake, "lots", where=pl.col("status") == "OPEN"), positions, instruments),
-        navs, targets, instruments, as_of, target_issues=issues, skipped=closed,
+        navs, targets, instruments, as_of, target_issues=issues, skipped=closed_portfolios(read_bronze(lake, "portfolios")),
         abs_band=settings.drift_abs_band, rel_band=settings.drift_rel_band, portfolio_band=settings.drift_portfolio_band,
     )
     sources = [silver_table("positions"), silver_table("lots"), "bronze/targets"]

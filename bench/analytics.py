@@ -74,13 +74,18 @@ def save_book(inputs: BookInputs, benchmarks: pl.DataFrame, targets: pl.DataFram
     (folder / "as_of.txt").write_text(book.as_of.isoformat())
 
 
+def _inputs(folder: Path) -> BookInputs:
+    """The book's inputs as saved in ``folder`` (its trades, and ``INPUT_TABLES``)."""
+    return BookInputs(**{name: pl.read_parquet(folder / f"{name}.parquet") for name in ("trades", *INPUT_TABLES)})
+
+
 def load_book(folder: Path):
     """(inputs, book, benchmarks, targets) as ``save_book`` wrote them; the book has the silver
     tables the analytics read."""
     from types import SimpleNamespace
 
     read = lambda name: pl.read_parquet(folder / f"{name}.parquet")  # noqa: E731
-    inputs = BookInputs(trades=read("trades"), **{name: read(name) for name in INPUT_TABLES})
+    inputs = _inputs(folder)
     book = SimpleNamespace(as_of=datetime.fromisoformat((folder / "as_of.txt").read_text()),
                            **{name: read(name) for name in SILVER_TABLES})
     return inputs, book, read("benchmarks"), read("targets")
@@ -92,7 +97,7 @@ def run_analytics(inputs, book, benchmarks: pl.DataFrame, targets: pl.DataFrame,
     resident GiB after each stage, daily returns with their benchmark's)."""
     from transforms.attribution_inputs import attribution_report, benchmark_sector_sums, portfolio_days
     from transforms.cash import cash_balances
-    from transforms.drift import drift, holdings_by_sleeve, targets_in_force
+    from transforms.drift import closed_portfolios, drift, holdings_by_sleeve, targets_in_force
     from transforms.exposures import exposures, exposures_firm
     from transforms.margin import account_types, cash_balances_base, margin
     from transforms.market_returns import basket_returns, benchmark_holdings, instrument_returns
@@ -134,9 +139,8 @@ def run_analytics(inputs, book, benchmarks: pl.DataFrame, targets: pl.DataFrame,
     def drift_stage():
         targets_now, issues = targets_in_force(targets, as_of)
         navs = book.positions.group_by("portfolio_id").agg(pl.col("market_value").sum().alias("nav"))
-        closed = inputs.portfolios.filter(pl.col("status") == "CLOSED").select("portfolio_id", pl.lit("portfolio is CLOSED").alias("reason"))
         return drift(holdings_by_sleeve(book.lots, book.positions, inputs.instruments), navs, targets_now, inputs.instruments,
-                     as_of, target_issues=issues, skipped=closed)
+                     as_of, target_issues=issues, skipped=closed_portfolios(inputs.portfolios))
 
     timed("drift", drift_stage)
     returns = timed("instrument_returns", instrument_returns, prices, inputs.fx_rates, inputs.instruments, bases)
@@ -204,9 +208,8 @@ def _child(call: str, folder: Path) -> None:
 def build_child(folder: str) -> None:
     """Child process: build the book of the inputs in ``folder`` and save what the analytics read."""
     read = lambda name: pl.read_parquet(Path(folder) / f"{name}.parquet")  # noqa: E731
-    inputs = BookInputs(trades=read("trades"), **{name: read(name) for name in INPUT_TABLES})
     started = time.perf_counter()
-    save_book(inputs, read("benchmarks"), read("targets"), Path(folder))
+    save_book(_inputs(Path(folder)), read("benchmarks"), read("targets"), Path(folder))
     _say(f"  book built and saved in {time.perf_counter() - started:.1f} s")
 
 

@@ -24,6 +24,7 @@ import polars as pl
 
 from transforms.attribution import (
     HOLDINGS_SCHEMA,
+    LINK_METHODS,
     SECTOR_SUMS_SCHEMA,
     brinson,
     contribution,
@@ -155,7 +156,6 @@ def benchmark_sector_sums(benchmark_holdings: pl.DataFrame, portfolios: pl.DataF
 
 
 ATTRIBUTION_PERIODS = ("MTD", "QTD", "YTD", "1Y")
-LINKING_METHODS = ("carino", "menchero", "grap", "frongello")
 
 
 def attribution_report(portfolio: tuple[pl.DataFrame, pl.DataFrame], benchmark_sums: pl.DataFrame, as_of) -> dict[str, pl.DataFrame]:
@@ -163,7 +163,7 @@ def attribution_report(portfolio: tuple[pl.DataFrame, pl.DataFrame], benchmark_s
     (``portfolio_days``: holdings and their sector sums) against ``benchmark_sector_sums``, for
     the portfolios with a benchmark side, and for each period of ``ATTRIBUTION_PERIODS`` ending ``as_of``
     (``transforms.performance.period_starts``) the effects linked by every method of
-    ``LINKING_METHODS``, their summary, and every portfolio's contribution to return by
+    ``transforms.attribution.LINK_METHODS``, their summary, and every portfolio's contribution to return by
     position (compound linking). Returns ``{"daily", "linked", "summary", "contribution"}``;
     the last three carry a ``period`` column after portfolio_id."""
     portfolio_days, mine = portfolio
@@ -182,7 +182,7 @@ def attribution_report(portfolio: tuple[pl.DataFrame, pl.DataFrame], benchmark_s
         contributions.append(contribution(portfolio_days.filter(in_period)).with_columns(pl.lit(period).alias("period")))
         if total_rows.height == 0:
             continue
-        for method in LINKING_METHODS:
+        for method in LINK_METHODS:
             effects = link(day_rows, total_rows, method)
             linked.append(effects.with_columns(pl.lit(period).alias("period")))
             summary.append(link_summary(effects, total_rows).with_columns(pl.lit(period).alias("period")))

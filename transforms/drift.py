@@ -321,6 +321,21 @@ def _levels_joined(actual: pl.DataFrame, target: pl.DataFrame, keys: list[str]) 
     )
 
 
+CLOSED_REASON = "portfolio is CLOSED"
+
+
+def closed_portfolios(portfolios: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """The ``skipped`` frame of ``drift`` for a portfolios table (portfolio_id, status): one row
+    (portfolio_id, reason) per CLOSED portfolio, which holds only cash by design (measured, it
+    would show as entirely off its targets)."""
+    return (
+        portfolios.lazy()
+        .filter(pl.col("status") == "CLOSED")
+        .select(pl.col("portfolio_id").cast(pl.String), pl.lit(CLOSED_REASON).alias("reason"))
+        .collect()
+    )
+
+
 def drift(
     holdings: pl.DataFrame | pl.LazyFrame,
     navs: pl.DataFrame | pl.LazyFrame,

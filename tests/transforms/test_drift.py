@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from transforms.drift import (
+    closed_portfolios,
     DRIFT_ALERTS_SCHEMA,
     DRIFT_SCHEMA,
     DRIFT_SUMMARY_SCHEMA,
@@ -409,7 +410,9 @@ def test_skipped_portfolios_are_listed_unmeasured_and_raise_no_alert():
     targets = _targets([("CL", "CORE", "A", 1.0), ("OK", "CORE", "A", 1.0)])
     holdings = _holdings([("CL", None, "CASH:USD", 10.0), ("NT", None, "CASH:USD", 5.0), ("OK", "CORE", "A", 10.0)])
     navs = _navs([("CL", 10.0), ("NT", 5.0), ("OK", 10.0)])
-    skipped = pl.DataFrame({"portfolio_id": ["CL", "NT", "NT"], "reason": ["portfolio is CLOSED"] * 3})
+    portfolios = pl.DataFrame({"portfolio_id": ["CL", "NT", "OK"], "status": ["CLOSED", "CLOSED", "ACTIVE"]})
+    assert closed_portfolios(portfolios).rows() == [("CL", "portfolio is CLOSED"), ("NT", "portfolio is CLOSED")]
+    skipped = pl.concat([closed_portfolios(portfolios), closed_portfolios(portfolios).tail(1)])  # a repeat is harmless
     out = _run(targets, holdings, navs, skipped=skipped)
     assert out["issues"].is_empty()
     assert out["drift"]["portfolio_id"].unique().to_list() == ["OK"]
