@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets.analytics import ANALYTICS_TABLES, GOLD_SCHEMAS, gold_key, gold_table
+from assets.rebalancing import SCHEMAS as REBALANCING_SCHEMAS
 from assets.ingest import bronze_schema_of, bronze_table, ingestion_log_table, quarantine_table
 from assets.resources import LakeResource, WarehouseResource
 from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
@@ -56,6 +57,7 @@ def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], object]]:
     }
     tables.update({kind: table(bronze_table(kind), bronze_schema_of(kind)) for kind in BRONZE_PUBLISHED})
     tables.update({name: table(gold_table(name), GOLD_SCHEMAS[name]) for name in ANALYTICS_TABLES})
+    tables.update({name: table(gold_table(name), schema) for name, schema in REBALANCING_SCHEMAS.items()})
     tables["quarantine"] = lambda: quarantine_frame(lake)
     tables["ingestion_log"] = lambda: ingestion_log_frame(lake)
     return tables
@@ -64,7 +66,7 @@ def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], object]]:
 # Rows stored in portfolio order, so DuckDB's zone maps make one portfolio's lookup cheap.
 WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED} | {
     name: "portfolio_id" for name in ANALYTICS_TABLES if "portfolio_id" in GOLD_SCHEMAS[name]
-}
+} | {name: "portfolio_id" for name, schema in REBALANCING_SCHEMAS.items() if "portfolio_id" in schema}
 
 
 @dg.asset(
@@ -72,12 +74,13 @@ WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED} | {
     deps=[silver_key(n) for n in SILVER_PUBLISHED]
     + [silver_key("ledger_rejections")]
     + [dg.AssetKey(["bronze", k]) for k in contract.INGEST_ORDER]
-    + [gold_key(name) for name in ANALYTICS_TABLES],
+    + [gold_key(name) for name in ANALYTICS_TABLES]
+    + [gold_key(name) for name in REBALANCING_SCHEMAS],
     group_name="publish",
     kinds={"duckdb"},
     description="`warehouse.duckdb` for analysts: state, positions, lots, realised P&L, cash, daily "
     "valuations, trades, reference and market data, the analytics (returns, performance, "
-    "exposures, cash and margin, drift), quarantine and the ingestion log. Rebuilt "
+    "exposures, cash and margin, drift, risk, attribution), rebalancing (triggers, recommendations, orders, execution quality), quarantine and the ingestion log. Rebuilt "
     "under a temporary name and swapped in atomically.",
 )
 def warehouse(lake: LakeResource, warehouse: WarehouseResource):

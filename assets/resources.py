@@ -83,6 +83,7 @@ class PipelineSettings(dg.ConfigurableResource):
     drift_portfolio_band: float = 0.05  # on the portfolio drift figure
     drift_trend_window: int = 20  # business days
     stress_scenarios_file: str = ""  # a YAML file of named scenarios; empty: transforms.stress defaults
+    rebalance_policy_file: str = ""  # YAML: trigger and optimizer policies (assets.rebalancing); empty: the defaults
 
     @property
     def landing_dir(self) -> Path:

@@ -83,7 +83,7 @@ def run_pipeline(data_dir: str | Path | None = None, progress=_say) -> dict:
     resources = resources_for(data_dir)
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     failed_checks: list[str] = []
-    for group in ("ingest", "state", "analytics", "publish"):
+    for group in ("ingest", "state", "analytics", "rebalancing", "publish"):
         started = time.perf_counter()
         progress(f"Materialising the {group} assets …")
         result = dg.materialize(

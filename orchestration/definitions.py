@@ -7,12 +7,13 @@ import dagster as dg
 from assets.analytics import ANALYTICS_ASSETS
 from assets.ingest import INGEST_ASSETS
 from assets.publish import PUBLISH_ASSETS
+from assets.rebalancing import REBALANCING_ASSETS
 from assets.resources import resources_for
 from assets.state import STATE_ASSETS
 from orchestration.checks import ASSET_CHECKS
 from orchestration.jobs import JOBS, SCHEDULES
 
-ALL_ASSETS = [*INGEST_ASSETS, *STATE_ASSETS, *ANALYTICS_ASSETS, *PUBLISH_ASSETS]
+ALL_ASSETS = [*INGEST_ASSETS, *STATE_ASSETS, *ANALYTICS_ASSETS, *REBALANCING_ASSETS, *PUBLISH_ASSETS]
 
 
 def build_definitions(data_dir: str | None = None) -> dg.Definitions:

@@ -20,5 +20,27 @@ daily_post_close = dg.ScheduleDefinition(
     description="Daily post-close refresh of the whole book.",
 )
 
-JOBS = [daily_refresh]
-SCHEDULES = [daily_post_close]
+# The rebalancing stage alone, over the state the last refresh left. Launched from the UI with
+# run config naming portfolios, it rebalances them on request (a manual trigger):
+#   ops: {rebalance_triggers: {config: {portfolios: [P0001]}}}
+# (the Launchpad scaffolds the exact key).
+rebalance = dg.define_asset_job(
+    "rebalance",
+    selection=dg.AssetSelection.groups("rebalancing"),
+    description="Triggers, optimised rebalance, recommendations, netted orders and execution quality over the current state; "
+    "name portfolios in the triggers' config to rebalance them on request.",
+)
+
+# Calendar policies (daily, weekly, monthly per portfolio, in the rebalance policy file) are
+# checked every business day after the post-close refresh: a portfolio's calendar trigger fires
+# when today is its day (transforms.rebalance_triggers.calendar_due).
+rebalance_calendar = dg.ScheduleDefinition(
+    name="rebalance_calendar",
+    job=rebalance,
+    cron_schedule="30 18 * * 1-5",
+    execution_timezone="America/New_York",
+    description="Business-day rebalancing check: calendar policies, drift, risk and cash-flow triggers.",
+)
+
+JOBS = [daily_refresh, rebalance]
+SCHEDULES = [daily_post_close, rebalance_calendar]

@@ -20,7 +20,7 @@ def test_every_asset_has_group_kinds_and_description():
     graph = repo.asset_graph
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        assert node.group_name in {"ingest", "state", "analytics", "publish"}, key
+        assert node.group_name in {"ingest", "state", "analytics", "rebalancing", "publish"}, key
         assert node.description, key
         assert node.kinds, key
 
@@ -45,3 +45,10 @@ def test_lake_root_from_environment(tmp_path, monkeypatch):
     assert d.resources["lake"].root == str(tmp_path / "elsewhere")
     assert d.resources["lake"].uri("silver/lots") == str(tmp_path / "elsewhere" / "silver" / "lots")
     assert d.resources["warehouse"].path == str(tmp_path / "data" / "warehouse.duckdb")
+
+
+def test_rebalance_job_and_calendar_schedule():
+    job = defs.resolve_job_def("rebalance")
+    assert job is not None
+    schedule = defs.resolve_schedule_def("rebalance_calendar")
+    assert schedule.cron_schedule == "30 18 * * 1-5" and schedule.job_name == "rebalance"

@@ -269,3 +269,63 @@ def test_analytics_are_published_and_agree_with_the_state(built):
             columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[1] == "DOUBLE"]
             if columns:
                 assert one(f"SELECT count(*) FROM {table} WHERE " + " OR ".join(f"isnan({c}) OR isinf({c})" for c in columns)) == 0, table
+
+
+def test_rebalancing_is_published_and_keeps_its_rules(built):
+    data_dir, _ = built
+    from assets.rebalancing import SCHEMAS
+
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert set(SCHEMAS) <= names
+        one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+        # status rules: SUSPENDED and CLOSED never trade, LIQUIDATING only sells
+        assert one("""SELECT count(*) FROM recommendations r JOIN portfolios p USING (portfolio_id)
+                      WHERE p.status IN ('SUSPENDED', 'CLOSED')""") == 0
+        assert one("""SELECT count(*) FROM recommendations r JOIN portfolios p USING (portfolio_id)
+                      WHERE p.status = 'LIQUIDATING' AND r.trade_quantity > 1e-9""") == 0
+        assert one("SELECT count(*) FROM rebalance_decisions WHERE action = 'LIQUIDATE'") == one(
+            "SELECT count(*) FROM portfolios WHERE status = 'LIQUIDATING'")
+        # every published recommendation comes from a chosen optimised scenario that breaks no hard constraint
+        assert one("SELECT count(DISTINCT portfolio_id) FROM recommendations") > 0
+        assert one("""SELECT count(*) FROM (SELECT DISTINCT run_id, portfolio_id FROM recommendations) r
+                      LEFT JOIN rebalance_analysis a ON a.run_id = r.run_id AND a.portfolio_id = r.portfolio_id
+                      AND a.scenario = 'optimised' AND a.chosen AND a.hard_violations IS NULL
+                      WHERE a.portfolio_id IS NULL""") == 0
+        assert one("SELECT count(*) FROM rebalance_analysis WHERE chosen AND reason IS NULL") == 0
+        # long-only books stay long, and the sleeves' trades add up to shares held after the trade
+        assert one("SELECT count(*) FROM recommendations WHERE recommended_weight < -1e-9") == 0
+        # netting conserves shares: per instrument, the orders' signed quantity is the net of the portfolios' trades
+        assert one("""SELECT max(abs(t.net - coalesce(o.net, 0))) FROM
+                      (SELECT run_id, instrument_id, sum(trade_quantity) net FROM recommendations GROUP BY 1, 2) t
+                      LEFT JOIN (SELECT run_id, instrument_id, sum(CASE side WHEN 'BUY' THEN quantity ELSE -quantity END) net
+                                 FROM orders GROUP BY 1, 2) o USING (run_id, instrument_id)""") < 1e-6
+        # sells come first
+        assert one("SELECT count(*) FROM orders WHERE (side = 'SELL') <> (wave = 1)") == 0
+        # TAXABLE sells are taken from lots that exist, never more than held
+        assert one("""SELECT count(*) FROM lot_sales s JOIN lots l USING (portfolio_id, lot_id)
+                      WHERE s.quantity > l.quantity + 1e-6""") == 0
+        runs = con.execute("SELECT portfolios, rebalanced, shapes_compiled FROM rebalance_runs").fetchall()
+        assert len(runs) >= 1 and all(r[1] <= r[0] and r[2] >= 1 for r in runs)
+
+
+def test_a_manual_request_names_portfolios(built):
+    """A run of the rebalancing group with config names a portfolio: it gets a manual trigger."""
+    data_dir, _ = built
+    from assets.rebalancing import REBALANCING_ASSETS
+
+    lake = resources_for(data_dir)["lake"]
+    active = lake.read("bronze/portfolios").filter(pl.col("status") == "ACTIVE")["portfolio_id"][0]
+    key = "rebalance_triggers"
+    config = {"ops": {key: {"config": {"portfolios": [active]}}}}
+    result = dg.materialize(REBALANCING_ASSETS, selection=dg.AssetSelection.groups("rebalancing"), resources=resources_for(data_dir),
+                            instance=dg.DagsterInstance.ephemeral(), run_config=config)
+    assert result.success
+    triggers = lake.read("gold/rebalance_triggers")
+    assert triggers.filter((pl.col("kind") == "manual") & (pl.col("portfolio_id") == active)).height == 1
+    runs = lake.read("gold/rebalance_runs")
+    assert runs.height == 2  # the fixture's run and this one: each run keeps its own rows
+    with pytest.raises(Exception, match="P_UNKNOWN"):
+        dg.materialize(REBALANCING_ASSETS, selection=dg.AssetSelection.groups("rebalancing"), resources=resources_for(data_dir),
+                       instance=dg.DagsterInstance.ephemeral(),
+                       run_config={"ops": {key: {"config": {"portfolios": ["P_UNKNOWN"]}}}})

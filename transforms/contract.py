@@ -617,3 +617,90 @@ CONTRIBUTION_TABLE_SCHEMA: dict[str, pl.DataType] = {
 
 # the drift figure of every run's as-of date (analytics keeps one row per portfolio and date)
 DRIFT_HISTORY_SCHEMA: dict[str, pl.DataType] = {"portfolio_id": pl.String, "date": pl.Date, "drift": pl.Float64}
+
+
+# --- rebalancing tables: what optimizers.rebalance returns, published under assets/rebalancing.py's names
+REBALANCE_SCENARIOS = ("do_nothing", "full_rebalance", "optimised")
+
+# one row per (run, portfolio, sleeve, instrument) of a portfolio the run rebalanced
+RECOMMENDATIONS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "as_of": pl.Date,  # the day the problem is priced on
+    "portfolio_id": pl.String,
+    "strategy_id": pl.String,  # the sleeve ("UNASSIGNED" for holdings without one)
+    "instrument_id": pl.String,
+    "current_weight": pl.Float64,  # of NAV, this sleeve
+    "target_weight": pl.Float64,
+    "recommended_weight": pl.Float64,  # after rounding to lots and the repair
+    "trade_quantity": pl.Float64,  # shares, signed (+ buy); the sleeve's part of the instrument's trade
+    "trade_value": pl.Float64,  # base currency, signed
+    "unit_value": pl.Float64,  # one share in the base currency
+    "estimated_spread": pl.Float64,  # base currency, >= 0
+    "estimated_commission": pl.Float64,
+    "estimated_impact": pl.Float64,
+    "estimated_tax": pl.Float64,  # base currency; negative: a tax saving (harvested loss)
+    "trigger": pl.String,  # the run's trigger kinds for the portfolio, by priority ("manual, drift")
+    "solver": pl.String,  # CLARABEL or the fallback that solved it
+    "solver_status": pl.String,  # optimal, optimal_inaccurate
+    "rounding_status": pl.String,  # ROUNDED or REPAIRED (a REJECTED trade is never published)
+    "note": pl.String,  # why an instrument could not trade freely, or null
+}
+
+# three rows per (run, portfolio considered): the scenarios side by side
+REBALANCE_ANALYSIS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "portfolio_id": pl.String,
+    "scenario": pl.String,  # do_nothing, full_rebalance, optimised
+    "nav": pl.Float64,
+    "turnover": pl.Float64,  # sum |trade| / NAV
+    "spread": pl.Float64,  # expected, base currency
+    "commission": pl.Float64,
+    "impact": pl.Float64,
+    "tax": pl.Float64,
+    "total_cost": pl.Float64,
+    "drift_after": pl.Float64,  # 0.5 * sum |w - target| over instruments
+    "tracking_error_after": pl.Float64,  # annualised, factor model, against the targets
+    "risk_benefit": pl.Float64,  # base currency: risk_aversion * (TE^2 now - TE^2 after) * NAV
+    "net_benefit": pl.Float64,  # risk_benefit - total_cost
+    "hard_violations": pl.String,  # the hard constraint groups this scenario breaks, or null
+    "chosen": pl.Boolean,  # the scenario the run publishes
+    "reason": pl.String,  # why it was chosen (on the chosen row), or why not
+}
+
+# the lots each TAXABLE sell is taken from (tax-optimal order, optimizers.tax.select_lots)
+LOT_SALES_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,
+    "lot_id": pl.String,
+    "quantity": pl.Float64,
+    "price": pl.Float64,  # local
+    "basis_per_share": pl.Float64,  # tax basis, local
+    "gain": pl.Float64,  # local
+    "term": pl.String,  # SHORT or LONG
+    "tax": pl.Float64,  # local; negative: a saving
+    "wash_sale": pl.Boolean,
+}
+
+# one row per run
+REBALANCE_RUNS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "as_of": pl.Date,
+    "started_at": TS,
+    "portfolios": pl.Int64,  # considered
+    "triggered": pl.Int64,  # with at least one trigger
+    "rebalanced": pl.Int64,  # with published recommendations
+    "no_benefit": pl.Int64,  # solved, but doing nothing was better
+    "infeasible": pl.Int64,
+    "rejected": pl.Int64,  # the rounded trade broke a hard constraint: nothing published
+    "skipped": pl.Int64,  # SUSPENDED, CLOSED, or no trigger
+    "shapes_compiled": pl.Int64,
+    "solve_seconds_p50": pl.Float64,
+    "solve_seconds_p99": pl.Float64,
+    "seconds": pl.Float64,  # the whole optimisation stage
+    "orders": pl.Int64,
+    "gross_notional": pl.Float64,  # base currency, the recommendations' |trade_value| summed
+    "estimated_cost": pl.Float64,  # base currency
+    "average_drift_before": pl.Float64,  # over rebalanced portfolios
+    "average_drift_after": pl.Float64,
+}
