@@ -249,7 +249,6 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
     policies = parse_optimizer_policies(_policies(settings).get("optimizer"))
     default = policy_of(policies, "")
     decisions = _read(lake, "rebalance_decisions")
-    triggers = _read(lake, "rebalance_triggers")
     chosen = decisions.filter(pl.col("action").is_in(["REBALANCE", "LIQUIDATE"]))
     ids = chosen["portfolio_id"].to_list()
     as_of = current_moment(lake).date()

@@ -21,7 +21,10 @@ Hard constraints, in named groups (``CONSTRAINT_GROUPS``; a group can be left ou
 - ``budget``: the cash after trading and paying the costs stays above the buffer,
   ``sum(b - s) + costs <= cash0 - cash_min``, and the cash after trading is at most
   ``cash_max`` (``sum(b - s) >= cash0 - cash_max``; costs only lower it further);
-- ``bounds``: ``lower <= w <= upper``; long-only books also keep every sleeve ``W >= 0``;
+- ``bounds``: ``lower <= w <= upper``; long-only books also keep every sleeve ``W >= 0``; of several
+  sleeves, none adds to an instrument it does not target (``W_s <= W0_s`` where ``T_s = 0``): without
+  this, splitting a holding over sleeves would look like diversification (the sum of the sleeves'
+  tracking variances falls when a position is shared) when the portfolio's risk is unchanged;
 - ``liquidity``: ``b <= buy_cap``, ``s <= sell_cap`` (a share of average daily volume; a
   wash-sale window sets ``buy_cap = 0``);
 - ``sector_caps`` / ``class_caps``: ``A w <= cap`` for sector and asset-class membership ``A``;
@@ -198,6 +201,14 @@ class Solution:
         return self.status in OK_STATUSES and self.weights is not None
 
 
+def sleeve_upper(x: RebalanceInputs) -> np.ndarray:
+    """(n, S) upper bound of each sleeve's weight: with several sleeves, its current weight where
+    it has no target, else no bound beyond the portfolio's (``CAP_CEILING``)."""
+    if x.current.shape[1] == 1:
+        return np.full(x.current.shape, CAP_CEILING)
+    return np.where(np.abs(x.target) > 0, CAP_CEILING, np.maximum(x.current, 0.0) if x.long_only else np.abs(x.current))
+
+
 def factor_loadings(exposures: np.ndarray, factor_covariance: np.ndarray) -> np.ndarray:
     """``G = L' X'`` (k x n) with ``F = L L'``: then ``w' X F X' w = ||G w||^2``. A factor covariance
     that is only positive semi-definite is factored through its eigen-decomposition."""
@@ -265,8 +276,8 @@ class RebalanceProblem:
             constraints.append(cp.sum(b) - cp.sum(s) + self.linear_term + self.impact_term <= p["cash_room"])
             constraints.append(cp.sum(b) - cp.sum(s) >= p["cash_excess"])
         if "bounds" in g:
-            p["lower"], p["upper"] = P(n), P(n)
-            constraints += [w >= p["lower"], w <= p["upper"]]
+            p["lower"], p["upper"], p["sleeve_upper"] = P(n), P(n), P((n, S))
+            constraints += [w >= p["lower"], w <= p["upper"], W <= p["sleeve_upper"]]
         if "liquidity" in g:
             p["buy_cap"], p["sell_cap"] = P(n, nonneg=True), P(n, nonneg=True)
             constraints += [b <= p["buy_cap"], s <= p["sell_cap"]]
@@ -325,6 +336,7 @@ class RebalanceProblem:
         if "bounds" in g:
             p["lower"].value = _pad(np.maximum(x.lower, -CAP_CEILING), n)
             p["upper"].value = _pad(np.minimum(x.upper, CAP_CEILING), n)
+            p["sleeve_upper"].value = _pad(sleeve_upper(x), n)
         if "liquidity" in g:
             p["buy_cap"].value = _pad(np.minimum(x.buy_cap, CAP_CEILING), n)
             p["sell_cap"].value = _pad(np.minimum(x.sell_cap, CAP_CEILING), n)
@@ -417,6 +429,7 @@ def violations(x: RebalanceInputs, weights: np.ndarray, G: np.ndarray | None = N
     record("bounds", float(np.max(np.concatenate([x.lower - w, w - x.upper, [0.0]]))))
     if x.long_only:
         record("bounds", float(-weights.min(initial=0.0)))
+    record("bounds", float(np.max(weights - sleeve_upper(x), initial=0.0)))
     record("liquidity", float(np.max(np.concatenate([z - x.buy_cap, -z - x.sell_cap, [0.0]]))))
     for group, labels, caps in (("sector_caps", x.sector, x.sector_cap), ("class_caps", x.asset_class, x.class_cap)):
         if caps is not None:
