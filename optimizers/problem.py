@@ -450,39 +450,67 @@ def violations(x: RebalanceInputs, weights: np.ndarray, G: np.ndarray | None = N
 
 def solve(x: RebalanceInputs, cache: ProblemCache | None = None, solvers: tuple[str, ...] = SOLVERS,
           diagnose: bool = True) -> Solution:
-    """Solve one portfolio's rebalance: the default solver, then each fallback; when no solver
-    finds a solution and ``diagnose`` is set, re-solve with each constraint group left out in
-    turn and report the groups whose removal alone makes the problem feasible."""
+    """Solve one portfolio's rebalance: the default solver, then each fallback (a solution that
+    breaks a hard constraint by more than ``FEASIBILITY_TOLERANCE`` counts as none); when no solver
+    finds a solution and ``diagnose`` is set, re-solve with each constraint group relaxed in
+    turn (``relaxed``: through the Parameters, no new compile) and report the groups whose
+    relaxation alone makes the problem feasible."""
     x.validate()
     cache = cache or ProblemCache()
     G = factor_loadings(x.exposures, x.factor_covariance)
     problem = cache.get(shape_of(x))
-    status, message = "error", ""
+    messages: list[str] = []
     for solver in solvers:
         try:
             status, weights, value = problem.solve(x, G, solver)
         except cp.SolverError as exc:
-            status, weights, value, message = "error", None, None, f"{solver}: {exc}"
+            messages.append(f"{solver}: {exc}")
             continue
         if weights is not None:
+            broken = violations(x, weights, G)
+            if broken:  # an inaccurate solution that breaks a hard constraint is no solution
+                messages.append(f"{solver}: {status} but breaks {', '.join(sorted(broken))}")
+                continue
             e = evaluate(x, weights, G)
             costs = {key: e[key] for key in ("linear", "impact", "tax", "total_cost", "turnover", "cash_after")}
             return Solution(status, solver, weights, costs, e["tracking_error"], value)
-        message = f"{solver}: {status}"
+        messages.append(f"{solver}: {status}")
     relaxed: tuple[str, ...] = ()
     if diagnose:
         relaxed = diagnose_infeasibility(x, cache, G, solvers[0])
+    message = "; ".join(messages)
     note = message + (f"; feasible without: {', '.join(relaxed)}" if relaxed else "; no single constraint group relaxes it")
-    return Solution("infeasible" if "infeasible" in message else status, None, relaxed_by=relaxed, message=note)
+    # infeasible if a solver said so; "inaccurate" when solutions came back but broke a constraint
+    failed = "infeasible" if "infeasible" in message.replace("optimal_inaccurate", "") else "inaccurate" if "breaks" in message else "error"
+    return Solution(failed, None, relaxed_by=relaxed, message=note)
+
+
+def relaxed(x: RebalanceInputs, group: str) -> RebalanceInputs:
+    """A copy of ``x`` whose constraint ``group`` can no longer bind, with the same shape (so
+    the diagnosis re-solves the compiled problem instead of compiling one per group)."""
+    big = CAP_CEILING
+    n = x.n
+    changes: dict = {
+        "budget": {"cash_min": 0.0, "cash": x.cash + big, "cash_max": x.cash + 2 * big},
+        "bounds": {"lower": np.full(n, -big), "upper": np.full(n, big)},
+        "liquidity": {"buy_cap": np.full(n, big), "sell_cap": np.full(n, big)},
+        "sector_caps": {"sector_cap": None if x.sector_cap is None else np.full_like(x.sector_cap, big)},
+        "class_caps": {"class_cap": None if x.class_cap is None else np.full_like(x.class_cap, big)},
+        "turnover": {"turnover_max": None if x.turnover_max is None else 2 * big},
+        "tracking_error": {"te_max": None if x.te_max is None else big},
+        "sector_risk": {"sector_risk_budget": None if x.sector_risk_budget is None else np.full_like(x.sector_risk_budget, big)},
+    }[group]
+    return replace(x, **changes)
 
 
 def diagnose_infeasibility(x: RebalanceInputs, cache: ProblemCache, G: np.ndarray, solver: str = "CLARABEL") -> tuple[str, ...]:
-    """The constraint groups of ``x``'s shape whose removal alone makes the problem solvable."""
+    """The constraint groups of ``x``'s shape whose relaxation alone makes the problem solvable.
+    Each group is relaxed through its Parameters (``relaxed``): no new compile."""
     found = []
+    problem = cache.get(shape_of(x))
     for group in sorted(shape_of(x).groups):
-        relaxed = replace(x)
         try:
-            status, weights, _ = cache.get(shape_of(relaxed, disabled={group})).solve(relaxed, G, solver)
+            status, weights, _ = problem.solve(relaxed(x, group), G, solver)
         except cp.SolverError:
             continue
         if weights is not None:
