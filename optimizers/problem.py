@@ -475,6 +475,8 @@ def solve(x: RebalanceInputs, cache: ProblemCache | None = None, solvers: tuple[
             costs = {key: e[key] for key in ("linear", "impact", "tax", "total_cost", "turnover", "cash_after")}
             return Solution(status, solver, weights, costs, e["tracking_error"], value)
         messages.append(f"{solver}: {status}")
+        if status == cp.INFEASIBLE:  # a certificate of infeasibility: another solver cannot do better
+            break
     relaxed: tuple[str, ...] = ()
     if diagnose:
         relaxed = diagnose_infeasibility(x, cache, G, solvers[0])
