@@ -261,6 +261,7 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
     models = risk_models(read_gold(lake, "risk_model"))
     bases = sorted(set(portfolios["base_currency"].to_list()))
     snapshot = market_snapshot(instrument_returns(prices, fx, instruments, bases), prices) if bases else None
+    snapshot_of = {key[0]: part for key, part in snapshot.partition_by("base_currency", as_dict=True).items()} if bases else {}
     holdings, navs = sleeve_holdings(positions, lots), _navs(positions)
     cash = positions.filter(pl.col("position_type") == "CASH").group_by("portfolio_id").agg(pl.col("weight").sum())
     taxable = portfolios.filter(pl.col("tax_status") == "TAXABLE")["portfolio_id"].to_list()
@@ -292,7 +293,7 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
             frozenset(parts["harvestable"].get(pid, empty)["instrument_id"].to_list()),
         )
         policy = policy_of(policies, pid)
-        x, meta = portfolio_problem(book, instruments, models[base], snapshot.filter(pl.col("base_currency") == base), policy)
+        x, meta = portfolio_problem(book, instruments, models[base], snapshot_of.get(base, snapshot.clear()), policy)
         forced = row["reason"] if row["action"] == "LIQUIDATE" else None
         outcome = rebalance_portfolio(x, meta, policy, cache, run_id=run_id, as_of=as_of, trigger=kinds.get(pid) or row["action"].lower(),
                                       forced_reason=forced)

@@ -79,16 +79,21 @@ def impact_cost(z: np.ndarray, coefficients: np.ndarray) -> float:
     return float(np.sum(np.asarray(coefficients, dtype=float) * np.abs(z) ** IMPACT_EXPONENT))
 
 
-def tax_cost(sold: np.ndarray, lengths: np.ndarray, slopes: np.ndarray) -> float:
-    """The tax of selling ``sold[i]`` (weight) of each instrument, as a share of NAV.
+def tax_by_instrument(sold: np.ndarray, lengths: np.ndarray, slopes: np.ndarray) -> np.ndarray:
+    """The tax of selling ``sold[i]`` (weight) of each instrument, per instrument, as shares of NAV.
 
     ``lengths`` and ``slopes`` are ``(n, J)``: instrument ``i``'s lots (or merged lots) in
     selling order, each ``lengths[i, j]`` of weight taxed at ``slopes[i, j]`` per unit sold.
-    The pieces are filled in order: ``tax = sum_j slope_ij * clip(sold_i - start_ij, 0, length_ij)``
+    The pieces are filled in order: ``tax_i = sum_j slope_ij * clip(sold_i - start_ij, 0, length_ij)``
     with ``start_ij`` the summed length of the pieces before ``j``.
     """
     sold = np.maximum(np.asarray(sold, dtype=float), 0.0)
     lengths = np.asarray(lengths, dtype=float)
     starts = np.cumsum(lengths, axis=1) - lengths
     used = np.clip(sold[:, None] - starts, 0.0, lengths)
-    return float(np.sum(used * np.asarray(slopes, dtype=float)))
+    return np.sum(used * np.asarray(slopes, dtype=float), axis=1)
+
+
+def tax_cost(sold: np.ndarray, lengths: np.ndarray, slopes: np.ndarray) -> float:
+    """``sum_i tax_by_instrument(...)_i``: the tax of the whole trade, as a share of NAV."""
+    return float(tax_by_instrument(sold, lengths, slopes).sum())

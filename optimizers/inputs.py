@@ -269,7 +269,6 @@ def portfolio_problem(
     lower = np.minimum(w0, 0.0) if short else np.zeros(n)
     upper = np.full(n, np.inf) if policy.max_weight is None else np.maximum(policy.max_weight, t)
     upper = np.maximum(upper, 0.0)
-    notes = [""] * n
     priced = np.isfinite(unit_value) & (unit_value > 0)
     has_volume = np.isfinite(adv) & (adv > 0)
     cap = np.where(has_volume, policy.adv_share * np.where(has_volume, adv, 0.0) / book.nav, np.inf)
@@ -280,13 +279,7 @@ def portfolio_problem(
     buy_cap[no_buy] = 0.0
     if liquidating:  # toward cash only: a purchase that hedges the rest is still not a liquidation
         buy_cap[:] = 0.0
-    for j in range(n):
-        if not priced[j]:
-            notes[j] = NO_PRICE
-        elif not has_volume[j]:
-            notes[j] = NO_VOLUME
-        elif not covered[j]:
-            notes[j] = NO_MODEL
+    notes = np.select([~priced, ~has_volume, ~covered], [NO_PRICE, NO_VOLUME, NO_MODEL], "").tolist()
     # What cannot trade stays where it is, even if that is outside the bounds.
     frozen = (buy_cap == 0) & (sell_cap == 0)
     lower = np.where(frozen | (buy_cap == 0), np.minimum(lower, w0), lower)

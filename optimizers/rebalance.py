@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 import transforms  # noqa: F401  (sets the Polars engine)
-from optimizers.costs import tax_cost
+from optimizers.costs import IMPACT_EXPONENT, tax_by_instrument
 from optimizers.inputs import OptimizerPolicy, ProblemMeta
 from optimizers.problem import ProblemCache, RebalanceInputs, Solution, evaluate, factor_loadings, solve, violations
 from optimizers.rounding import round_trades
@@ -150,14 +150,10 @@ def _recommendations(x: RebalanceInputs, meta: ProblemMeta, policy: OptimizerPol
     per_instrument = {
         "estimated_spread": policy.half_spread * np.abs(z) * nav,
         "estimated_commission": policy.commission * np.abs(z) * nav,
-        "estimated_impact": x.impact * np.abs(z) ** 1.5 * nav,
+        "estimated_impact": x.impact * np.abs(z) ** IMPACT_EXPONENT * nav,
+        "estimated_tax": (tax_by_instrument(-np.minimum(z, 0), x.tax_lengths, x.tax_slopes) * nav
+                          if x.tax_lengths is not None else np.zeros(x.n)),
     }
-    if x.tax_lengths is not None:
-        sold = -np.minimum(z, 0)
-        per_instrument["estimated_tax"] = np.array(
-            [tax_cost(sold[i : i + 1], x.tax_lengths[i : i + 1], x.tax_slopes[i : i + 1]) for i in range(x.n)]) * nav
-    else:
-        per_instrument["estimated_tax"] = np.zeros(x.n)
     change = weights - x.current  # (n, S)
     moved = np.abs(change).sum(axis=1, keepdims=True)
     share = np.divide(np.abs(change), moved, out=np.zeros_like(change), where=moved > WEIGHT_EPSILON)
