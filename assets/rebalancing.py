@@ -274,10 +274,9 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
                  schema={"portfolio_id": pl.String}), "no_buy": no_buy, "harvestable": harvestable}.items()}
     nav_of, cash_of = dict(navs.iter_rows()), dict(cash.iter_rows())
     kinds = {pid: ", ".join(k) for pid, k in decisions.select("portfolio_id", "trigger_kinds").iter_rows()}
-    cache = ProblemCache()
-    outcomes, counts = [], {"INFEASIBLE": 0}
+    outcomes, counts, problems = [], {"INFEASIBLE": 0}, []
     rows = portfolios.join(chosen.select("portfolio_id", "action", "reason"), on="portfolio_id").sort("portfolio_id")
-    for i, row in enumerate(rows.iter_rows(named=True)):
+    for row in rows.iter_rows(named=True):
         pid, base = row["portfolio_id"], row["base_currency"]
         nav = nav_of.get(pid)
         if base not in models or not nav or nav <= 0:
@@ -294,12 +293,20 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
         )
         policy = policy_of(policies, pid)
         x, meta = portfolio_problem(book, instruments, models[base], snapshot_of.get(base, snapshot.clear()), policy)
+        problems.append((row, policy, x, meta))
+    cache = ProblemCache()
+    compiling = time.perf_counter()
+    cache.warm(x for _, _, x, _ in problems)
+    context.log.info(f"rebalancing: {cache.builds} problem shape(s) compiled in {time.perf_counter() - compiling:.1f} s "
+                     f"for {len(problems)} portfolio(s)")
+    for i, (row, policy, x, meta) in enumerate(problems):
+        pid = row["portfolio_id"]
         forced = row["reason"] if row["action"] == "LIQUIDATE" else None
         outcome = rebalance_portfolio(x, meta, policy, cache, run_id=run_id, as_of=as_of, trigger=kinds.get(pid) or row["action"].lower(),
                                       forced_reason=forced)
         outcomes.append(outcome)
         if (i + 1) % 100 == 0:
-            context.log.info(f"rebalancing: {i + 1} of {rows.height} portfolios solved")
+            context.log.info(f"rebalancing: {i + 1} of {len(problems)} portfolios solved")
     for o in outcomes:
         counts[o.outcome] = counts.get(o.outcome, 0) + 1
 
@@ -342,7 +349,7 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
         "average_drift_before": float(np.mean([o.drift_before for o in done])) if done else None,
         "average_drift_after": float(np.mean([o.drift_after for o in done])) if done else None,
     }], schema=contract.REBALANCE_RUNS_SCHEMA)
-    context.log.info(f"rebalancing: {counts}; {cache.builds} problem shape(s) compiled")
+    context.log.info(f"rebalancing: {counts}")
     sources = ["gold/rebalance_decisions", "gold/risk_model", silver_table("positions"), silver_table("lots")]
     tables = {"recommendations": recommendations, "rebalance_analysis": analysis, "lot_sales": sales, "orders": netted.orders,
               "order_allocations": netted.allocations, "crossings": netted.crossings, "rebalance_runs": runs}

@@ -39,6 +39,7 @@ re-solve only refreshes parameter values (``problem.is_dpp()`` is tested).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -50,8 +51,12 @@ from optimizers.costs import IMPACT_EXPONENT, impact_cost, linear_cost, tax_cost
 
 CONSTRAINT_GROUPS = ("budget", "bounds", "liquidity", "sector_caps", "class_caps", "turnover", "tracking_error", "sector_risk")
 SOLVERS = ("CLARABEL", "SCS")  # default, then the fallback
+SOLVER_OPTIONS = {"SCS": {"eps": 1e-7, "max_iters": 20000}}
 OK_STATUSES = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
-PAD_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Steps of 1.25-1.5x above 64 (padding costs solve time: 125 padded instruments against 109
+# real ones took 10% longer; a book of 130 padded to 256 compiled for 3-4 s); each size in use
+# is one more compile per run.
+PAD_SIZES = (8, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 CAP_CEILING = 10.0  # a cap this large never binds on weights; keeps the solver's scaling sane
 FEASIBILITY_TOLERANCE = 1e-6  # hard constraints are checked to this (weights)
 
@@ -195,6 +200,7 @@ class Solution:
     objective: float | None = None
     relaxed_by: tuple[str, ...] = ()
     message: str = ""
+    diagnosis_seconds: float = 0.0  # of the solve call, spent on ``diagnose_infeasibility``
 
     @property
     def ok(self) -> bool:
@@ -309,6 +315,26 @@ class RebalanceProblem:
             objective = objective + self.tax_term
             constraints += [cp.sum(u, axis=1) == s, u <= p["tax_lengths"]]
         self.problem = cp.Problem(cp.Minimize(objective), constraints)
+        # One cvxpy problem per solver over the same variables and parameters: cvxpy keeps one
+        # compilation per problem, so a fallback solve on a shared problem would make the next
+        # default-solver solve of this shape compile again.
+        self._by_solver = {SOLVERS[0]: self.problem}
+
+    def for_solver(self, solver: str) -> cp.Problem:
+        """This shape's cvxpy problem compiled (or to be compiled) for ``solver``."""
+        problem = self._by_solver.get(solver)
+        if problem is None:
+            problem = self._by_solver[solver] = cp.Problem(self.problem.objective, self.problem.constraints)
+        return problem
+
+    def compile(self, solver: str = SOLVERS[0]) -> None:
+        """Compile for ``solver`` now, without solving: parameters with no value get zeros
+        (the compiled form does not depend on the values), so the first real solve of the shape
+        only loads its numbers."""
+        for param in self.problem.parameters():
+            if param.value is None:
+                param.value = np.zeros(param.shape)
+        self.for_solver(solver).get_problem_data(solver, enforce_dpp=True)
 
     def set_values(self, x: RebalanceInputs, G: np.ndarray) -> None:
         """Load one portfolio's numbers (padded to the shape) into the Parameters."""
@@ -371,12 +397,12 @@ class RebalanceProblem:
     def solve(self, x: RebalanceInputs, G: np.ndarray, solver: str = "CLARABEL") -> tuple[str, np.ndarray | None, float | None]:
         """Solve for one portfolio: (status, sleeve weights (x.n, S) or None, objective)."""
         self.set_values(x, G)
-        kwargs = {"eps": 1e-7, "max_iters": 20000} if solver == "SCS" else {}
-        self.problem.solve(solver=solver, **kwargs)
-        status = self.problem.status
+        problem = self.for_solver(solver)
+        problem.solve(solver=solver, **SOLVER_OPTIONS.get(solver, {}))
+        status = problem.status
         if status not in OK_STATUSES or self.W.value is None:
             return status, None, None
-        return status, np.asarray(self.W.value)[: x.n].copy(), float(self.problem.value)
+        return status, np.asarray(self.W.value)[: x.n].copy(), float(problem.value)
 
 
 class ProblemCache:
@@ -385,6 +411,7 @@ class ProblemCache:
     def __init__(self) -> None:
         self.problems: dict[Shape, RebalanceProblem] = {}
         self.builds = 0
+        self.compile_seconds: dict[Shape, float] = {}  # by ``warm``
 
     def get(self, shape: Shape) -> RebalanceProblem:
         problem = self.problems.get(shape)
@@ -392,6 +419,17 @@ class ProblemCache:
             problem = self.problems[shape] = RebalanceProblem(shape)
             self.builds += 1
         return problem
+
+    def warm(self, inputs: Iterable[RebalanceInputs], solver: str = SOLVERS[0]) -> int:
+        """Build and compile, before any solve, every shape that ``inputs`` need and the cache
+        does not hold yet, so that no portfolio's solve pays for a compile. Returns how many
+        shapes were compiled (their times are in ``compile_seconds``)."""
+        new = {shape_of(x) for x in inputs} - set(self.problems)
+        for shape in sorted(new, key=repr):
+            started = time.perf_counter()
+            self.get(shape).compile(solver)
+            self.compile_seconds[shape] = time.perf_counter() - started
+        return len(new)
 
 
 def evaluate(x: RebalanceInputs, weights: np.ndarray, G: np.ndarray | None = None) -> dict[str, float]:
@@ -478,13 +516,14 @@ def solve(x: RebalanceInputs, cache: ProblemCache | None = None, solvers: tuple[
         if status == cp.INFEASIBLE:  # a certificate of infeasibility: another solver cannot do better
             break
     relaxed: tuple[str, ...] = ()
+    started = time.perf_counter()
     if diagnose:
         relaxed = diagnose_infeasibility(x, cache, G, solvers[0])
     message = "; ".join(messages)
     note = message + (f"; feasible without: {', '.join(relaxed)}" if relaxed else "; no single constraint group relaxes it")
     # infeasible if a solver said so; "inaccurate" when solutions came back but broke a constraint
     failed = "infeasible" if "infeasible" in message.replace("optimal_inaccurate", "") else "inaccurate" if "breaks" in message else "error"
-    return Solution(failed, None, relaxed_by=relaxed, message=note)
+    return Solution(failed, None, relaxed_by=relaxed, message=note, diagnosis_seconds=time.perf_counter() - started)
 
 
 def relaxed(x: RebalanceInputs, group: str) -> RebalanceInputs:

@@ -144,6 +144,34 @@ def test_compiled_once_per_shape_and_dpp():
     assert problem.is_dpp()
 
 
+def _compiled_for(problem) -> str | None:
+    """The solver cvxpy holds a compilation of ``problem`` for (cvxpy 1.9 keeps it in the private
+    ``_cache``, keyed by solver first; there is no public way to ask)."""
+    cache = problem._cache
+    return cache.key[0] if cache.param_prog is not None else None
+
+
+def test_warm_compiles_every_shape_before_any_solve_and_a_fallback_keeps_it():
+    books = [make_inputs(n=10, seed=0), make_inputs(n=14, seed=1), make_inputs(n=20, seed=2, tax=True),
+             make_inputs(n=10, seed=3, sleeves=2)]
+    cache = ProblemCache()
+    assert cache.warm(books) == 3 == len({shape_of(x) for x in books})  # n 10 and 14 share a padded shape
+    assert cache.warm(books) == 0 and cache.builds == 3 and set(cache.compile_seconds) == set(cache.problems)
+    assert all(_compiled_for(p.problem) == "CLARABEL" for p in cache.problems.values())
+    for x in books:  # the same answers as a cold cache, to the solver's accuracy (a cold first solve
+        # takes cvxpy's full compile path, whose matrices can keep other explicit zeros)
+        np.testing.assert_allclose(solve(x, cache).weights, solve(x, ProblemCache()).weights, atol=1e-6)
+    assert cache.builds == 3
+    # a fallback solve goes to its own cvxpy problem over the same variables: the default
+    # solver's compilation is kept, and its answer lands in the shared variables
+    x = books[0]
+    problem = cache.get(shape_of(x))
+    status, weights, _ = problem.solve(x, factor_loadings(x.exposures, x.factor_covariance), "SCS")
+    assert status == "optimal" and problem.for_solver("SCS") is not problem.problem
+    assert _compiled_for(problem.problem) == "CLARABEL" and _compiled_for(problem.for_solver("SCS")) == "SCS"
+    np.testing.assert_allclose(weights, solve(x, cache).weights, atol=1e-4)
+
+
 def test_re_solving_equals_a_fresh_build():
     cache = ProblemCache()
     solve(make_inputs(n=12, seed=1), cache)
