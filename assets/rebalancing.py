@@ -232,6 +232,17 @@ def _tax_inputs(lake: LakeResource, taxable: list[str], positions: pl.DataFrame,
     return costs, segments, no_buy, harvestable
 
 
+def _tax_inputs_by_policy(lake: LakeResource, taxable: list[str], policies: dict[str, OptimizerPolicy], *args):
+    """``_tax_inputs`` for each group of TAXABLE portfolios that share tax rates, harvest
+    threshold and tax pieces under their own policies, stacked."""
+    groups: dict[tuple, list[str]] = {}
+    for pid in taxable:
+        p = policy_of(policies, pid)
+        groups.setdefault((p.tax_rates, p.harvest_threshold, p.tax_segments), []).append(pid)
+    parts = [_tax_inputs(lake, pids, *args, policy_of(policies, pids[0])) for pids in groups.values()]
+    return tuple(pl.concat([part[i] for part in parts]) for i in range(4))
+
+
 def _by_portfolio(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
     return {key[0]: part for key, part in frame.partition_by("portfolio_id", as_dict=True).items()}
 
@@ -247,7 +258,6 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     run_id = context.run.run_id
     policies = parse_optimizer_policies(_policies(settings).get("optimizer"))
-    default = policy_of(policies, "")
     decisions = _read(lake, "rebalance_decisions")
     chosen = decisions.filter(pl.col("action").is_in(["REBALANCE", "LIQUIDATE"]))
     ids = chosen["portfolio_id"].to_list()
@@ -268,7 +278,8 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
     lot_costs = segments = None
     no_buy = harvestable = pl.DataFrame(schema={"portfolio_id": pl.String, "instrument_id": pl.String})
     if taxable:
-        lot_costs, segments, no_buy, harvestable = _tax_inputs(lake, taxable, positions, lots, navs, holdings, targets, as_of, default)
+        lot_costs, segments, no_buy, harvestable = _tax_inputs_by_policy(lake, taxable, policies, positions, lots, navs, holdings,
+                                                                         targets, as_of)
     parts = {name: _by_portfolio(frame) for name, frame in
              {"holdings": holdings, "targets": targets, "segments": segments if segments is not None else pl.DataFrame(
                  schema={"portfolio_id": pl.String}), "no_buy": no_buy, "harvestable": harvestable}.items()}

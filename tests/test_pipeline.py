@@ -329,3 +329,33 @@ def test_a_manual_request_names_portfolios(built):
         dg.materialize(REBALANCING_ASSETS, selection=dg.AssetSelection.groups("rebalancing"), resources=resources_for(data_dir),
                        instance=dg.DagsterInstance.ephemeral(),
                        run_config={"ops": {key: {"config": {"portfolios": ["P_UNKNOWN"]}}}})
+
+
+def test_each_taxable_portfolio_is_taxed_at_its_own_policy_rates(built, tmp_path):
+    """A per-portfolio optimizer policy with zero tax rates: that portfolio's estimated tax and
+    its lot sales' tax are zero, where the default rates taxed its sales."""
+    data_dir, _ = built
+    from assets.rebalancing import REBALANCING_ASSETS
+    from assets.resources import PipelineSettings
+
+    lake = resources_for(data_dir)["lake"]
+    taxed = (lake.read("gold/lot_sales").filter(pl.col("tax") > 0).group_by("portfolio_id").len()
+             .sort("len", descending=True)["portfolio_id"])
+    assert taxed.len() >= 1, "the tiny book's default run sells a gain in a TAXABLE portfolio"
+    pid = taxed[0]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"optimizer:\n  portfolios:\n    {pid}: {{short_term_rate: 0.0, long_term_rate: 0.0}}\n")
+    resources = resources_for(data_dir) | {"settings": PipelineSettings(data_dir=str(data_dir), rebalance_policy_file=str(policy))}
+    result = dg.materialize(REBALANCING_ASSETS, selection=dg.AssetSelection.groups("rebalancing"), resources=resources,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    run = result.run_id
+    sales = lake.read("gold/lot_sales").filter(pl.col("run_id") == run)
+    recs = lake.read("gold/recommendations").filter(pl.col("run_id") == run)
+    mine = sales.filter(pl.col("portfolio_id") == pid)
+    assert recs.filter(pl.col("portfolio_id") == pid).height > 0
+    assert mine.height == 0 or mine["tax"].abs().max() == 0.0
+    assert recs.filter(pl.col("portfolio_id") == pid)["estimated_tax"].abs().max() == 0.0
+    # the other TAXABLE portfolios keep the default rates: their gains are still taxed
+    others = sales.filter((pl.col("portfolio_id") != pid) & (pl.col("gain") > 0))
+    assert others.height == 0 or others["tax"].min() > 0

@@ -638,7 +638,9 @@ RECOMMENDATIONS_SCHEMA: dict[str, pl.DataType] = {
     "estimated_spread": pl.Float64,  # base currency, >= 0
     "estimated_commission": pl.Float64,
     "estimated_impact": pl.Float64,
-    "estimated_tax": pl.Float64,  # base currency; negative: a tax saving (harvested loss)
+    # base currency, the optimiser's tax model: negative is a saving from a harvested loss; a loss
+    # below the harvest threshold counts 0 here (lot_sales has the tax of the lots actually sold)
+    "estimated_tax": pl.Float64,
     "trigger": pl.String,  # the run's trigger kinds for the portfolio, by priority ("manual, drift")
     "solver": pl.String,  # CLARABEL or the fallback that solved it
     "solver_status": pl.String,  # optimal, optimal_inaccurate
