@@ -23,6 +23,7 @@ from transforms.drift import (
     drift as build_drift,
     drift_alerts as build_drift_alerts,
     drift_trend,
+    history_date,
     holdings_by_sleeve,
     targets_in_force,
 )
@@ -244,7 +245,9 @@ def drift(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipel
                                metadata=write_gold(context, lake, "drift_summary", result["summary"], sources))
     # the history keeps one figure per portfolio and as-of date: a rerun of a date replaces it
     today = result["summary"].filter(pl.col("drift").is_not_null()).select(list(contract.DRIFT_HISTORY_SCHEMA)).cast(contract.DRIFT_HISTORY_SCHEMA)
-    history = pl.concat([read_gold(lake, "drift_history").filter(pl.col("date") != as_of), today]).sort("portfolio_id", "date")
+    filed = history_date(as_of)
+    today = today.with_columns(pl.lit(filed).alias("date"))
+    history = pl.concat([read_gold(lake, "drift_history").filter(pl.col("date") != filed), today]).sort("portfolio_id", "date")
     yield dg.MaterializeResult(asset_key=gold_key("drift_history"),
                                metadata=write_gold(context, lake, "drift_history", history, sources))
     trend = drift_trend(history, settings.drift_trend_window) if history.height else None

@@ -249,7 +249,8 @@ def _by_portfolio(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 @dg.multi_asset(
     specs=[dg.AssetSpec(gold_key(name), description=text, kinds={"cvxpy", "delta"},
-                        deps=[gold_key("rebalance_decisions"), gold_key("risk_model"), silver_key("positions"), silver_key("lots"),
+                        deps=[gold_key("rebalance_decisions"), gold_key("risk_model"), gold_key("drift_summary"), silver_key("positions"),
+                          silver_key("lots"),
                               bronze_key("targets"), bronze_key("prices")])
            for name, text in REBALANCING_TABLES.items()],
     group_name=GROUP,
@@ -261,7 +262,8 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
     decisions = _read(lake, "rebalance_decisions")
     chosen = decisions.filter(pl.col("action").is_in(["REBALANCE", "LIQUIDATE"]))
     ids = chosen["portfolio_id"].to_list()
-    as_of = current_moment(lake).date()
+    moment = current_moment(lake)
+    as_of = moment.date()
     portfolios = read_bronze(lake, "portfolios").filter(pl.col("portfolio_id").is_in(ids))
     positions = read_silver(lake, "positions", where=pl.col("portfolio_id").is_in(ids))
     lots = read_silver(lake, "lots", where=(pl.col("status") == "OPEN") & pl.col("portfolio_id").is_in(ids))
@@ -326,7 +328,9 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
         return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
     recommendations = stack("recommendations", contract.RECOMMENDATIONS_SCHEMA)
-    analysis = stack("analysis", contract.REBALANCE_ANALYSIS_SCHEMA)
+    drift_now = read_gold(lake, "drift_summary").select("portfolio_id", pl.col("drift").alias("_drift"))
+    analysis = (stack("analysis", contract.REBALANCE_ANALYSIS_SCHEMA).join(drift_now, on="portfolio_id", how="left")
+                .with_columns(pl.col("_drift").alias("drift_at_decision")).select(list(contract.REBALANCE_ANALYSIS_SCHEMA)))
     trades = pl.concat([o.trades.with_columns(pl.lit(o.portfolio_id).alias("portfolio_id")) for o in outcomes if o.trades.height]
                        or [pl.DataFrame(schema={"instrument_id": pl.String, "quantity": pl.Float64, "unit_value": pl.Float64,
                                                 "portfolio_id": pl.String})])
@@ -345,8 +349,10 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
         sales = select_lots(priced, sells.filter(pl.col("quantity") > 0)).with_columns(pl.lit(run_id).alias("run_id"))
     solve = np.array([o.solve_seconds for o in outcomes]) if outcomes else np.zeros(0)
     done = [o for o in outcomes if o.outcome == "REBALANCE"]
+    liquidating = set(portfolios.filter(pl.col("status") == "LIQUIDATING")["portfolio_id"].to_list())
+    steered = [o for o in done if o.portfolio_id not in liquidating]  # toward targets: where drift means something
     runs = pl.DataFrame([{
-        "run_id": run_id, "as_of": as_of, "started_at": started, "portfolios": decisions.height,
+        "run_id": run_id, "as_of": as_of, "decided_at": moment, "started_at": started, "portfolios": decisions.height,
         "triggered": decisions.filter(pl.col("top_priority").is_not_null()).height, "rebalanced": len(done),
         "no_benefit": counts.get("NO_BENEFIT", 0) + counts.get("NOTHING_TO_TRADE", 0), "infeasible": counts["INFEASIBLE"],
         "rejected": counts.get("REJECTED", 0), "skipped": decisions.filter(pl.col("action") == "SKIP").height,
@@ -357,8 +363,8 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
         "gross_notional": float(recommendations["trade_value"].abs().sum()) if recommendations.height else 0.0,
         "estimated_cost": float(recommendations.select(pl.sum_horizontal(
             "estimated_spread", "estimated_commission", "estimated_impact", "estimated_tax").sum()).item()) if recommendations.height else 0.0,
-        "average_drift_before": float(np.mean([o.drift_before for o in done])) if done else None,
-        "average_drift_after": float(np.mean([o.drift_after for o in done])) if done else None,
+        "average_drift_before": float(np.mean([o.drift_before for o in steered])) if steered else None,
+        "average_drift_after": float(np.mean([o.drift_after for o in steered])) if steered else None,
     }], schema=contract.REBALANCE_RUNS_SCHEMA)
     context.log.info(f"rebalancing: {counts}")
     sources = ["gold/rebalance_decisions", "gold/risk_model", silver_table("positions"), silver_table("lots")]
@@ -386,7 +392,9 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
 def execution_quality(context: dg.AssetExecutionContext, lake: LakeResource):
     allocations = _read(lake, "order_allocations").filter(pl.col("order_id").is_not_null())
     orders = _read(lake, "orders").select("run_id", "order_id", "price")
-    runs = _read(lake, "rebalance_runs").select("run_id", pl.col("started_at").alias("created_at"))
+    # orders are made on the state of ``decided_at``: later trades can fill them (runs written
+    # before that column existed fall back to their start)
+    runs = _read(lake, "rebalance_runs").select("run_id", pl.coalesce("decided_at", "started_at").alias("created_at"))
     recs = _read(lake, "recommendations").group_by("run_id", "portfolio_id", "instrument_id").agg(
         pl.sum_horizontal("estimated_spread", "estimated_commission", "estimated_impact").sum().alias("cost_base"),
         pl.col("trade_value").abs().sum().alias("value_base"))
@@ -410,12 +418,14 @@ def execution_quality(context: dg.AssetExecutionContext, lake: LakeResource):
         quality = build_execution_quality(intended, execution_fills(intended, trades))
     else:
         quality = pl.DataFrame(schema=EXECUTION_QUALITY_SCHEMA)
+    # drift before and after in one measure (gold drift_summary's figure): at the decision, and
+    # now; a LIQUIDATING book moves to cash, away from its model targets, so it is left out
+    liquidating = read_bronze(lake, "portfolios").filter(pl.col("status") == "LIQUIDATING").select("portfolio_id")
+    measured = quality.select("run_id", "portfolio_id").unique().join(liquidating, on="portfolio_id", how="anti")
     before = _read(lake, "rebalance_analysis").filter(pl.col("scenario") == "do_nothing").select(
-        "run_id", "portfolio_id", pl.col("drift_after").alias("drift"))
-    latest = read_gold(lake, "drift_summary").sort("date").group_by("portfolio_id").agg(pl.col("drift").drop_nulls().last())
-    after = quality.select("run_id", "portfolio_id").unique().join(latest, on="portfolio_id", how="inner")
-    summary = execution_summary(quality, before.join(quality.select("run_id", "portfolio_id").unique(), on=["run_id", "portfolio_id"]),
-                                after)
+        "run_id", "portfolio_id", pl.col("drift_at_decision").alias("drift")).join(measured, on=["run_id", "portfolio_id"])
+    after = measured.join(read_gold(lake, "drift_summary").select("portfolio_id", "drift"), on="portfolio_id", how="inner")
+    summary = execution_summary(quality, before, after)
     sources = ["gold/order_allocations", "gold/orders", silver_table("trades")]
     yield dg.MaterializeResult(asset_key=gold_key("execution_quality"), metadata=_write(context, lake, "execution_quality", quality, sources))
     yield dg.MaterializeResult(asset_key=gold_key("execution_summary"), metadata=_write(context, lake, "execution_summary", summary, sources))

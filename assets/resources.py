@@ -147,7 +147,8 @@ class LakeResource(dg.ConfigurableResource):
         to table ``name`` and return the new table version.
 
         ``predicate`` given: replace exactly the rows matching it (every row of ``frame`` must
-        match it too). No predicate and ``mode="overwrite"``: replace the whole table, schema
+        match it too); a column the table lacks is added (null in the rows kept), so a table
+        that keeps every run's rows takes a new column without a rebuild. No predicate and ``mode="overwrite"``: replace the whole table, schema
         included. ``mode="append"``: add rows. Retries optimistic-concurrency conflicts.
         """
         custom = {"run_id": run_id or "", "code_version": code_version()}
@@ -165,6 +166,7 @@ class LakeResource(dg.ConfigurableResource):
             kwargs["configuration"] = TABLE_CONFIGURATION
         elif predicate is not None and mode == "overwrite":
             kwargs["predicate"] = predicate
+            kwargs["schema_mode"] = "merge"
         elif mode == "overwrite":
             kwargs["schema_mode"] = "overwrite"
         for attempt in range(COMMIT_RETRIES):

@@ -58,8 +58,14 @@ class PortfolioOutcome:
 
 
 def drift_of(x: RebalanceInputs, weights: np.ndarray) -> float:
-    """``0.5 * sum_i |w_i - t_i|`` over instruments (total weights): ``transforms.drift``'s figure."""
-    return float(0.5 * np.abs(weights.sum(axis=1) - x.target.sum(axis=1)).sum())
+    """``0.5 * (sum_i |w_i - t_i| + |c - c_t|)``: ``transforms.drift``'s figure on the total
+    weights ``w`` and the cash after the trades ``c = cash - sum(w - w0)`` against the cash the
+    targets leave, ``c_t = max(0, 1 - sum t)`` (0 for targets that sum to 1, all of it for a
+    LIQUIDATING book). The pipeline's figure counts each cash currency apart; here the book's
+    cash is one (base) number, so the two agree for cash held in one currency."""
+    w, t = weights.sum(axis=1), x.target.sum(axis=1)
+    cash_after = x.cash - float(w.sum() - x.current.sum())
+    return float(0.5 * (np.abs(w - t).sum() + abs(cash_after - max(0.0, 1.0 - float(t.sum())))))
 
 
 def _scenario(x: RebalanceInputs, G: np.ndarray, policy: OptimizerPolicy, nav: float, weights: np.ndarray, te_now: float,
@@ -84,7 +90,7 @@ def _scenario(x: RebalanceInputs, G: np.ndarray, policy: OptimizerPolicy, nav: f
 def _analysis(rows: list[dict], run_id: str, portfolio_id: str, chosen: str, reason: str) -> pl.DataFrame:
     for row in rows:
         row |= {"run_id": run_id, "portfolio_id": portfolio_id, "chosen": row["scenario"] == chosen,
-                "reason": reason if row["scenario"] == chosen else None}
+                "reason": reason if row["scenario"] == chosen else None, "drift_at_decision": None}  # the caller's figure
     return pl.DataFrame(rows, schema_overrides=REBALANCE_ANALYSIS_SCHEMA).select(list(REBALANCE_ANALYSIS_SCHEMA)).cast(REBALANCE_ANALYSIS_SCHEMA)
 
 

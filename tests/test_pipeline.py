@@ -4,10 +4,12 @@ file versions, bad files, and the atomic warehouse."""
 from __future__ import annotations
 
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -359,3 +361,53 @@ def test_each_taxable_portfolio_is_taxed_at_its_own_policy_rates(built, tmp_path
     # the other TAXABLE portfolios keep the default rates: their gains are still taxed
     others = sales.filter((pl.col("portfolio_id") != pid) & (pl.col("gain") > 0))
     assert others.height == 0 or others["tax"].min() > 0
+
+
+def test_fills_after_the_orders_are_matched_and_measured(built):
+    """Trades that execute every recommendation an hour after the decision, at 10 bp worse than
+    the decision price, land as a new file: the next run matches them to the first run's
+    allocations (all FILLED, 10 bp slippage), reports every order fully executed, and measures
+    the drift after on the filled books."""
+    data_dir, _ = built
+    lake = resources_for(data_dir)["lake"]
+    first = lake.read("gold/rebalance_runs").row(0, named=True)
+    run = first["run_id"]
+    decided = lake.read("gold/drift_summary")  # the figures the run decided on
+    recs = lake.read("gold/recommendations").filter((pl.col("run_id") == run) & (pl.col("trade_quantity") != 0))
+    assert recs.height > 0
+    prices = lake.read("gold/orders").filter(pl.col("run_id") == run).group_by("instrument_id").agg(pl.col("price").first())
+    at = first["decided_at"] + timedelta(hours=1)
+    sign = pl.col("trade_quantity").sign()
+    fills = recs.join(prices, on="instrument_id").with_row_index("i").select(
+        pl.format("F{}", pl.col("i")).alias("trade_id"), "portfolio_id", "instrument_id",
+        pl.lit(at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")).alias("trade_ts"),
+        pl.lit((at + timedelta(days=3)).date().isoformat()).alias("settle_date"),
+        pl.when(sign > 0).then(pl.lit("BUY")).otherwise(pl.lit("SELL")).alias("side"),
+        pl.col("trade_quantity").abs().alias("quantity"),
+        (pl.col("price") * (1 + 0.001 * sign)).alias("price"),  # buys pay 10 bp more, sells get 10 bp less
+        pl.lit(0.0).alias("fees"), "strategy_id", pl.lit(None, pl.String).alias("lot_id"))
+    fills.write_csv(data_dir / "landing" / "trades" / "trades_fills.csv")
+    materialize_all(data_dir)
+
+    refused = lake.read("bronze/quarantine/trades").filter(pl.col("source_file").str.ends_with("trades_fills.csv"))
+    assert refused.height == 0, refused["reason"].to_list()
+    quality = lake.read("gold/execution_quality").filter(pl.col("run_id") == run)
+    assert quality.height == lake.read("gold/order_allocations").filter(
+        (pl.col("run_id") == run) & (pl.col("external_quantity") > 0)).select("order_id", "portfolio_id").unique().height
+    assert (quality["status"] == "FILLED").all() and quality["fill_ratio"].min() == pytest.approx(1.0)
+    np.testing.assert_allclose(quality["slippage_bps"].to_numpy(), 10.0, rtol=1e-9)
+    summary = lake.read("gold/execution_summary").filter(pl.col("run_id") == run).row(0, named=True)
+    assert summary["fully_executed_share"] == 1.0 and summary["fully_executed_goal_met"]
+    # before and after in one measure, drift_summary's figure: at the decision, and on the filled
+    # books now; a LIQUIDATING book (moving to cash, away from its model targets) is left out
+    liquidating = lake.read("bronze/portfolios").filter(pl.col("status") == "LIQUIDATING")["portfolio_id"]
+    steered = quality.filter(~pl.col("portfolio_id").is_in(liquidating.implode()))["portfolio_id"].unique()
+    assert steered.len() >= 1
+    now = lake.read("gold/drift_summary").filter(pl.col("portfolio_id").is_in(steered.implode()))
+    assert summary["average_drift_after"] == pytest.approx(now["drift"].mean(), rel=1e-12)
+    at_decision = lake.read("gold/rebalance_analysis").filter(
+        (pl.col("run_id") == run) & (pl.col("scenario") == "do_nothing") & pl.col("portfolio_id").is_in(steered.implode()))
+    assert summary["average_drift_before"] == pytest.approx(at_decision["drift_at_decision"].mean(), rel=1e-12)
+    assert decided["drift"].filter(decided["portfolio_id"].is_in(steered.implode())).mean() == pytest.approx(
+        summary["average_drift_before"], rel=1e-12)
+    assert summary["average_drift_after"] < summary["average_drift_before"]

@@ -660,7 +660,10 @@ REBALANCE_ANALYSIS_SCHEMA: dict[str, pl.DataType] = {
     "impact": pl.Float64,
     "tax": pl.Float64,
     "total_cost": pl.Float64,
-    "drift_after": pl.Float64,  # 0.5 * sum |w - target| over instruments
+    "drift_after": pl.Float64,  # 0.5 * (sum |w - target| over instruments + |cash - cash target|) (rebalance.drift_of)
+    # the portfolio's drift figure in gold drift_summary when the run decided (each cash currency
+    # apart; null when not measured): execution monitoring's drift before
+    "drift_at_decision": pl.Float64,
     "tracking_error_after": pl.Float64,  # annualised, factor model, against the targets
     "risk_benefit": pl.Float64,  # base currency: risk_aversion * (TE^2 now - TE^2 after) * NAV
     "net_benefit": pl.Float64,  # risk_benefit - total_cost
@@ -688,6 +691,8 @@ LOT_SALES_SCHEMA: dict[str, pl.DataType] = {
 REBALANCE_RUNS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String,
     "as_of": pl.Date,
+    # the moment of the state the decisions were made on: trades after it can fill the orders
+    "decided_at": TS,
     "started_at": TS,
     "portfolios": pl.Int64,  # considered
     "triggered": pl.Int64,  # with at least one trigger
@@ -703,6 +708,6 @@ REBALANCE_RUNS_SCHEMA: dict[str, pl.DataType] = {
     "orders": pl.Int64,
     "gross_notional": pl.Float64,  # base currency, the recommendations' |trade_value| summed
     "estimated_cost": pl.Float64,  # base currency
-    "average_drift_before": pl.Float64,  # over rebalanced portfolios
-    "average_drift_after": pl.Float64,
+    "average_drift_before": pl.Float64,  # over rebalanced portfolios, LIQUIDATING ones left out (rebalance.drift_of)
+    "average_drift_after": pl.Float64,  # planned: after the recommended trades
 }

@@ -636,6 +636,15 @@ def drift(
 # --- trend --------------------------------------------------------------------------------------
 
 
+def history_date(as_of: date, *, holidays: Iterable[date] = ()) -> date:
+    """The business day a drift figure of the state at ``as_of`` is filed under in the history:
+    ``as_of`` when it is a business day (Monday to Friday, not in ``holidays``), else the last
+    business day before it. A weekend booking updates that Friday's figure; the trend, which
+    counts business days, never sees a Saturday."""
+    holiday_days = np.array(sorted(holidays), dtype="datetime64[D]")
+    return np.busday_offset(np.datetime64(as_of, "D"), 0, roll="backward", holidays=holiday_days).astype(date)
+
+
 def drift_trend(
     history: pl.DataFrame | pl.LazyFrame, window: int = 20, *, holidays: Iterable[date] = ()
 ) -> pl.DataFrame:

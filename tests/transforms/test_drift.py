@@ -657,3 +657,14 @@ def test_holdings_by_sleeve_value_each_lot_at_its_position():
     ]
     # the sleeves add up to the positions: nothing lost or counted twice
     assert out["market_value"].sum() == positions["market_value"].sum()
+
+
+def test_history_date_is_the_business_day_at_or_before():
+    from transforms.drift import history_date
+
+    assert history_date(date(2026, 10, 30)) == date(2026, 10, 30)  # a Friday
+    assert history_date(date(2026, 10, 31)) == date(2026, 10, 30)  # Saturday files under Friday
+    assert history_date(date(2026, 11, 1)) == date(2026, 10, 30)
+    assert history_date(date(2026, 11, 2)) == date(2026, 11, 2)
+    assert history_date(date(2026, 12, 25), holidays=[date(2026, 12, 25)]) == date(2026, 12, 24)
+    assert isinstance(history_date(date(2026, 10, 31)), date)
