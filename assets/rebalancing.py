@@ -29,7 +29,16 @@ import yaml
 
 from assets.analytics import gold_key, gold_table, read_gold
 from assets.resources import LakeResource, PipelineSettings
-from assets.state import bronze_key, current_moment, read_bronze, read_silver, silver_key, silver_table, write_table
+from assets.state import (
+    bronze_key,
+    current_moment,
+    input_versions,
+    read_bronze,
+    read_silver,
+    silver_key,
+    silver_table,
+    write_table,
+)
 from optimizers.inputs import (
     UNASSIGNED,
     OptimizerPolicy,
@@ -41,7 +50,7 @@ from optimizers.inputs import (
     risk_models,
     sleeve_holdings,
 )
-from optimizers.netting import ALLOCATIONS_SCHEMA, CROSSINGS_SCHEMA, ORDERS_SCHEMA, net_orders
+from optimizers.netting import net_orders
 from optimizers.problem import ProblemCache
 from optimizers.rebalance import rebalance_portfolio
 from optimizers.tax import (
@@ -56,8 +65,6 @@ from optimizers.tax import (
 from transforms import contract
 from transforms.drift import targets_in_force
 from transforms.execution_quality import (
-    EXECUTION_QUALITY_SCHEMA,
-    EXECUTION_SUMMARY_SCHEMA,
     execution_fills,
     execution_quality as build_execution_quality,
     execution_summary,
@@ -65,8 +72,6 @@ from transforms.execution_quality import (
 from transforms.fx import base_per_local_on
 from transforms.market_returns import instrument_returns
 from transforms.rebalance_triggers import (
-    DECISIONS_SCHEMA,
-    TRIGGERS_SCHEMA,
     all_triggers,
     calendar_triggers,
     cash_flow_triggers,
@@ -81,17 +86,17 @@ from transforms.rebalance_triggers import (
 
 GROUP = "rebalancing"
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    "rebalance_triggers": TRIGGERS_SCHEMA,
-    "rebalance_decisions": DECISIONS_SCHEMA,
+    "rebalance_triggers": contract.TRIGGERS_SCHEMA,
+    "rebalance_decisions": contract.DECISIONS_SCHEMA,
     "recommendations": contract.RECOMMENDATIONS_SCHEMA,
     "rebalance_analysis": contract.REBALANCE_ANALYSIS_SCHEMA,
     "lot_sales": contract.LOT_SALES_SCHEMA,
-    "orders": ORDERS_SCHEMA,
-    "order_allocations": ALLOCATIONS_SCHEMA,
-    "crossings": CROSSINGS_SCHEMA,
+    "orders": contract.ORDERS_SCHEMA,
+    "order_allocations": contract.ALLOCATIONS_SCHEMA,
+    "crossings": contract.CROSSINGS_SCHEMA,
     "rebalance_runs": contract.REBALANCE_RUNS_SCHEMA,
-    "execution_quality": EXECUTION_QUALITY_SCHEMA,
-    "execution_summary": EXECUTION_SUMMARY_SCHEMA,
+    "execution_quality": contract.EXECUTION_QUALITY_SCHEMA,
+    "execution_summary": contract.EXECUTION_SUMMARY_SCHEMA,
 }
 RISK_BUDGET_VAR = ("historical", 0.95, 1)  # the VaR figure a risk budget is checked against
 
@@ -113,13 +118,14 @@ def _policies(settings: PipelineSettings) -> dict:
 
 
 def _write(context, lake: LakeResource, name: str, frame: pl.DataFrame, sources: list[str], run_id: str | None = None) -> dict:
-    """Overwrite ``gold/<name>``, or with ``run_id`` replace only that run's rows."""
+    """Overwrite ``gold/<name>``, or with ``run_id`` replace only that run's rows; either way the
+    commit records the input tables' versions (``state.input_versions``), as ``write_table`` does."""
     schema = SCHEMAS[name]
     frame = frame.select(list(schema)).cast(schema)
     if run_id is None or not lake.exists(gold_table(name)):
         return write_table(context, lake, gold_table(name), frame, sources)
     version = lake.write(gold_table(name), frame, predicate=f"run_id = '{run_id}'", run_id=context.run.run_id,
-                         commit_metadata={"sources": sources})
+                         commit_metadata={"inputs": input_versions(lake, sources)})
     return {"dagster/row_count": frame.height, "delta_version": version}
 
 
@@ -367,7 +373,8 @@ def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings:
         "average_drift_after": float(np.mean([o.drift_after for o in steered])) if steered else None,
     }], schema=contract.REBALANCE_RUNS_SCHEMA)
     context.log.info(f"rebalancing: {counts}")
-    sources = ["gold/rebalance_decisions", "gold/risk_model", silver_table("positions"), silver_table("lots")]
+    sources = ["gold/rebalance_decisions", "gold/risk_model", "gold/drift_summary", silver_table("positions"), silver_table("lots"),
+               "bronze/targets", "bronze/prices"]
     tables = {"recommendations": recommendations, "rebalance_analysis": analysis, "lot_sales": sales, "orders": netted.orders,
               "order_allocations": netted.allocations, "crossings": netted.crossings, "rebalance_runs": runs}
     for name, frame in tables.items():
@@ -417,7 +424,7 @@ def execution_quality(context: dg.AssetExecutionContext, lake: LakeResource):
         trades = read_silver(lake, "trades", where=pl.col("trade_ts") >= first)
         quality = build_execution_quality(intended, execution_fills(intended, trades))
     else:
-        quality = pl.DataFrame(schema=EXECUTION_QUALITY_SCHEMA)
+        quality = pl.DataFrame(schema=contract.EXECUTION_QUALITY_SCHEMA)
     # drift before and after in one measure (gold drift_summary's figure): at the decision, and
     # now; a LIQUIDATING book moves to cash, away from its model targets, so it is left out
     liquidating = read_bronze(lake, "portfolios").filter(pl.col("status") == "LIQUIDATING").select("portfolio_id")

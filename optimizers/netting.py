@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 import polars as pl
 
+from transforms.contract import ALLOCATIONS_SCHEMA, CROSSINGS_SCHEMA, ORDERS_SCHEMA  # noqa: F401  (schemas: published)
 from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 
 BUY, SELL = "BUY", "SELL"
@@ -68,40 +69,6 @@ TRADES_SCHEMA: dict[str, pl.DataType] = {
     "price": pl.Float64,
     "currency": pl.String,
     "adv": pl.Float64,
-}
-
-ORDERS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String,
-    "order_id": pl.String,
-    "instrument_id": pl.String,
-    "side": pl.String,
-    "quantity": pl.Float64,
-    "price": pl.Float64,
-    "currency": pl.String,
-    "notional": pl.Float64,
-    "wave": pl.Int64,
-    "batch": pl.Int64,
-    "batches": pl.Int64,
-}
-
-CROSSINGS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String,
-    "instrument_id": pl.String,
-    "quantity": pl.Float64,
-    "price": pl.Float64,
-    "currency": pl.String,
-    "notional": pl.Float64,
-}
-
-ALLOCATIONS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String,
-    "portfolio_id": pl.String,
-    "instrument_id": pl.String,
-    "side": pl.String,
-    "quantity": pl.Float64,
-    "crossed_quantity": pl.Float64,
-    "external_quantity": pl.Float64,
-    "order_id": pl.String,
 }
 
 NETTING_SUMMARY_SCHEMA: dict[str, pl.DataType] = {

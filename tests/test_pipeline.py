@@ -327,6 +327,9 @@ def test_a_manual_request_names_portfolios(built):
     assert triggers.filter((pl.col("kind") == "manual") & (pl.col("portfolio_id") == active)).height == 1
     runs = lake.read("gold/rebalance_runs")
     assert runs.height == 2  # the fixture's run and this one: each run keeps its own rows
+    # the per-run replace records its run and its inputs' versions, like a whole-table write
+    commit = lake.history("gold/recommendations")[0]
+    assert commit["run_id"] == result.run_id and "gold/rebalance_decisions@" in commit["inputs"] and "code_version" in commit
     with pytest.raises(Exception, match="P_UNKNOWN"):
         dg.materialize(REBALANCING_ASSETS, selection=dg.AssetSelection.groups("rebalancing"), resources=resources_for(data_dir),
                        instance=dg.DagsterInstance.ephemeral(),

@@ -711,3 +711,108 @@ REBALANCE_RUNS_SCHEMA: dict[str, pl.DataType] = {
     "average_drift_before": pl.Float64,  # over rebalanced portfolios, LIQUIDATING ones left out (rebalance.drift_of)
     "average_drift_after": pl.Float64,  # planned: after the recommended trades
 }
+
+
+# --- rebalancing: triggers and decisions (transforms.rebalance_triggers), netted orders
+# (optimizers.netting) and execution monitoring (transforms.execution_quality)
+# one row per trigger that fired
+TRIGGERS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "kind": pl.String,  # one of TRIGGER_KINDS
+    "value": pl.Float64,  # the measured figure; null for calendar and manual (and flagged rows)
+    "threshold": pl.Float64,  # the limit it passed; null for calendar and manual
+    "priority": pl.Int64,  # PRIORITIES[kind], 1 = most urgent
+    "triggered_at": TS,  # the run's `now`
+    "note": pl.String,  # a sentence: what was measured against what
+}
+
+# one row per portfolio: what this run does with it
+DECISIONS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "status": pl.String,  # contract.PORTFOLIO_STATUSES
+    "action": pl.String,  # one of ACTIONS
+    "reason": pl.String,
+    "trigger_kinds": pl.List(pl.String),  # distinct kinds that fired, by priority then kind
+    "top_priority": pl.Int64,  # the most urgent priority; null without a trigger
+}
+
+# one row per external order (instrument, side, batch)
+ORDERS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "order_id": pl.String,
+    "instrument_id": pl.String,
+    "side": pl.String,
+    "quantity": pl.Float64,
+    "price": pl.Float64,
+    "currency": pl.String,
+    "notional": pl.Float64,
+    "wave": pl.Int64,
+    "batch": pl.Int64,
+    "batches": pl.Int64,
+}
+
+# one row per internal crossing between two portfolios
+CROSSINGS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "instrument_id": pl.String,
+    "quantity": pl.Float64,
+    "price": pl.Float64,
+    "currency": pl.String,
+    "notional": pl.Float64,
+}
+
+# one row per (order, portfolio): who the order trades for
+ALLOCATIONS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,
+    "side": pl.String,
+    "quantity": pl.Float64,
+    "crossed_quantity": pl.Float64,
+    "external_quantity": pl.Float64,
+    "order_id": pl.String,
+}
+
+# one row per allocation: its fills against the decision price and the estimate
+EXECUTION_QUALITY_SCHEMA: dict[str, pl.DataType] = {
+    "order_id": pl.String,
+    "run_id": pl.String,
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,
+    "side": pl.String,
+    "quantity": pl.Float64,
+    "decision_price": pl.Float64,
+    "filled_quantity": pl.Float64,
+    "fill_ratio": pl.Float64,
+    "status": pl.String,  # FILLED, PARTIAL, UNFILLED
+    "average_price": pl.Float64,  # null when unfilled
+    "slippage_bps": pl.Float64,  # side-signed: positive = worse than the decision price
+    "fees": pl.Float64,
+    "realized_cost": pl.Float64,  # local currency
+    "estimated_cost": pl.Float64,  # the optimiser's estimate for the whole allocation
+    "estimated_cost_filled": pl.Float64,  # estimated_cost * fill_ratio
+    "cost_ratio": pl.Float64,  # realized_cost / estimated_cost_filled
+    "note": pl.String,
+}
+
+# one row per run: the success figures against their goals
+EXECUTION_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String,
+    "orders": pl.Int64,
+    "allocations": pl.Int64,
+    "filled_allocations": pl.Int64,
+    "fully_executed_share": pl.Float64,
+    "goal_fully_executed": pl.Float64,
+    "fully_executed_goal_met": pl.Boolean,
+    "average_fill_ratio": pl.Float64,
+    "slippage_bps": pl.Float64,  # weighted by filled_quantity * decision_price
+    "realized_cost": pl.Float64,
+    "estimated_cost": pl.Float64,
+    "estimated_cost_filled": pl.Float64,
+    "cost_ratio": pl.Float64,
+    "average_drift_before": pl.Float64,
+    "average_drift_after": pl.Float64,
+    "goal_drift_after": pl.Float64,
+    "drift_goal_met": pl.Boolean,
+    "note": pl.String,
+}

@@ -79,7 +79,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 
-from transforms.contract import TRADE_SIDES, TS
+from transforms.contract import EXECUTION_QUALITY_SCHEMA, EXECUTION_SUMMARY_SCHEMA, TRADE_SIDES, TS  # noqa: F401  (schemas: published)
 from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from transforms.ordering import ordered_sum
 
@@ -128,49 +128,7 @@ FILLS_SCHEMA: dict[str, pl.DataType] = {
     "trade_ts": TS,
 }
 FILLS_KEY = ["order_id", "portfolio_id", "trade_id"]
-
-EXECUTION_QUALITY_SCHEMA: dict[str, pl.DataType] = {
-    "order_id": pl.String,
-    "run_id": pl.String,
-    "portfolio_id": pl.String,
-    "instrument_id": pl.String,
-    "side": pl.String,
-    "quantity": pl.Float64,
-    "decision_price": pl.Float64,
-    "filled_quantity": pl.Float64,
-    "fill_ratio": pl.Float64,
-    "status": pl.String,  # FILLED, PARTIAL, UNFILLED
-    "average_price": pl.Float64,  # null when unfilled
-    "slippage_bps": pl.Float64,  # side-signed: positive = worse than the decision price
-    "fees": pl.Float64,
-    "realized_cost": pl.Float64,  # local currency
-    "estimated_cost": pl.Float64,  # the optimiser's estimate for the whole allocation
-    "estimated_cost_filled": pl.Float64,  # estimated_cost * fill_ratio
-    "cost_ratio": pl.Float64,  # realized_cost / estimated_cost_filled
-    "note": pl.String,
-}
 EXECUTION_QUALITY_KEY = ["order_id", "portfolio_id"]
-
-EXECUTION_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String,
-    "orders": pl.Int64,
-    "allocations": pl.Int64,
-    "filled_allocations": pl.Int64,
-    "fully_executed_share": pl.Float64,
-    "goal_fully_executed": pl.Float64,
-    "fully_executed_goal_met": pl.Boolean,
-    "average_fill_ratio": pl.Float64,
-    "slippage_bps": pl.Float64,  # weighted by filled_quantity * decision_price
-    "realized_cost": pl.Float64,
-    "estimated_cost": pl.Float64,
-    "estimated_cost_filled": pl.Float64,
-    "cost_ratio": pl.Float64,
-    "average_drift_before": pl.Float64,
-    "average_drift_after": pl.Float64,
-    "goal_drift_after": pl.Float64,
-    "drift_goal_met": pl.Boolean,
-    "note": pl.String,
-}
 
 _KEY = ["portfolio_id", "instrument_id", "_dir"]
 

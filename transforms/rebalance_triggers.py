@@ -82,7 +82,7 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from transforms.contract import PORTFOLIO_STATUSES, TS
+from transforms.contract import DECISIONS_SCHEMA, PORTFOLIO_STATUSES, TRIGGERS_SCHEMA, TS  # noqa: F401  (schemas: published)
 from transforms.conventions import DDOF, PERIODS_PER_YEAR
 from transforms.frame_checks import collected_with, require_finite, require_no_nulls, require_unique
 from transforms.fx import as_utc
@@ -109,24 +109,6 @@ PRIORITIES: dict[str, int] = {
 CALENDARS: tuple[str, ...] = ("daily", "weekly", "monthly")
 ACTIONS: tuple[str, ...] = ("REBALANCE", "LIQUIDATE", "SKIP")
 DEFAULT_POLICY = "default"  # the key of the default policy in parse_policies' result
-
-TRIGGERS_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "kind": pl.String,  # one of TRIGGER_KINDS
-    "value": pl.Float64,  # the measured figure; null for calendar and manual (and flagged rows)
-    "threshold": pl.Float64,  # the limit it passed; null for calendar and manual
-    "priority": pl.Int64,  # PRIORITIES[kind], 1 = most urgent
-    "triggered_at": TS,  # the run's `now`
-    "note": pl.String,  # a sentence: what was measured against what
-}
-DECISIONS_SCHEMA: dict[str, pl.DataType] = {
-    "portfolio_id": pl.String,
-    "status": pl.String,  # contract.PORTFOLIO_STATUSES
-    "action": pl.String,  # one of ACTIONS
-    "reason": pl.String,
-    "trigger_kinds": pl.List(pl.String),  # distinct kinds that fired, by priority then kind
-    "top_priority": pl.Int64,  # the most urgent priority; null without a trigger
-}
 
 NO_TRIGGER = "no trigger"
 LIQUIDATING_REASON = "portfolio is LIQUIDATING: move toward cash at least cost"
