@@ -255,9 +255,8 @@ def _by_portfolio(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 @dg.multi_asset(
     specs=[dg.AssetSpec(gold_key(name), description=text, kinds={"cvxpy", "delta"},
-                        deps=[gold_key("rebalance_decisions"), gold_key("risk_model"), gold_key("drift_summary"), silver_key("positions"),
-                          silver_key("lots"),
-                              bronze_key("targets"), bronze_key("prices")])
+                        deps=[gold_key("rebalance_decisions"), gold_key("risk_model"), gold_key("drift_summary"),
+                              silver_key("positions"), silver_key("lots"), bronze_key("targets"), bronze_key("prices")])
            for name, text in REBALANCING_TABLES.items()],
     group_name=GROUP,
 )

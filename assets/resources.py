@@ -148,8 +148,8 @@ class LakeResource(dg.ConfigurableResource):
 
         ``predicate`` given: replace exactly the rows matching it (every row of ``frame`` must
         match it too); a column the table lacks is added (null in the rows kept), so a table
-        that keeps every run's rows takes a new column without a rebuild. No predicate and ``mode="overwrite"``: replace the whole table, schema
-        included. ``mode="append"``: add rows. Retries optimistic-concurrency conflicts.
+        that keeps every run's rows takes a new column without a rebuild. No predicate and
+        ``mode="overwrite"``: replace the whole table, schema included. ``mode="append"``: add rows. Retries optimistic-concurrency conflicts.
         """
         custom = {"run_id": run_id or "", "code_version": code_version()}
         custom.update(commit_metadata or {})
