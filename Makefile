@@ -31,6 +31,7 @@ test: install
 # The Dagster UI with a persistent instance (run history, schedules) under data/.
 ui: install
 	@mkdir -p $(DATA_DIR)/dagster_home
+	@cp orchestration/dagster.yaml $(DATA_DIR)/dagster_home/dagster.yaml
 	@DAGSTER_HOME=$(abspath $(DATA_DIR))/dagster_home $(UV) run dagster dev -w workspace.yaml
 
 bench: install

@@ -47,6 +47,12 @@ class LandingFile:
     version: int
 
 
+def is_landing_candidate(path: Path) -> bool:
+    """Not a hidden file or a partial upload (``.tmp``/``.part``): a writer that renames into
+    place writes under such a name first, so these are never read half-written."""
+    return not (path.name.startswith(".") or path.suffix in (".tmp", ".part"))
+
+
 def pending_files(landing_dir: Path, kind: str, log: pl.DataFrame) -> list[LandingFile]:
     """Landing files of ``kind`` whose current content is not the last one logged.
 
@@ -65,7 +71,7 @@ def pending_files(landing_dir: Path, kind: str, log: pl.DataFrame) -> list[Landi
     seen = {r["source_file"]: (r["source_sha256"], r["version"]) for r in last.iter_rows(named=True)}
     out: list[LandingFile] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.name.startswith(".") or path.suffix in (".tmp", ".part"):
+        if not is_landing_candidate(path):
             continue
         source_file = path.relative_to(landing_dir).as_posix()
         sha = sha256_of(path.read_bytes())

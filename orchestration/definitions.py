@@ -12,6 +12,7 @@ from assets.resources import resources_for
 from assets.state import STATE_ASSETS
 from orchestration.checks import ASSET_CHECKS
 from orchestration.jobs import JOBS, SCHEDULES
+from orchestration.sensors import SENSORS
 
 ALL_ASSETS = [*INGEST_ASSETS, *STATE_ASSETS, *ANALYTICS_ASSETS, *REBALANCING_ASSETS, *PUBLISH_ASSETS]
 
@@ -23,6 +24,7 @@ def build_definitions(data_dir: str | None = None) -> dg.Definitions:
         asset_checks=ASSET_CHECKS,
         jobs=JOBS,
         schedules=SCHEDULES,
+        sensors=SENSORS,
         resources=resources_for(data_dir),
     )
 

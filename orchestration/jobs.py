@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+# Every job that writes the lake tags its runs with this key; the instance (orchestration/dagster.yaml)
+# runs one such run at a time.
+LAKE_WRITER_TAG = "portfolio/lake_writer"
+
 # Everything, from landing files to the warehouse.
 daily_refresh = dg.define_asset_job(
     "daily_refresh",
     selection=dg.AssetSelection.all(),
+    tags={LAKE_WRITER_TAG: "daily_refresh"},
     description="Ingest new landing files, rebuild the portfolio state and publish the warehouse.",
 )
 
@@ -27,6 +32,7 @@ daily_post_close = dg.ScheduleDefinition(
 rebalance = dg.define_asset_job(
     "rebalance",
     selection=dg.AssetSelection.groups("rebalancing"),
+    tags={LAKE_WRITER_TAG: "rebalance"},
     description="Triggers, optimised rebalance, recommendations, netted orders and execution quality over the current state; "
     "name portfolios in the triggers' config to rebalance them on request.",
 )
@@ -42,5 +48,22 @@ rebalance_calendar = dg.ScheduleDefinition(
     description="Business-day rebalancing check: calendar policies, drift, risk and cash-flow triggers.",
 )
 
-JOBS = [daily_refresh, rebalance]
+# The intraday path (orchestration.sensors.landing_sensor launches it per new trade or price file):
+# ingest, the state, drift and the rebalancing stage, then the warehouse; the analytics that need
+# a whole day (returns, risk, attribution) wait for the daily refresh. In one process (no
+# subprocess per step: most of a small run is start-up), retried twice when it fails, since a
+# sensor never relaunches a run key that failed.
+intraday = dg.define_asset_job(
+    "intraday",
+    selection=(dg.AssetSelection.assets(dg.AssetKey(["bronze", "trades"]), dg.AssetKey(["bronze", "prices"]))
+               | dg.AssetSelection.groups("state", "rebalancing", "publish")
+               | dg.AssetSelection.assets(*(dg.AssetKey(["gold", name]) for name in ("drift", "drift_summary", "drift_history",
+                                                                                   "drift_alerts")))),
+    executor_def=dg.in_process_executor,
+    tags={"dagster/max_retries": "2", LAKE_WRITER_TAG: "intraday"},
+    description="A new trade or price file: ingest it, update the state, drift and rebalancing recommendations, "
+    "and republish the warehouse.",
+)
+
+JOBS = [daily_refresh, rebalance, intraday]
 SCHEDULES = [daily_post_close, rebalance_calendar]

@@ -47,6 +47,22 @@ def test_lake_root_from_environment(tmp_path, monkeypatch):
     assert d.resources["warehouse"].path == str(tmp_path / "data" / "warehouse.duckdb")
 
 
+def test_intraday_job_and_landing_sensor():
+    from orchestration.jobs import LAKE_WRITER_TAG
+
+    job = defs.resolve_job_def("intraday")
+    assert job.tags["dagster/max_retries"] == "2" and job.tags[LAKE_WRITER_TAG] == "intraday"
+    assert job.executor_def.name == "in_process"
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    assert sensor.job_name == "intraday" and sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    for name in ("daily_refresh", "rebalance"):  # every lake writer waits for the others
+        assert LAKE_WRITER_TAG in defs.resolve_job_def(name).tags
+    keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    assert {"bronze/trades", "bronze/prices", "silver/lots", "silver/portfolio_state", "gold/drift_summary",
+            "gold/recommendations", "publish/warehouse"} <= keys
+    assert "gold/risk" not in keys and "bronze/instruments" not in keys
+
+
 def test_rebalance_job_and_calendar_schedule():
     job = defs.resolve_job_def("rebalance")
     assert job is not None

@@ -1,0 +1,106 @@
+"""The intraday path's sensor: new trade and price files in ``landing/`` launch the ``intraday`` job.
+
+A file is picked up only when it is complete:
+
+- a writer that renames into place writes ``*.tmp`` / ``*.part`` (or a dot-file) first, which
+  are never looked at (``assets.ingest.is_landing_candidate``), so the rename is the signal;
+- any other file must show the same size and modification time at two looks, one sensor tick
+  apart (``stable_files``): a file still being written changes between looks and waits.
+
+A complete file whose content (sha256) is already in the kind's ingestion log is not launched
+again; otherwise the sensor asks for one run per file, keyed by ``<path>@<sha256>``: Dagster
+never launches a run key twice, so the same content landed twice (or seen again after a restart)
+runs once, and a changed file (new content, new key) runs again. The cursor is JSON:
+``{"looks": {path: [size, mtime_ns]}, "done": {path: [size, mtime_ns, sha256]}}``, the last look
+and the files already dealt with (so an unchanged file is not hashed again every tick); it holds
+only files present at the last look, so it does not grow with the landing history.
+
+Because a failed run is never relaunched for the same run key, the job carries a run-retry tag
+(the instance must enable run retries: ``orchestration/dagster.yaml``, copied by ``make ui``).
+Runs are tagged ``portfolio/lake_writer`` so that the instance's run queue keeps one writer of
+the lake at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from assets.ingest import ingestion_log_table, is_landing_candidate
+from assets.resources import LakeResource, PipelineSettings
+from orchestration.jobs import LAKE_WRITER_TAG, intraday
+from transforms import contract
+from transforms.validation import sha256_of
+
+WATCHED_KINDS = ("trades", "prices")
+TICK_SECONDS = 15
+
+
+def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[str, list[int]]:
+    """``{path relative to landing_dir: [size, mtime_ns]}`` of the candidate files of ``kinds``."""
+    out: dict[str, list[int]] = {}
+    for kind in kinds:
+        folder = landing_dir / kind
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_landing_candidate(p)):
+            stat = path.stat()
+            out[path.relative_to(landing_dir).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return out
+
+
+def stable_files(previous: dict[str, list[int]], current: dict[str, list[int]]) -> list[str]:
+    """The paths whose (size, mtime) are the same at both looks, sorted: complete files. A file
+    seen for the first time, or changed since the previous look, is not (yet) stable."""
+    return sorted(path for path, seen in current.items() if previous.get(path) == seen)
+
+
+def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
+    """The last logged sha256 of each file of ``kind``."""
+    log = lake.read(ingestion_log_table(kind), contract.INGESTION_LOG_SCHEMA)
+    return dict(log.sort("version").group_by("source_file").agg(pl.col("source_sha256").last()).iter_rows())
+
+
+def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str, str]]) -> tuple[list[dg.RunRequest], dict]:
+    """One tick of the sensor, without Dagster's context: (run requests, new cursor).
+
+    ``cursor`` is the previous tick's (``{}`` at first); ``logged`` maps kind -> {path: sha256}
+    of the files already ingested. See the module docstring for the rules."""
+    current = look_at(landing_dir)
+    done = {path: entry for path, entry in cursor.get("done", {}).items() if path in current}
+    requests = []
+    for path in stable_files(cursor.get("looks", {}), current):
+        look = current[path]
+        if done.get(path, [None, None])[:2] == look:
+            continue
+        sha = sha256_of((landing_dir / path).read_bytes())
+        done[path] = [*look, sha]
+        kind = path.split("/", 1)[0]
+        if logged.get(kind, {}).get(path) == sha:
+            continue
+        requests.append(dg.RunRequest(run_key=f"{path}@{sha}",
+                                      tags={"portfolio/source_file": path, "portfolio/sha256": sha, LAKE_WRITER_TAG: "intraday"}))
+    return requests, {"looks": current, "done": done}
+
+
+@dg.sensor(
+    job=intraday,
+    minimum_interval_seconds=TICK_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="New, complete files in landing/trades and landing/prices (stable over two looks, or renamed into "
+    "place) launch the intraday job, one run per file keyed by path and content hash.",
+)
+def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: PipelineSettings):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    logged = {kind: _logged(lake, kind) for kind in WATCHED_KINDS}
+    requests, cursor = landing_requests(settings.landing_dir, cursor, logged)
+    context.update_cursor(json.dumps(cursor, sort_keys=True))
+    if not requests:
+        return dg.SkipReason("no new complete file in landing/trades or landing/prices")
+    return requests
+
+
+SENSORS = [landing_sensor]

@@ -1,0 +1,107 @@
+"""The intraday sensor: complete files only, one run per path and content, nothing twice; and the
+intraday job applied to a book split into files gives the tables of one full run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import dagster as dg
+import pytest
+
+from assets.resources import resources_for
+from orchestration.definitions import build_definitions
+from orchestration.sensors import landing_requests, landing_sensor, look_at, stable_files
+from test_pipeline import assert_same_tables, materialize_all, snapshot
+from transforms.validation import sha256_of
+
+
+def _write(path, text: str, mtime_ns: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_a_file_is_stable_when_two_looks_agree():
+    assert stable_files({}, {"trades/a.csv": [10, 1]}) == []
+    assert stable_files({"trades/a.csv": [10, 1]}, {"trades/a.csv": [10, 1]}) == ["trades/a.csv"]
+    assert stable_files({"trades/a.csv": [10, 1]}, {"trades/a.csv": [20, 2]}) == []  # still growing
+    assert stable_files({"trades/a.csv": [10, 1]}, {"trades/a.csv": [10, 2]}) == []  # rewritten
+
+
+def test_one_run_per_complete_file_and_content(tmp_path):
+    landing = tmp_path / "landing"
+    _write(landing / "trades" / "t1.csv", "trade_id\nT1\n", 1_000)
+    _write(landing / "trades" / "t2.csv.part", "trade_id\nT2", 1_000)  # being written under a temporary name
+    _write(landing / "cash_flows" / "c.csv", "flow_id\nF1\n", 1_000)  # not a watched kind
+    requests, cursor = landing_requests(landing, {}, {})
+    assert requests == [] and set(cursor["looks"]) == {"trades/t1.csv"}  # first look: not yet known to be complete
+    requests, cursor = landing_requests(landing, cursor, {})
+    assert [r.run_key.split("@")[0] for r in requests] == ["trades/t1.csv"]
+    sha = requests[0].tags["portfolio/sha256"]
+    assert requests[0].run_key == f"trades/t1.csv@{sha}" and requests[0].tags["portfolio/lake_writer"] == "intraday"
+    assert landing_requests(landing, cursor, {})[0] == []  # the same content is never asked for twice
+    # the partial upload is renamed into place: complete after two looks
+    (landing / "trades" / "t2.csv.part").rename(landing / "trades" / "t2.csv")
+    requests, cursor = landing_requests(landing, cursor, {})
+    assert requests == []
+    requests, cursor = landing_requests(landing, cursor, {})
+    assert [r.tags["portfolio/source_file"] for r in requests] == ["trades/t2.csv"]
+    # a file rewritten with new content is a new run key; while it changes it waits
+    _write(landing / "trades" / "t1.csv", "trade_id\nT1\nT3\n", 2_000)
+    requests, cursor = landing_requests(landing, cursor, {})
+    assert requests == []  # changed since the last look: it waits
+    requests, cursor = landing_requests(landing, cursor, {})
+    assert len(requests) == 1 and requests[0].run_key.startswith("trades/t1.csv@") and requests[0].tags["portfolio/sha256"] != sha
+    # a file the ingestion log already holds (same content) launches nothing
+    _write(landing / "prices" / "p.csv", "date\n2026-01-02\n", 3_000)
+    logged = {"prices": {"prices/p.csv": sha256_of((landing / "prices" / "p.csv").read_bytes())}}
+    _, cursor = landing_requests(landing, cursor, logged)
+    assert landing_requests(landing, cursor, logged)[0] == []
+    # the cursor holds only files present at the last look
+    (landing / "trades" / "t2.csv").unlink()
+    _, cursor = landing_requests(landing, cursor, logged)
+    assert "trades/t2.csv" not in cursor["looks"] and "trades/t2.csv" not in cursor["done"]
+    assert set(look_at(landing)) == {"trades/t1.csv", "prices/p.csv"}
+
+
+def test_the_sensor_in_dagster_skips_then_requests(tmp_path, tiny_landing):
+    shutil.copytree(tiny_landing, tmp_path / "landing")
+    resources = resources_for(tmp_path)
+    with dg.build_sensor_context(resources=resources) as context:
+        first = landing_sensor(context)
+        assert isinstance(first, dg.SkipReason)
+        cursor = context.cursor
+    with dg.build_sensor_context(cursor=cursor, resources=resources) as context:
+        requests = landing_sensor(context)
+        kinds = {r.tags["portfolio/source_file"].split("/")[0] for r in requests}
+        assert kinds == {"trades", "prices"} and len({r.run_key for r in requests}) == len(requests)
+        assert json.loads(context.cursor)["done"]
+
+
+@pytest.mark.parametrize("split", ["last_trades_file", "prices_and_trades"])
+def test_intraday_runs_over_a_split_book_equal_one_full_run(tmp_path, tiny_landing, split):
+    """The book's last trade file (and, in the second case, its price file too) lands after a
+    full run and is applied by the intraday job: the tables equal one full run over every file."""
+    full = tmp_path / "full"
+    shutil.copytree(tiny_landing, full / "landing")
+    materialize_all(full)
+
+    split_dir = tmp_path / "split"
+    shutil.copytree(tiny_landing, split_dir / "landing")
+    later = sorted((split_dir / "landing" / "trades").iterdir())[-1:]
+    if split == "prices_and_trades":
+        later += sorted((split_dir / "landing" / "prices").iterdir())[-1:]
+    held = tmp_path / "held"
+    held.mkdir()
+    for path in later:
+        shutil.move(path, held / f"{path.parent.name}__{path.name}")
+    materialize_all(split_dir)
+    for path in sorted(held.iterdir()):
+        kind, name = path.name.split("__", 1)
+        shutil.move(path, split_dir / "landing" / kind / name)
+        job = build_definitions(str(split_dir)).resolve_job_def("intraday")
+        assert job.execute_in_process(instance=dg.DagsterInstance.ephemeral()).success
+    assert_same_tables(snapshot(split_dir), snapshot(full))
