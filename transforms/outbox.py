@@ -235,7 +235,8 @@ def latest_events(*frames: AnyFrame | None) -> pl.DataFrame:
     functions need as ``last``; ``latest_events(last, new_events)`` chains a run's event types.
     """
     # a frame without columns (pl.DataFrame()) is an empty outbox
-    parts = [_typed(f, LAST_SCHEMA, "last") for f in frames if f is not None and not (isinstance(f, pl.DataFrame) and f.width == 0)]
+    given = [f for f in frames if f is not None and not (isinstance(f, pl.DataFrame) and f.width == 0)]
+    parts = [_typed(f, LAST_SCHEMA, "last") for f in given]
     if not parts:
         return pl.DataFrame(schema=LAST_SCHEMA)
     df = pl.concat(parts)
@@ -485,7 +486,9 @@ def order_events(
     missing column, a null key, a duplicate row, an allocation naming an order not in
     ``orders``, several runs for one portfolio, a NaN or infinite number.
     """
-    alloc_columns = ("run_id", "portfolio_id", "instrument_id", "side", "quantity", "crossed_quantity", "external_quantity", "order_id")
+    alloc_columns = (
+        "run_id", "portfolio_id", "instrument_id", "side", "quantity", "crossed_quantity", "external_quantity", "order_id",
+    )
     alloc = _typed(allocations, {c: ALLOCATIONS_SCHEMA[c] for c in alloc_columns}, "allocations").sort(
         "run_id", "portfolio_id", "instrument_id", "order_id", nulls_last=False
     )
@@ -500,10 +503,13 @@ def order_events(
     require_unique(ords, ["run_id", "order_id"], "orders")
     require_finite(ords, ("price",), "orders")
 
-    joined = alloc.join(ords.with_columns(pl.lit(True).alias("_found")), on=["run_id", "order_id"], how="left", maintain_order="left")
+    found = ords.with_columns(pl.lit(True).alias("_found"))
+    joined = alloc.join(found, on=["run_id", "order_id"], how="left", maintain_order="left")
     orphan = joined.filter(pl.col("order_id").is_not_null() & pl.col("_found").is_null())
     if orphan.height:
-        raise ValueError(f"allocations name order {orphan['order_id'][0]!r} of run {orphan['run_id'][0]!r}, which is not in orders")
+        raise ValueError(
+            f"allocations name order {orphan['order_id'][0]!r} of run {orphan['run_id'][0]!r}, which is not in orders"
+        )
 
     top = joined.group_by("portfolio_id").agg(pl.col("run_id").first().alias("rebalance_run_id"))
     items = joined.select("portfolio_id", *ORDER_FIELDS)
@@ -616,7 +622,8 @@ def parse_subscriptions(spec: Mapping | None) -> tuple[Subscription, ...]:
             raise ValueError(f"subscriber #{i} has an empty or missing name")
         if not _NAME.fullmatch(name):
             raise ValueError(
-                f"subscriber #{i}: name {name!r} must be letters, digits, '.', '_', '-' and not start with '.' (it names a folder)"
+                f"subscriber #{i}: name {name!r} must be letters, digits, '.', '_', '-' and not start with '.'"
+                " (it names a folder)"
             )
         if name in seen:
             raise ValueError(f"duplicate subscriber name {name!r}")
