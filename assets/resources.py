@@ -84,6 +84,7 @@ class PipelineSettings(dg.ConfigurableResource):
     drift_trend_window: int = 20  # business days
     stress_scenarios_file: str = ""  # a YAML file of named scenarios; empty: transforms.stress defaults
     rebalance_policy_file: str = ""  # YAML: trigger and optimizer policies (assets.rebalancing); empty: the defaults
+    subscriptions_file: str = ""  # YAML: who gets which outbox events in exports/ (assets.outbox); empty: no export
 
     @property
     def landing_dir(self) -> Path:

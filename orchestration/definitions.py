@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.analytics import ANALYTICS_ASSETS
 from assets.ingest import INGEST_ASSETS
+from assets.outbox import OUTBOX_ASSETS
 from assets.publish import PUBLISH_ASSETS
 from assets.rebalancing import REBALANCING_ASSETS
 from assets.resources import resources_for
@@ -14,7 +15,7 @@ from orchestration.checks import ASSET_CHECKS
 from orchestration.jobs import JOBS, SCHEDULES
 from orchestration.sensors import SENSORS
 
-ALL_ASSETS = [*INGEST_ASSETS, *STATE_ASSETS, *ANALYTICS_ASSETS, *REBALANCING_ASSETS, *PUBLISH_ASSETS]
+ALL_ASSETS = [*INGEST_ASSETS, *STATE_ASSETS, *ANALYTICS_ASSETS, *REBALANCING_ASSETS, *PUBLISH_ASSETS, *OUTBOX_ASSETS]
 
 
 def build_definitions(data_dir: str | None = None) -> dg.Definitions:

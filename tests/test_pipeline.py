@@ -414,3 +414,43 @@ def test_fills_after_the_orders_are_matched_and_measured(built):
     assert decided["drift"].filter(decided["portfolio_id"].is_in(steered.implode())).mean() == pytest.approx(
         summary["average_drift_before"], rel=1e-12)
     assert summary["average_drift_after"] < summary["average_drift_before"]
+
+
+def test_the_outbox_numbers_events_per_portfolio_and_exports_them(built, tmp_path):
+    """First run: one portfolio_state_updated per portfolio with a state, recommendation and order
+    events for the rebalanced ones; a rerun on the same files adds no state event (nothing
+    changed) but the new rebalance run's events, numbered on; a subscriber gets its events in
+    an export file."""
+    from assets.outbox import OUTBOX_TABLE
+    from assets.resources import PipelineSettings
+    from transforms.outbox import STATE_UPDATED, check_outbox, events_after
+
+    data_dir, _ = built
+    lake = resources_for(data_dir)["lake"]
+    first = lake.read(OUTBOX_TABLE)
+    check_outbox(first)
+    states = first.filter(pl.col("event_type") == STATE_UPDATED)
+    assert sorted(states["portfolio_id"]) == sorted(lake.read("silver/portfolio_state")["portfolio_id"])
+    recommended = set(lake.read("gold/recommendations")["portfolio_id"])
+    assert set(first.filter(pl.col("event_type") == "recommendation_published")["portfolio_id"]) == recommended
+
+    subscriptions = tmp_path / "subscriptions.yaml"
+    subscriptions.write_text("subscribers:\n  - {name: risk-desk, events: [portfolio_state_updated, recommendation_published], "
+                             "portfolios: '*', format: jsonl}\n")
+    resources = resources_for(data_dir) | {"settings": PipelineSettings(data_dir=str(data_dir), subscriptions_file=str(subscriptions))}
+    result = dg.materialize([*ALL_ASSETS, *ASSET_CHECKS], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    both = lake.read(OUTBOX_TABLE)
+    check_outbox(both)
+    new = both.filter(pl.col("run_id") == result.run_id)
+    assert new.filter(pl.col("event_type") == STATE_UPDATED).height == 0  # the same files: no state changed
+    assert set(new.filter(pl.col("event_type") == "recommendation_published")["portfolio_id"]) == recommended
+    # a consumer that read everything of the first run gets exactly the new events after it
+    for pid in recommended:
+        seen = first.filter(pl.col("portfolio_id") == pid)["sequence"].max()
+        assert events_after(both, pid, seen)["event_id"].to_list() == new.filter(
+            pl.col("portfolio_id") == pid).sort("sequence")["event_id"].to_list()
+    export = data_dir / "exports" / "risk-desk" / f"{result.run_id}.jsonl"
+    lines = export.read_text().splitlines()
+    assert len(lines) == new.filter(pl.col("event_type") != "order_published").height > 0
+    assert not list((data_dir / "exports" / "risk-desk").glob(".*"))  # no staging file left behind
