@@ -53,26 +53,28 @@ def is_landing_candidate(path: Path) -> bool:
     return not (path.name.startswith(".") or path.suffix in (".tmp", ".part"))
 
 
-def pending_files(landing_dir: Path, kind: str, log: pl.DataFrame) -> list[LandingFile]:
-    """Landing files of ``kind`` whose current content is not the last one logged.
-
-    Hidden files and partial uploads (``.tmp``/``.part``, or names starting with ``.``) are
-    ignored; any other file is returned, whatever its suffix, so that validation can
-    quarantine an unsupported format instead of it going unnoticed.
-    """
+def landing_candidates(landing_dir: Path, kind: str) -> list[Path]:
+    """The files of ``landing/<kind>/`` (any depth, sorted) that are not hidden or partial
+    uploads (``is_landing_candidate``); any suffix is kept, so that validation can quarantine
+    an unsupported format instead of it going unnoticed."""
     folder = landing_dir / kind
     if not folder.is_dir():
         return []
-    last = (
-        log.sort("version")
-        .group_by("source_file")
-        .agg(pl.col("source_sha256").last(), pl.col("version").last())
-    )
-    seen = {r["source_file"]: (r["source_sha256"], r["version"]) for r in last.iter_rows(named=True)}
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_landing_candidate(p))
+
+
+def last_logged(log: pl.DataFrame) -> dict[str, tuple[str, int]]:
+    """``{source_file: (sha256, version)}`` of each file's last logged version."""
+    last = log.sort("version").group_by("source_file").agg(pl.col("source_sha256").last(), pl.col("version").last())
+    return {r["source_file"]: (r["source_sha256"], r["version"]) for r in last.iter_rows(named=True)}
+
+
+def pending_files(landing_dir: Path, kind: str, log: pl.DataFrame) -> list[LandingFile]:
+    """Landing files of ``kind`` (``landing_candidates``) whose current content is not the last
+    one logged."""
+    seen = last_logged(log)
     out: list[LandingFile] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if not is_landing_candidate(path):
-            continue
+    for path in landing_candidates(landing_dir, kind):
         source_file = path.relative_to(landing_dir).as_posix()
         sha = sha256_of(path.read_bytes())
         previous = seen.get(source_file)

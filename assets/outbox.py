@@ -24,6 +24,7 @@ from assets.rebalancing import SCHEMAS as REBALANCING_SCHEMAS
 from assets.resources import LakeResource, PipelineSettings
 from assets.state import input_versions, read_silver, silver_key, silver_table
 from transforms.outbox import (
+    LAST_SCHEMA,
     OUTBOX_SCHEMA,
     latest_events,
     order_events,
@@ -38,8 +39,9 @@ OUTBOX_TABLE = "publish/outbox"
 
 
 def _latest_run(lake: LakeResource, name: str, run_id: str | None) -> pl.DataFrame:
-    frame = lake.read(gold_table(name), REBALANCING_SCHEMAS[name])
-    return frame.filter(pl.col("run_id") == run_id) if run_id else frame.clear()
+    """One rebalance run's rows of gold ``name`` (the filter is pushed down to the files)."""
+    scan = lake.scan(gold_table(name), REBALANCING_SCHEMAS[name])
+    return scan.filter(pl.col("run_id") == run_id).collect() if run_id else scan.head(0).collect()
 
 
 def export_events(folder: Path, name: str, events: pl.DataFrame, fmt: str) -> Path:
@@ -66,11 +68,12 @@ def export_events(folder: Path, name: str, events: pl.DataFrame, fmt: str) -> Pa
 )
 def outbox(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
     run_id, now = context.run.run_id, datetime.now(timezone.utc)
-    earlier = lake.read(OUTBOX_TABLE, OUTBOX_SCHEMA).filter(pl.col("run_id") != run_id)
-    last = latest_events(earlier)
+    # the latest event of each (portfolio, type) before this run: never the payloads
+    earlier = lake.scan(OUTBOX_TABLE, OUTBOX_SCHEMA).filter(pl.col("run_id") != run_id).select(list(LAST_SCHEMA))
+    last = latest_events(earlier.collect())
     states = state_events(read_silver(lake, "portfolio_state"), read_silver(lake, "positions"), last, run_id=run_id, emitted_at=now)
     last = latest_events(last, states)
-    runs = lake.read(gold_table("rebalance_runs"), REBALANCING_SCHEMAS["rebalance_runs"])
+    runs = lake.read(gold_table("rebalance_runs"), REBALANCING_SCHEMAS["rebalance_runs"], ["run_id", "started_at"])
     rebalance_run = runs.sort("started_at")["run_id"][-1] if runs.height else None
     recommendations = recommendation_events(_latest_run(lake, "recommendations", rebalance_run), last, run_id=run_id,
                                             emitted_at=now)

@@ -3,7 +3,7 @@
 A file is picked up only when it is complete:
 
 - a writer that renames into place writes ``*.tmp`` / ``*.part`` (or a dot-file) first, which
-  are never looked at (``assets.ingest.is_landing_candidate``), so the rename is the signal;
+  are never looked at (``assets.ingest.landing_candidates``), so the rename is the signal;
 - any other file must show the same size and modification time at two looks, one sensor tick
   apart (``stable_files``): a file still being written changes between looks and waits.
 
@@ -27,9 +27,8 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
-from assets.ingest import ingestion_log_table, is_landing_candidate
+from assets.ingest import ingestion_log_table, landing_candidates, last_logged
 from assets.resources import LakeResource, PipelineSettings
 from orchestration.jobs import LAKE_WRITER_TAG, intraday
 from transforms import contract
@@ -43,10 +42,7 @@ def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[s
     """``{path relative to landing_dir: [size, mtime_ns]}`` of the candidate files of ``kinds``."""
     out: dict[str, list[int]] = {}
     for kind in kinds:
-        folder = landing_dir / kind
-        if not folder.is_dir():
-            continue
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_landing_candidate(p)):
+        for path in landing_candidates(landing_dir, kind):
             stat = path.stat()
             out[path.relative_to(landing_dir).as_posix()] = [stat.st_size, stat.st_mtime_ns]
     return out
@@ -61,7 +57,7 @@ def stable_files(previous: dict[str, list[int]], current: dict[str, list[int]]) 
 def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
     """The last logged sha256 of each file of ``kind``."""
     log = lake.read(ingestion_log_table(kind), contract.INGESTION_LOG_SCHEMA)
-    return dict(log.sort("version").group_by("source_file").agg(pl.col("source_sha256").last()).iter_rows())
+    return {path: sha for path, (sha, _) in last_logged(log).items()}
 
 
 def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str, str]]) -> tuple[list[dg.RunRequest], dict]:
