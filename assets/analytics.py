@@ -12,7 +12,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from assets.ingest import bronze_table
+from assets.metadata import table_metadata
 from assets.resources import LakeResource, PipelineSettings
+from assets.scope import Scope, plan_scope, write_in_scope
 from assets.state import bronze_key, current_moment, read_bronze, read_silver, silver_key, silver_table, write_table
 from transforms import contract
 from transforms.attribution_inputs import attribution_report, benchmark_sector_sums, portfolio_days
@@ -72,8 +75,12 @@ def gold_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["gold", name])
 
 
-def read_gold(lake: LakeResource, name: str) -> pl.DataFrame:
-    return lake.read(gold_table(name), GOLD_SCHEMAS[name])
+def read_gold(lake: LakeResource, name: str, where: pl.Expr | None = None) -> pl.DataFrame:
+    """Gold table ``name`` (typed by its contract), only rows ``where`` if given (pushed down)."""
+    if where is None:
+        return lake.read(gold_table(name), GOLD_SCHEMAS[name])
+    schema = GOLD_SCHEMAS[name]
+    return lake.scan(gold_table(name), schema).filter(where).select(list(schema)).cast(schema).collect()
 
 
 def write_gold(context: dg.AssetExecutionContext, lake: LakeResource, name: str, frame: pl.DataFrame, sources: list[str]) -> dict:
@@ -229,34 +236,53 @@ def cash_and_margin(context: dg.AssetExecutionContext, lake: LakeResource, setti
     group_name=GROUP,
 )
 def drift(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
-    as_of: date = current_moment(lake).date()
-    positions = read_silver(lake, "positions")
+    """Drift of the portfolios whose positions or lots changed since the last build
+    (``assets.scope``; every portfolio when targets, instruments, portfolios or the date
+    changed): their rows are replaced, the others' kept."""
+    tables = [gold_table(name) for name in ("drift", "drift_summary", "drift_history", "drift_alerts")]
+    with lake.writer_lock(gold_table("drift")):
+        moment = current_moment(lake)
+        scope = plan_scope(lake, tables, [silver_table("positions"), silver_table("lots")],
+                           [bronze_table(k) for k in ("targets", "instruments", "portfolios")],
+                           moment=moment, incremental=settings.incremental_state)
+        context.log.info(f"drift: {scope.describe()}")
+        yield from _drift(context, lake, settings, scope, moment.date())
+
+
+def _drift(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings, scope: Scope, as_of: date):
+    def write(name: str, frame: pl.DataFrame, **extra) -> dg.MaterializeResult:
+        schema = GOLD_SCHEMAS[name]
+        frame = frame.select(list(schema)).cast(schema)
+        version = write_in_scope(lake, gold_table(name), frame, scope, context.run.run_id)
+        return dg.MaterializeResult(asset_key=gold_key(name), metadata={
+            **table_metadata(frame), "delta_version": version, "scope": scope.describe(), **extra})
+
+    if scope.empty:
+        for name in ("drift", "drift_summary", "drift_history", "drift_alerts"):
+            yield dg.MaterializeResult(asset_key=gold_key(name), metadata={"scope": scope.describe(), "portfolios_rebuilt": 0})
+        return
+    positions = read_silver(lake, "positions", where=scope.where())
     instruments = read_bronze(lake, "instruments")
-    targets, issues = targets_in_force(read_bronze(lake, "targets"), as_of)
+    targets, issues = targets_in_force(scope.restrict(read_bronze(lake, "targets")), as_of)
     navs = positions.group_by("portfolio_id").agg(pl.col("market_value").sum().alias("nav"))
+    open_lots = pl.col("status") == "OPEN"
     result = build_drift(
-        holdings_by_sleeve(read_silver(lake, "lots", where=pl.col("status") == "OPEN"), positions, instruments),
-        navs, targets, instruments, as_of, target_issues=issues, skipped=closed_portfolios(read_bronze(lake, "portfolios")),
+        holdings_by_sleeve(read_silver(lake, "lots", where=open_lots if scope.full else open_lots & scope.where()), positions, instruments),
+        navs, targets, instruments, as_of, target_issues=issues, skipped=closed_portfolios(scope.restrict(read_bronze(lake, "portfolios"))),
         abs_band=settings.drift_abs_band, rel_band=settings.drift_rel_band, portfolio_band=settings.drift_portfolio_band,
     )
-    sources = [silver_table("positions"), silver_table("lots"), "bronze/targets"]
-    yield dg.MaterializeResult(asset_key=gold_key("drift"), metadata=write_gold(context, lake, "drift", result["drift"], sources))
-    yield dg.MaterializeResult(asset_key=gold_key("drift_summary"),
-                               metadata=write_gold(context, lake, "drift_summary", result["summary"], sources))
+    yield write("drift", result["drift"])
+    yield write("drift_summary", result["summary"])
     # the history keeps one figure per portfolio and as-of date: a rerun of a date replaces it
     today = result["summary"].filter(pl.col("drift").is_not_null()).select(list(contract.DRIFT_HISTORY_SCHEMA)).cast(contract.DRIFT_HISTORY_SCHEMA)
     filed = history_date(as_of)
     today = today.with_columns(pl.lit(filed).alias("date"))
-    history = pl.concat([read_gold(lake, "drift_history").filter(pl.col("date") != filed), today]).sort("portfolio_id", "date")
-    yield dg.MaterializeResult(asset_key=gold_key("drift_history"),
-                               metadata=write_gold(context, lake, "drift_history", history, sources))
+    history = read_gold(lake, "drift_history", where=scope.where())
+    history = pl.concat([history.filter(pl.col("date") != filed), today]).sort("portfolio_id", "date")
+    yield write("drift_history", history)
     trend = drift_trend(history, settings.drift_trend_window) if history.height else None
     alerts = build_drift_alerts(result["drift"], result["summary"], result["issues"], trend)
-    yield dg.MaterializeResult(
-        asset_key=gold_key("drift_alerts"),
-        metadata={**write_gold(context, lake, "drift_alerts", alerts, sources),
-                  "by_severity": dg.MetadataValue.json(dict(alerts.group_by("severity").len().iter_rows()))},
-    )
+    yield write("drift_alerts", alerts, by_severity=dg.MetadataValue.json(dict(alerts.group_by("severity").len().iter_rows())))
 
 
 def _scenarios_yaml(settings: PipelineSettings) -> str:

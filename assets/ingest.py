@@ -24,6 +24,7 @@ import polars as pl
 from assets.metadata import markdown_preview
 from assets.resources import LakeResource, PipelineSettings
 from transforms import contract
+from transforms.changes import CHANGED_KEY, encode_portfolios
 from transforms.validation import cross_file_duplicates, sha256_of, validate_file
 
 
@@ -84,7 +85,8 @@ def pending_files(landing_dir: Path, kind: str, log: pl.DataFrame) -> list[Landi
     return out
 
 
-def _in_predicate(column: str, values: list[str]) -> str:
+def in_predicate(column: str, values: list[str]) -> str:
+    """The Delta predicate ``column IN ('v1', ...)``, quotes escaped."""
     quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
     return f"{column} IN ({quoted})"
 
@@ -96,7 +98,16 @@ def ingest_kind(
     run_id: str,
     log: dg.DagsterLogManager | None = None,
 ) -> dict:
-    """Ingest every new file version of ``kind``; return the figures for the asset metadata."""
+    """Ingest every new file version of ``kind``; return the figures for the asset metadata.
+
+    Under the lake's lock of the kind's table: two runs at once (two sensor-launched files)
+    ingest one after the other, so the second sees the first's log and never ingests a file
+    twice."""
+    with lake.writer_lock(bronze_table(kind)):
+        return _ingest_kind(kind, lake, landing_dir, run_id, log)
+
+
+def _ingest_kind(kind: str, lake: LakeResource, landing_dir: Path, run_id: str, log) -> dict:
     started = time.perf_counter()
     now = datetime.now(timezone.utc)
     ingestion_log = lake.read(ingestion_log_table(kind), contract.INGESTION_LOG_SCHEMA)
@@ -110,7 +121,10 @@ def ingest_kind(
 
     key_cols = list(contract.UNIQUE_KEYS[kind])
     batch_files = [f.source_file for f in files]
-    existing = lake.read(bronze_table(kind), bronze_schema, key_cols + ["source_file"])
+    per_portfolio = "portfolio_id" in bronze_schema
+    existing = lake.read(
+        bronze_table(kind), bronze_schema, list(dict.fromkeys(key_cols + ["source_file"] + (["portfolio_id"] if per_portfolio else [])))
+    )
     existing_keys = existing.filter(~pl.col("source_file").is_in(batch_files)).select(key_cols)
 
     accepted_parts, quarantine_parts, results = [], [], []
@@ -167,9 +181,15 @@ def ingest_kind(
     hashes = ",".join(f"{f.source_file}@{f.sha256[:12]}" for f in files)
     meta = {"kind": kind, "source_files": hashes[:4000]}
     if files:
-        predicate = _in_predicate("source_file", batch_files)
+        predicate = in_predicate("source_file", batch_files)
         accepted_all = accepted_all.select(list(bronze_schema)).cast(bronze_schema)
-        lake.write(bronze_table(kind), accepted_all, run_id=run_id, predicate=predicate, commit_metadata=meta)
+        bronze_meta = dict(meta)
+        if per_portfolio:
+            # the portfolios whose rows this commit replaces (the file's old rows and its new
+            # ones): what the state assets after it rebuild (transforms.changes)
+            replaced = existing.filter(pl.col("source_file").is_in(batch_files))["portfolio_id"]
+            bronze_meta[CHANGED_KEY] = encode_portfolios([*replaced, *accepted_all["portfolio_id"]])
+        lake.write(bronze_table(kind), accepted_all, run_id=run_id, predicate=predicate, commit_metadata=bronze_meta)
         lake.write(quarantine_table(kind), quarantine_all, run_id=run_id, predicate=predicate, commit_metadata=meta)
         log_frame = pl.DataFrame(log_rows, schema=contract.INGESTION_LOG_SCHEMA)
         lake.write(ingestion_log_table(kind), log_frame, run_id=run_id, mode="append", commit_metadata=meta)

@@ -35,7 +35,7 @@ WAREHOUSE_STATEMENTS = [
 def quarantine_frame(lake: LakeResource) -> pl.DataFrame:
     """Every quarantined row and file: bronze validation of all kinds plus ledger rejections."""
     parts = [lake.read(quarantine_table(kind), contract.QUARANTINE_SCHEMA) for kind in contract.INGEST_ORDER]
-    parts.append(read_silver(lake, "ledger_rejections"))
+    parts.append(read_silver(lake, "ledger_rejections", list(contract.QUARANTINE_SCHEMA)))
     return pl.concat(parts).sort("kind", "source_file", "source_row", nulls_last=True)
 
 

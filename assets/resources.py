@@ -7,11 +7,13 @@ credentials come from the environment as delta-rs reads them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -71,6 +73,9 @@ class PipelineSettings(dg.ConfigurableResource):
     # ledger shards computed at once (threads); memory grows by about 2 GB per extra worker
     # on a book with many wash-sale splits (see assets.state.LEDGER_SHARD_TRADES)
     shard_workers: int = SHARD_WORKERS
+    # rebuild only the portfolios whose inputs changed since the last build (assets.scope);
+    # False rebuilds every portfolio on every run
+    incremental_state: bool = True
     # analytics (transforms.conventions, transforms.margin, transforms.drift)
     risk_free_rate: float = 0.0  # annual; compounded to a daily rate
     margin_long_initial: float = 0.50
@@ -188,6 +193,30 @@ class LakeResource(dg.ConfigurableResource):
                 raise TableNotFoundError(f"no Delta table at {self.uri(name)}")
             return pl.LazyFrame(schema=schema)
         return pl.scan_delta(self.uri(name))
+
+    @contextlib.contextmanager
+    def writer_lock(self, name: str) -> Iterator[None]:
+        """Hold the lake's lock named ``name`` (an exclusive ``flock`` on
+        ``<root>/_locks/<name>.lock``) for the body: the read-compute-write of one table group,
+        so two runs at once apply their changes one after the other and neither writes a table
+        from inputs older than the other's.
+
+        Why a lock as well as Dagster's one-writer run limit: that limit holds only for runs the
+        daemon launches; runs started by hand or by tests are not queued. On an object-store
+        root there is no shared file system and this is a no-op: there, the instance's
+        ``tag_concurrency_limits`` (orchestration/dagster.yaml) is what serialises writers.
+        """
+        if "://" in self.root:
+            yield
+            return
+        folder = Path(self.root) / "_locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{name.replace('/', '__')}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even by kill -9
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def dataset(self, name: str) -> pa.dataset.Dataset:
         """The table as an Arrow dataset, which DuckDB scans batch by batch (DuckDB's own delta

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 from assets.ingest import bronze_schema_of, bronze_table
 from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource, PipelineSettings
+from assets.scope import Scope, plan_scope, write_in_scope
 from transforms import contract
 from transforms.book import BookInputs, ledger_quarantine, moment_of
 from transforms.cash import cash_ledger as build_cash_ledger
@@ -35,7 +36,8 @@ SILVER_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "trades": {**contract.LANDING_SCHEMAS["trades"], **contract.LINEAGE},
     "lots": contract.LOTS_SCHEMA,
     "realized_pnl": contract.REALIZED_PNL_SCHEMA,
-    "ledger_rejections": contract.QUARANTINE_SCHEMA,
+    # the quarantine rows, with the portfolio: the incremental build replaces them by portfolio
+    "ledger_rejections": {**contract.QUARANTINE_SCHEMA, "portfolio_id": pl.String},
     "cash_ledger": contract.CASH_LEDGER_SCHEMA,
     "positions": contract.POSITIONS_SCHEMA,
     "daily_valuations": contract.DAILY_VALUATIONS_SCHEMA,
@@ -55,8 +57,13 @@ def bronze_key(kind: str) -> dg.AssetKey:
     return dg.AssetKey(["bronze", kind])
 
 
-def read_bronze(lake: LakeResource, kind: str) -> pl.DataFrame:
-    return lake.read(bronze_table(kind), bronze_schema_of(kind))
+def read_bronze(lake: LakeResource, kind: str, where: pl.Expr | None = None) -> pl.DataFrame:
+    """Bronze table ``kind`` (typed by its contract), only rows ``where`` if given (pushed
+    down to the Delta scan)."""
+    if where is None:
+        return lake.read(bronze_table(kind), bronze_schema_of(kind))
+    schema = bronze_schema_of(kind)
+    return lake.scan(bronze_table(kind), schema).filter(where).select(list(schema)).cast(schema).collect()
 
 
 def read_silver(
@@ -125,6 +132,19 @@ def write_silver(
     return write_table(context, lake, silver_table(name), conform(name, frame), sources)
 
 
+def write_scoped(context: dg.AssetExecutionContext, lake: LakeResource, name: str, frame: pl.DataFrame, scope: Scope) -> dict:
+    """Replace the scope's portfolios in ``silver/<name>`` with ``frame`` (the whole table for
+    a full scope), recording the scope (``Scope.commit_metadata``); return metadata."""
+    frame = conform(name, frame)
+    version = write_in_scope(lake, silver_table(name), frame, scope, context.run.run_id)
+    return {**table_metadata(frame), "delta_version": version, "scope": scope.describe()}
+
+
+def unchanged(scope: Scope) -> dict:
+    """Metadata of a build that had nothing to do (its inputs changed no portfolio)."""
+    return {"scope": scope.describe(), "portfolios_rebuilt": 0}
+
+
 LEDGER_OUTPUTS = {
     "trades": "Trades the ledger accepted (bronze trades minus oversells and unknown lots).",
     "lots": "Every tax lot ever opened (long and short), with remaining quantity, cost basis, "
@@ -149,17 +169,48 @@ LEDGER_OUTPUTS = {
     group_name=GROUP,
 )
 def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
-    """Tax-lot ledger over all bronze trades, computed shard by shard of portfolios.
+    """Tax-lot ledger over the bronze trades of the portfolios whose trades changed since its
+    last build (``assets.scope``), or of every portfolio, computed shard by shard.
 
     ``settings.shard_workers`` shards are built at once (``transforms.shards.map_shards``).
-    Each shard's outputs are staged as Parquet and every table is then streamed into Delta in
-    one commit, so memory holds a few shards (not the whole book) and readers never see half a
-    table.
+    In a full build each shard's outputs are staged as Parquet and every table is then
+    streamed into Delta in one commit, so memory holds a few shards (not the whole book) and
+    readers never see half a table. An incremental build replays only the changed portfolios'
+    trades and replaces their rows.
     """
+    outputs = [silver_table(name) for name in LEDGER_OUTPUTS]
+    with lake.writer_lock(silver_table("lots")):
+        scope = plan_scope(lake, outputs, [bronze_table("trades")], [bronze_table("portfolios")], incremental=settings.incremental_state)
+        context.log.info(f"ledger: {scope.describe()}")
+        if scope.empty:
+            for name in LEDGER_OUTPUTS:
+                yield dg.MaterializeResult(asset_key=silver_key(name), metadata=unchanged(scope))
+            return
+        if not scope.full:
+            result = build_ledger(read_bronze(lake, "trades", scope.where()), scope.restrict(read_bronze(lake, "portfolios")))
+            rejections = _rejections(result, context.run.run_id)
+            for name, frame in (
+                ("trades", result.accepted_trades),
+                ("lots", result.lots),
+                ("realized_pnl", result.realized_pnl),
+                ("ledger_rejections", rejections),
+            ):
+                yield dg.MaterializeResult(asset_key=silver_key(name), metadata=write_scoped(context, lake, name, frame, scope))
+            return
+        yield from _full_ledger(context, lake, settings, scope)
+
+
+def _rejections(result, run_id: str) -> pl.DataFrame:
+    """The ledger's rejected trades as quarantine rows of this run, with their portfolio."""
+    return ledger_quarantine(result.rejected_trades).with_columns(
+        pl.lit(run_id).alias("run_id"), result.rejected_trades["portfolio_id"].cast(pl.String).alias("portfolio_id")
+    )
+
+
+def _full_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings, scope: Scope):
     trades = read_bronze(lake, "trades")
     portfolios = read_bronze(lake, "portfolios")
     shards = portfolio_shards(trades, LEDGER_SHARD_TRADES)
-    sources = [bronze_table("trades"), bronze_table("portfolios")]
     rows = dict.fromkeys(LEDGER_OUTPUTS, 0)
     previews: dict[str, pl.DataFrame] = {}
 
@@ -173,9 +224,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
     with tempfile.TemporaryDirectory(prefix="ledger-") as staging:
         built = map_shards(build, shards, settings.shard_workers)
         for number, (ids, result) in enumerate(zip(shards, built)):
-            rejections = ledger_quarantine(result.rejected_trades).with_columns(
-                pl.lit(context.run.run_id).alias("run_id")
-            )
+            rejections = _rejections(result, context.run.run_id)
             for name, frame in (
                 ("trades", result.accepted_trades),
                 ("lots", result.lots),
@@ -199,7 +248,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
             )
             version = lake.write(
                 silver_table(name), data, run_id=context.run.run_id,
-                commit_metadata={"inputs": input_versions(lake, sources), "shards": str(len(shards))},
+                commit_metadata={**scope.commit_metadata(), "shards": str(len(shards))},
             )
             yield dg.MaterializeResult(
                 asset_key=silver_key(name),
@@ -208,6 +257,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
                     "preview": markdown_preview(previews.get(name, pl.DataFrame(schema=SILVER_SCHEMAS[name]))),
                     "delta_version": version,
                     "shards": len(shards),
+                    "scope": scope.describe(),
                 },
             )
 
@@ -220,10 +270,18 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
     description="Every cash movement per portfolio and currency (trade settlements with fees, "
     "deposits, withdrawals, dividends, interest, fees) with its settle date.",
 )
-def cash_ledger(context: dg.AssetExecutionContext, lake: LakeResource):
-    frame = build_cash_ledger(read_silver(lake, "trades"), read_bronze(lake, "cash_flows"), read_bronze(lake, "instruments"))
-    sources = [silver_table("trades"), bronze_table("cash_flows"), bronze_table("instruments")]
-    return dg.MaterializeResult(metadata=write_silver(context, lake, "cash_ledger", frame, sources))
+def cash_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    with lake.writer_lock(silver_table("cash_ledger")):
+        scope = plan_scope(
+            lake, [silver_table("cash_ledger")], [silver_table("trades"), bronze_table("cash_flows")],
+            [bronze_table("instruments")], incremental=settings.incremental_state,
+        )
+        if scope.empty:
+            return dg.MaterializeResult(metadata=unchanged(scope))
+        frame = build_cash_ledger(
+            read_silver(lake, "trades", where=scope.where()), read_bronze(lake, "cash_flows", scope.where()), read_bronze(lake, "instruments")
+        )
+        return dg.MaterializeResult(metadata=write_scoped(context, lake, "cash_ledger", frame, scope))
 
 
 @dg.asset(
@@ -234,20 +292,28 @@ def cash_ledger(context: dg.AssetExecutionContext, lake: LakeResource):
     description="Current positions per portfolio (LONG, SHORT and one CASH row per currency): "
     "quantity, cost basis, average cost, market value, unrealised P&L and weight in the base currency.",
 )
-def positions(context: dg.AssetExecutionContext, lake: LakeResource):
-    moment = current_moment(lake)
-    frame = build_positions(
-        read_silver(lake, "lots", where=pl.col("status") == "OPEN"),
-        read_silver(lake, "cash_ledger"),
-        read_bronze(lake, "prices"),
-        read_bronze(lake, "fx_rates"),
-        read_bronze(lake, "instruments"),
-        read_bronze(lake, "portfolios"),
-        moment,
-    )
-    sources = [silver_table("lots"), silver_table("cash_ledger"), bronze_table("prices"), bronze_table("fx_rates")]
-    meta = write_silver(context, lake, "positions", frame, sources)
-    return dg.MaterializeResult(metadata={**meta, "as_of": moment.isoformat()})
+def positions(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    with lake.writer_lock(silver_table("positions")):
+        moment = current_moment(lake)
+        scope = plan_scope(
+            lake, [silver_table("positions")], [silver_table("lots"), silver_table("cash_ledger")],
+            [bronze_table(k) for k in ("prices", "fx_rates", "instruments", "portfolios")],
+            moment=moment, incremental=settings.incremental_state,
+        )
+        if scope.empty:
+            return dg.MaterializeResult(metadata={**unchanged(scope), "as_of": moment.isoformat()})
+        open_lots = pl.col("status") == "OPEN"
+        frame = build_positions(
+            read_silver(lake, "lots", where=open_lots if scope.full else open_lots & scope.where()),
+            read_silver(lake, "cash_ledger", where=scope.where()),
+            read_bronze(lake, "prices"),
+            read_bronze(lake, "fx_rates"),
+            read_bronze(lake, "instruments"),
+            scope.restrict(read_bronze(lake, "portfolios")),
+            moment,
+        )
+        meta = write_scoped(context, lake, "positions", frame, scope)
+        return dg.MaterializeResult(metadata={**meta, "as_of": moment.isoformat()})
 
 
 @dg.asset(
@@ -258,13 +324,23 @@ def positions(context: dg.AssetExecutionContext, lake: LakeResource):
     description="NAV, cash (settled and pending), long and short market value and external flows "
     "per portfolio and business day of the price calendar.",
 )
-def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource):
-    inputs = read_book_inputs(lake, accepted_trades=True)
-    frame = build_daily_valuations(
-        inputs.trades, read_silver(lake, "cash_ledger"), inputs.prices, inputs.fx_rates, inputs.instruments, inputs.portfolios
-    )
-    sources = [silver_table("trades"), silver_table("cash_ledger"), bronze_table("prices"), bronze_table("fx_rates")]
-    return dg.MaterializeResult(metadata=write_silver(context, lake, "daily_valuations", frame, sources))
+def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    with lake.writer_lock(silver_table("daily_valuations")):
+        scope = plan_scope(
+            lake, [silver_table("daily_valuations")], [silver_table("trades"), silver_table("cash_ledger")],
+            [bronze_table(k) for k in ("prices", "fx_rates", "instruments", "portfolios")], incremental=settings.incremental_state,
+        )
+        if scope.empty:
+            return dg.MaterializeResult(metadata=unchanged(scope))
+        frame = build_daily_valuations(
+            read_silver(lake, "trades", where=scope.where()),
+            read_silver(lake, "cash_ledger", where=scope.where()),
+            read_bronze(lake, "prices"),
+            read_bronze(lake, "fx_rates"),
+            read_bronze(lake, "instruments"),
+            scope.restrict(read_bronze(lake, "portfolios")),
+        )
+        return dg.MaterializeResult(metadata=write_scoped(context, lake, "daily_valuations", frame, scope))
 
 
 @dg.asset(
@@ -275,20 +351,38 @@ def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource):
     description="One row per portfolio: total value (NAV), cash, long/short market value, "
     "unrealised and realised P&L, weights, status and the moment the state describes.",
 )
-def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource):
-    moment = current_moment(lake)
-    frame = build_portfolio_state(
-        read_silver(lake, "positions"),
-        read_silver(lake, "realized_pnl", ["portfolio_id", "instrument_id", "close_ts", "realized_pnl"]),
-        read_bronze(lake, "portfolios"),
-        moment,
-        read_bronze(lake, "fx_rates"),
-        instruments=read_bronze(lake, "instruments"),
-        cash_ledger=read_silver(lake, "cash_ledger"),
-    )
-    sources = [silver_table("positions"), silver_table("realized_pnl"), bronze_table("portfolios")]
-    meta = write_silver(context, lake, "portfolio_state", frame, sources)
-    return dg.MaterializeResult(metadata={**meta, "total_nav": float(frame["total_value"].sum() or 0.0)})
+def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    with lake.writer_lock(silver_table("portfolio_state")):
+        moment = current_moment(lake)
+        scope = plan_scope(
+            lake, [silver_table("portfolio_state")],
+            [silver_table("positions"), silver_table("realized_pnl"), silver_table("cash_ledger")],
+            [bronze_table(k) for k in ("fx_rates", "instruments", "portfolios")],
+            moment=moment, incremental=settings.incremental_state,
+        )
+        previous = None if scope.full else read_silver(lake, "portfolio_state")
+        if scope.empty and previous["as_of"].eq(moment).all():
+            return dg.MaterializeResult(metadata=unchanged(scope))
+        frame = build_portfolio_state(
+            read_silver(lake, "positions", where=scope.where()),
+            read_silver(lake, "realized_pnl", ["portfolio_id", "instrument_id", "close_ts", "realized_pnl"], where=scope.where()),
+            scope.restrict(read_bronze(lake, "portfolios")),
+            moment,
+            read_bronze(lake, "fx_rates"),
+            instruments=read_bronze(lake, "instruments"),
+            cash_ledger=read_silver(lake, "cash_ledger", where=scope.where()),
+        )
+        if previous is not None:
+            # The other portfolios' state is the same at the later moment of the same day
+            # (their entries are all before it; cash settles by date): only the stamp moves.
+            kept = previous.filter(~scope.where()).with_columns(pl.lit(moment).cast(contract.TS).alias("as_of"))
+            frame = pl.concat([kept, conform("portfolio_state", frame)]).sort("portfolio_id")
+        version = lake.write(
+            silver_table("portfolio_state"), conform("portfolio_state", frame), run_id=context.run.run_id,
+            commit_metadata=scope.commit_metadata(),
+        )
+        meta = {**table_metadata(frame), "delta_version": version, "scope": scope.describe()}
+        return dg.MaterializeResult(metadata={**meta, "total_nav": float(frame["total_value"].sum() or 0.0)})
 
 
 STATE_ASSETS = [ledger, cash_ledger, positions, daily_valuations, portfolio_state]

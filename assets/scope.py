@@ -1,0 +1,158 @@
+"""Which portfolios a state asset must rebuild: everything, or only the portfolios its inputs
+changed since its own last build (the incremental path, ``transforms.changes``).
+
+An asset names its per-portfolio inputs (tables whose writes record the portfolios they
+changed) and its global inputs (reference and market data: any change there rebuilds every
+portfolio). Its last commit recorded the versions it read; the scope is the union of the
+portfolios the per-portfolio inputs' later commits changed. The asset then reads those
+portfolios' rows only, replaces them in its tables by predicate and records the portfolios it
+replaced, so the assets after it do the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+
+from assets.ingest import in_predicate
+from assets.resources import LakeResource
+from transforms.changes import (
+    CHANGED_KEY,
+    FORMAT,
+    FORMAT_KEY,
+    INPUTS_KEY,
+    MOMENT_KEY,
+    changed_portfolios,
+    encode_portfolios,
+    format_inputs,
+    parse_inputs,
+)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The portfolios to rebuild (``None``: every one) and the input versions they were
+    planned from (recorded in the commit, so the next build starts from them).
+
+    The versions are taken before the inputs are read, so a write landing in between is
+    counted again by the next build: rebuilding a portfolio twice is harmless, missing one
+    is not."""
+
+    portfolios: frozenset[str] | None
+    versions: dict[str, int | None]
+    reason: str
+    moment: datetime | None = None
+    ids: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "ids", sorted(self.portfolios) if self.portfolios is not None else [])
+
+    @property
+    def full(self) -> bool:
+        return self.portfolios is None
+
+    @property
+    def empty(self) -> bool:
+        return self.portfolios is not None and not self.portfolios
+
+    def where(self, column: str = "portfolio_id") -> pl.Expr | None:
+        """The row filter of the scope (``None``: every row)."""
+        return None if self.full else pl.col(column).is_in(pl.Series(self.ids, dtype=pl.String).implode())
+
+    def restrict(self, frame: pl.DataFrame, column: str = "portfolio_id") -> pl.DataFrame:
+        """``frame``'s rows of the scope's portfolios."""
+        return frame if self.full else frame.filter(self.where(column))
+
+    def predicate(self) -> str | None:
+        """The Delta predicate replacing the scope's rows (``None``: the whole table)."""
+        if self.full:
+            return None
+        return in_predicate("portfolio_id", self.ids)
+
+    def commit_metadata(self) -> dict[str, str]:
+        """What the write records: the input versions, the moment it describes and (unless a
+        full rebuild) the portfolios it replaced."""
+        meta = {INPUTS_KEY: format_inputs(self.versions), FORMAT_KEY: FORMAT}
+        if self.moment is not None:
+            meta[MOMENT_KEY] = self.moment.isoformat()
+        if not self.full:
+            meta[CHANGED_KEY] = encode_portfolios(self.ids)
+        return meta
+
+    def describe(self) -> str:
+        if self.full:
+            return f"every portfolio ({self.reason})"
+        return f"{len(self.ids)} portfolio(s) changed since the last build ({self.reason})"
+
+
+def write_in_scope(lake: LakeResource, table: str, frame: pl.DataFrame, scope: Scope, run_id: str) -> int:
+    """Replace the scope's portfolios in lake ``table`` with ``frame`` (the whole table for a
+    full scope), recording the scope (``Scope.commit_metadata``); the new version."""
+    return lake.write(table, frame, predicate=scope.predicate(), run_id=run_id, commit_metadata=scope.commit_metadata())
+
+
+def commits_after(lake: LakeResource, table: str, version: int) -> list[dict]:
+    """The commit infos of ``table`` after ``version`` (newest first)."""
+    current = lake.version(table)
+    if current is None or current <= version:
+        return []
+    return [c for c in lake.history(table, current - version) if c.get("version", version + 1) > version]
+
+
+def plan_scope(
+    lake: LakeResource,
+    outputs: list[str],
+    per_portfolio: list[str],
+    global_inputs: list[str],
+    *,
+    moment: datetime | None = None,
+    incremental: bool = True,
+) -> Scope:
+    """The scope of a build of ``outputs`` (lake tables written together) from ``per_portfolio``
+    and ``global_inputs`` (lake tables), described at ``moment`` if it depends on one.
+
+    Every portfolio when: ``incremental`` is False; an output has no previous build or its
+    last commit recorded no change log or input versions; a global input changed since; the moment moved to
+    another date (cash settles and prices roll by date) or backwards; a per-portfolio input
+    was rebuilt whole or went back in version. Otherwise the portfolios the per-portfolio
+    inputs' commits changed since each output's recorded versions (``changed_portfolios``).
+    """
+    tables = per_portfolio + global_inputs
+    versions = {t: lake.version(t) for t in tables}
+
+    def everything(reason: str) -> Scope:
+        return Scope(None, versions, reason, moment)
+
+    if not incremental:
+        return everything("a full rebuild was asked for")
+    changed: set[str] = set()
+    for output in outputs:
+        last = lake.history(output, 1)
+        if not last:
+            return everything(f"{output} has no previous build")
+        if last[0].get(FORMAT_KEY) != FORMAT:
+            return everything(f"{output} was last built without the change log")
+        recorded = parse_inputs(last[0].get(INPUTS_KEY))
+        if any(t not in recorded for t in tables):
+            return everything(f"{output}'s last build recorded no version of some input")
+        for t in global_inputs:
+            if recorded[t] != (versions[t] if versions[t] is not None else -1):
+                return everything(f"{t} changed")
+        if moment is not None:
+            before = last[0].get(MOMENT_KEY)
+            if before is None:
+                return everything(f"{output}'s last build recorded no moment")
+            before = datetime.fromisoformat(before)
+            if before.date() != moment.date() or moment < before:
+                return everything(f"the state moved from {before.isoformat()} to {moment.isoformat()}")
+        for t in per_portfolio:
+            now = versions[t] if versions[t] is not None else -1
+            if now < recorded[t]:
+                return everything(f"{t} went back from version {recorded[t]} to {now}")
+            portfolios = changed_portfolios(commits_after(lake, t, recorded[t]))
+            if portfolios is None:
+                return everything(f"{t} was rebuilt whole")
+            changed |= portfolios
+    return Scope(frozenset(changed), versions, "changes recorded in the inputs' commits", moment)
