@@ -19,6 +19,7 @@ Policies come from the YAML file named by ``PipelineSettings.rebalance_policy_fi
 """
 
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -28,7 +29,9 @@ import polars as pl
 import yaml
 
 from assets.analytics import gold_key, gold_table, read_gold
+from assets.metadata import table_metadata
 from assets.resources import LakeResource, PipelineSettings
+from assets.scope import INTRADAY_JOB, Scope, plan_scope
 from assets.state import (
     bronze_key,
     current_moment,
@@ -182,14 +185,38 @@ def rebalance_triggers(context: dg.AssetExecutionContext, config: RebalanceReque
         ids_ = [c for c in wide.columns if c != "date"]
         frames.append(correlation_triggers(weights, wide.select(ids_).to_numpy().astype(float), ids_, policies, now))
     triggers = all_triggers(*frames)
-    decisions = rebalance_decisions(triggers, portfolios.select("portfolio_id", "status"))
-    sources = ["gold/drift_summary", "gold/returns_daily", "gold/risk", silver_table("positions")]
+    scope = _decision_scope(context, lake, config)
+    triggers = scope.restrict(triggers)
+    decisions = rebalance_decisions(triggers, scope.restrict(portfolios).select("portfolio_id", "status"))
     counts = dict(decisions.group_by("action").len().iter_rows())
     yield dg.MaterializeResult(asset_key=gold_key("rebalance_triggers"), metadata={
-        **_write(context, lake, "rebalance_triggers", triggers, sources),
+        **_write_decided(context, lake, "rebalance_triggers", triggers, scope),
         "by_kind": dg.MetadataValue.json(dict(triggers.group_by("kind").len().iter_rows()))})
     yield dg.MaterializeResult(asset_key=gold_key("rebalance_decisions"), metadata={
-        **_write(context, lake, "rebalance_decisions", decisions, sources), "by_action": dg.MetadataValue.json(counts)})
+        **_write_decided(context, lake, "rebalance_decisions", decisions, scope), "by_action": dg.MetadataValue.json(counts)})
+
+
+def _decision_scope(context: dg.AssetExecutionContext, lake: LakeResource, config: RebalanceRequest) -> Scope:
+    """The portfolios this run decides for: in the intraday job, those whose positions or drift
+    changed since the last decisions were written (and any named by a manual request; every
+    portfolio after the daily returns or risk changed), so a new file
+    produces recommendations for the portfolios it touched alone; in every other job, all
+    (calendar, risk and volatility triggers do not wait for new data)."""
+    scope = plan_scope(lake, [gold_table("rebalance_decisions")], [silver_table("positions"), gold_table("drift_summary")],
+                       [gold_table(name) for name in ("returns_daily", "risk", "risk_var")],
+                       incremental=context.job_name == INTRADAY_JOB)
+    if scope.full or not config.portfolios:
+        return scope
+    return replace(scope, portfolios=scope.portfolios | set(config.portfolios))
+
+
+def _write_decided(context, lake: LakeResource, name: str, frame: pl.DataFrame, scope: Scope) -> dict:
+    """Overwrite ``gold/<name>`` with this run's triggers or decisions, recording the positions'
+    version they were decided from (the next intraday run starts from it)."""
+    schema = SCHEMAS[name]
+    frame = frame.select(list(schema)).cast(schema)
+    version = lake.write(gold_table(name), frame, run_id=context.run.run_id, commit_metadata=scope.commit_metadata())
+    return {**table_metadata(frame), "delta_version": version, "scope": scope.describe()}
 
 
 REBALANCING_TABLES = {

@@ -30,6 +30,9 @@ from transforms.changes import (
     parse_inputs,
 )
 
+# The job that decides for the changed portfolios alone (orchestration.jobs.intraday).
+INTRADAY_JOB = "intraday"
+
 
 @dataclass(frozen=True)
 class Scope:

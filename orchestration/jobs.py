@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.scope import INTRADAY_JOB
+
 # Every job that writes the lake tags its runs with this key; the instance (orchestration/dagster.yaml)
 # runs one such run at a time.
 LAKE_WRITER_TAG = "portfolio/lake_writer"
@@ -54,7 +56,7 @@ rebalance_calendar = dg.ScheduleDefinition(
 # subprocess per step: most of a small run is start-up), retried twice when it fails, since a
 # sensor never relaunches a run key that failed.
 intraday = dg.define_asset_job(
-    "intraday",
+    INTRADAY_JOB,
     selection=(dg.AssetSelection.assets(dg.AssetKey(["bronze", "trades"]), dg.AssetKey(["bronze", "prices"]))
                | dg.AssetSelection.groups("state", "rebalancing", "publish")
                | dg.AssetSelection.assets(*(dg.AssetKey(["gold", name]) for name in ("drift", "drift_summary", "drift_history",

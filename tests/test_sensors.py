@@ -8,11 +8,13 @@ import os
 import shutil
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from assets.resources import resources_for
 from orchestration.definitions import build_definitions
 from orchestration.sensors import landing_requests, landing_sensor, look_at, stable_files
+from assets.analytics import read_gold
 from test_pipeline import assert_same_tables, materialize_all, snapshot
 from transforms.validation import sha256_of
 
@@ -105,3 +107,64 @@ def test_intraday_runs_over_a_split_book_equal_one_full_run(tmp_path, tiny_landi
         job = build_definitions(str(split_dir)).resolve_job_def("intraday")
         assert job.execute_in_process(instance=dg.DagsterInstance.ephemeral()).success
     assert_same_tables(snapshot(split_dir), snapshot(full))
+
+
+DRIFT_TABLES = ("drift", "drift_summary", "drift_history", "drift_alerts")
+
+
+def _with_drift(data_dir) -> dict[str, pl.DataFrame]:
+    """``snapshot`` plus the drift tables the intraday job rebuilds."""
+    tables = snapshot(data_dir)
+    lake = resources_for(data_dir)["lake"]
+    for name in DRIFT_TABLES:
+        frame = read_gold(lake, name)
+        sortable = [c for c in frame.columns if not isinstance(frame.schema[c], (pl.List, pl.Struct))]
+        tables[f"gold/{name}"] = frame.sort(sortable, nulls_last=True)
+    return tables
+
+
+def test_a_file_of_one_portfolio_updates_that_portfolio_alone(tmp_path, tiny_landing):
+    """One portfolio's late trades (within the day the state already describes) land after a
+    full run: the intraday run rebuilds that portfolio alone in every state and drift table,
+    decides for it alone, and the tables equal one full run over the same files."""
+    source = tmp_path / "landing"
+    shutil.copytree(tiny_landing, source)
+    last = sorted((source / "trades").iterdir())[-1]
+    trades = pl.read_csv(last, infer_schema=False)
+    late = trades.filter(pl.col("portfolio_id") == trades["portfolio_id"].max())
+    pid = late["portfolio_id"][0]
+    trades.filter(pl.col("portfolio_id") != pid).write_csv(last)
+    late_name = last.with_name(last.stem + "_late.csv").name
+    late.write_csv(source / "trades" / late_name)
+
+    full = tmp_path / "full"
+    shutil.copytree(source, full / "landing")
+    materialize_all(full)
+
+    split_dir = tmp_path / "split"
+    shutil.copytree(source, split_dir / "landing")
+    (split_dir / "landing" / "trades" / late_name).unlink()
+    materialize_all(split_dir)
+    shutil.copy(source / "trades" / late_name, split_dir / "landing" / "trades" / late_name)
+    result = build_definitions(str(split_dir)).resolve_job_def("intraday").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    scopes = {
+        event.asset_key.to_user_string(): event.event_specific_data.materialization.metadata["scope"].value
+        for event in result.get_asset_materialization_events()
+        if "scope" in event.event_specific_data.materialization.metadata
+    }
+    rebuilt = [f"silver/{n}" for n in ("trades", "lots", "realized_pnl", "cash_ledger", "positions", "daily_valuations",
+                                       "portfolio_state")] + [f"gold/{n}" for n in DRIFT_TABLES]
+    for key in rebuilt + ["gold/rebalance_decisions"]:
+        assert scopes[key].startswith("1 portfolio(s) changed"), (key, scopes.get(key))
+    decided = resources_for(split_dir)["lake"].read("gold/rebalance_decisions")
+    assert decided["portfolio_id"].unique().to_list() == [pid]
+    assert_same_tables(_with_drift(split_dir), _with_drift(full))
+    # nothing new: the next run rebuilds nothing and changes no table
+    again = build_definitions(str(split_dir)).resolve_job_def("intraday").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral()
+    )
+    assert again.success
+    assert_same_tables(_with_drift(split_dir), _with_drift(full))
