@@ -218,6 +218,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.suite == "intraday":
+        from bench.intraday import main as intraday_main
+
+        return intraday_main(data_dir_from_env(args.data_dir), output=args.output, daemon=not args.no_daemon)
     if args.suite == "rebalance":
         from bench.rebalance import main as rebalance_main
 
@@ -259,10 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rows", type=int, default=50, help="rows to show")
     q.set_defaults(func=cmd_sql)
 
-    b = with_data_dir(sub.add_parser("bench", help="benchmark the foundation (ledger, state, lookups), the analytics or the rebalance"))
-    b.add_argument("suite", nargs="?", choices=("foundation", "analytics", "rebalance"), default="foundation")
+    b = with_data_dir(sub.add_parser(
+        "bench", help="benchmark the foundation (ledger, state, lookups), the analytics, the rebalance or the intraday path"))
+    b.add_argument("suite", nargs="?", choices=("foundation", "analytics", "rebalance", "intraday"), default="foundation")
     b.add_argument("--standard", action="store_true", help="also the standard book (1,000 portfolios, 10M trades)")
     b.add_argument("--output", default=None, help="JSON results file (default bench/results/<suite>.json)")
+    b.add_argument("--no-daemon", action="store_true", help="intraday: skip the part under dagster-daemon")
     b.set_defaults(func=cmd_bench)
     return parser
 

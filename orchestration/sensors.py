@@ -35,7 +35,7 @@ from transforms import contract
 from transforms.validation import sha256_of
 
 WATCHED_KINDS = ("trades", "prices")
-TICK_SECONDS = 15
+TICK_SECONDS = 5
 
 
 def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[str, list[int]]:

@@ -1,0 +1,271 @@
+"""Intraday benchmark: a new trade file applied to a built book, and files landed under the
+Dagster daemon until their state and events are published.
+
+The book is any data folder the full pipeline has built (``portfolio run``); for the issue's
+figures, the standard book (1,000 portfolios, 10M trades: ``portfolio generate --scale
+standard``, then ``portfolio run``). The benchmark lands files in its ``landing/trades`` and
+so adds trades to it: run it on a copy you can throw away.
+
+Figures, measured in one process (wall times, ``time.perf_counter``):
+
+- ``apply``: for a file of ``trades`` trades over the first 10, 100 and 1,000 portfolios
+  (``bench_trades``: BUYs of held instruments and SELLs of at most 1% of a holding, at the
+  last price, timed within the day the state already describes):
+  - ``compute_s``: the state of the touched portfolios rebuilt in memory from their trades
+    plus the file's (``transforms.book.build_book`` over ``BookInputs.for_portfolios``: ledger,
+    cash, positions, daily valuations, state), median of 3 after one warm-up, with the
+    ledger's share (``ledger_s``) and the history replayed (``trades_replayed``);
+  - ``run_s``: the ``intraday`` job run in process on the landed file (ingest, the touched
+    portfolios' state and drift, their decisions and recommendations, outbox, warehouse),
+    with each step's time (``steps_s``).
+- ``daemon``: ``files`` small files (``daemon_trades`` trades each over a few portfolios)
+  renamed into ``landing/trades`` one after another, each after the previous one's run
+  ended, with ``dagster-daemon`` running the project's sensor and instance settings
+  (orchestration/dagster.yaml): latency from the rename to the end of the run that
+  published its state and events (the run's end time in the instance), p50, p95 and each.
+- ``goals``: apply compute < 0.5 s (the 1,000-portfolio file) and daemon p95 < 10 s.
+
+Run: ``portfolio bench intraday --data-dir DIR``. Results: ``bench/results/intraday.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+import transforms  # noqa: F401  (sets the Polars thread affinity first)
+from assets.resources import resources_for
+from assets.state import current_moment, read_bronze, read_silver
+from transforms.book import BookInputs, build_book
+from transforms.lots import build_ledger
+
+RESULTS = Path(__file__).parent / "results" / "intraday.json"
+SPREADS = (10, 100, 1000)
+GOAL_APPLY_S = 0.5
+GOAL_DAEMON_P95_S = 10.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def bench_trades(positions: pl.DataFrame, moment, portfolios: int, trades: int, seed: int, tag: str) -> pl.DataFrame:
+    """``trades`` landing-format trades over the first ``portfolios`` portfolios holding a LONG
+    position: BUYs (70%) of a held instrument, SELLs (30%) of at most 1% of the holding (so no
+    file oversells), at the position's last price, spread over the hour before ``moment``
+    within its date, settling two days later. Ids ``B<tag>-<n>``: unique per file."""
+    rng = np.random.default_rng(seed)
+    held = positions.filter(pl.col("position_type") == "LONG").sort("portfolio_id", "instrument_id")
+    chosen = held["portfolio_id"].unique().sort().head(portfolios)
+    held = held.filter(pl.col("portfolio_id").is_in(chosen.implode()))
+    pick = rng.integers(0, held.height, trades)
+    rows = held[pick]
+    sell = rng.random(trades) < 0.3
+    # at most 1% of the holding per sell, and the sells of one holding in one file at most 30% in all
+    sell_qty = np.floor(rows["quantity"].to_numpy() * 0.01)
+    quantity = np.where(sell & (sell_qty >= 1), sell_qty, rng.integers(1, 200, trades)).astype(float)
+    side = np.where(sell & (sell_qty >= 1), "SELL", "BUY")
+    start = max(moment - timedelta(hours=1), moment.replace(hour=0, minute=0, second=0, microsecond=0))
+    offsets = np.sort(rng.integers(0, int((moment - start).total_seconds() * 1e6), trades))
+    return pl.DataFrame(
+        {
+            "trade_id": [f"B{tag}-{n:06d}" for n in range(trades)],
+            "portfolio_id": rows["portfolio_id"],
+            "instrument_id": rows["instrument_id"],
+            "trade_ts": [(start + timedelta(microseconds=int(o))).strftime("%Y-%m-%dT%H:%M:%S.%fZ") for o in offsets],
+            "settle_date": (moment.date() + timedelta(days=2)).isoformat(),
+            "side": side,
+            "quantity": quantity,
+            "price": rows["price"].round(4),
+            "fees": 1.0,
+            "strategy_id": None,
+            "lot_id": None,
+        },
+        schema_overrides={"strategy_id": pl.String, "lot_id": pl.String},
+    )
+
+
+def land(frame: pl.DataFrame, landing: Path, name: str) -> Path:
+    """Write ``frame`` as ``landing/trades/<name>`` under a dot-name and rename it into place
+    (a complete file at the sensor's first look)."""
+    folder = landing / "trades"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}"
+    frame.write_csv(partial)
+    os.replace(partial, folder / name)
+    return folder / name
+
+
+def _touched_inputs(lake, touched: pl.Series, new: pl.DataFrame) -> BookInputs:
+    where = pl.col("portfolio_id").is_in(touched.implode())
+    trades = read_bronze(lake, "trades", where)
+    extra = new.with_columns(
+        pl.col("trade_ts").str.to_datetime(time_zone="UTC", time_unit="us"), pl.col("settle_date").str.to_date()
+    ).cast({c: trades.schema[c] for c in new.columns})
+    return BookInputs(
+        trades=pl.concat([trades, extra], how="diagonal_relaxed"),
+        portfolios=read_bronze(lake, "portfolios").filter(where),
+        instruments=read_bronze(lake, "instruments"),
+        prices=read_bronze(lake, "prices"),
+        fx_rates=read_bronze(lake, "fx_rates"),
+        cash_flows=read_bronze(lake, "cash_flows", where),
+    )
+
+
+def _median_time(fn, repeat: int = 3) -> float:
+    fn()  # warm-up: first use of the threads and the compiled kernels
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def _run_intraday(data_dir: Path) -> dict:
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions
+
+    instance = dg.DagsterInstance.ephemeral()
+    started = time.perf_counter()
+    result = build_definitions(str(data_dir)).resolve_job_def("intraday").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    total = time.perf_counter() - started
+    steps = {s.step_key: round(s.end_time - s.start_time, 3)
+             for s in instance.get_run_step_stats(result.run_id) if s.end_time and s.start_time}
+    return {"success": result.success, "run_s": round(total, 3), "steps_s": steps}
+
+
+def bench_apply(data_dir: Path, trades: int, seed: int) -> dict:
+    lake = resources_for(data_dir)["lake"]
+    figures = {}
+    for k, spread in enumerate(SPREADS):
+        moment = current_moment(lake)
+        positions = read_silver(lake, "positions")
+        new = bench_trades(positions, moment, spread, trades, seed + k, f"{spread}")
+        touched = new["portfolio_id"].unique().sort()
+        inputs = _touched_inputs(lake, touched, new)
+        compute = _median_time(lambda: build_book(inputs, moment))
+        ledger = _median_time(lambda: build_ledger(inputs.trades, inputs.portfolios))
+        _say(f"apply {trades:,} trades over {touched.len()} portfolios: compute {compute:.3f} s "
+             f"(ledger {ledger:.3f} s, {inputs.trades.height:,} trades replayed); running the intraday job...")
+        land(new, data_dir / "landing", f"bench_intraday_{spread}_{seed}.csv")
+        run = _run_intraday(data_dir)
+        _say(f"  intraday run: {run['run_s']:.1f} s, success {run['success']}")
+        figures[str(spread)] = {
+            "portfolios": touched.len(), "trades": new.height, "trades_replayed": inputs.trades.height,
+            "compute_s": round(compute, 4), "ledger_s": round(ledger, 4), **run,
+        }
+    return figures
+
+
+def _daemon_env(data_dir: Path, home: Path) -> dict:
+    env = dict(os.environ, DAGSTER_HOME=str(home), PORTFOLIO_DATA_DIR=str(data_dir.resolve()))
+    return env
+
+
+def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: float = 600.0) -> dict:
+    """Land ``files`` files one after another under a running ``dagster-daemon``; the latency
+    of each from its rename to the end of its run."""
+    import dagster as dg
+
+    lake = resources_for(data_dir)["lake"]
+    home = Path(tempfile.mkdtemp(prefix="dagster-home-"))
+    shutil.copy(ROOT / "orchestration" / "dagster.yaml", home / "dagster.yaml")
+    env = _daemon_env(data_dir, home)
+    log = open(home / "daemon.log", "w")
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    latencies, statuses = [], []
+    try:
+        os.environ["DAGSTER_HOME"] = str(home)
+        instance = dg.DagsterInstance.get()
+        time.sleep(5)  # the daemon loads the code location before its first tick
+        for n in range(files):
+            moment = current_moment(lake)
+            frame = bench_trades(read_silver(lake, "positions"), moment, 5, trades, seed + 100 + n, f"d{seed}-{n}")
+            name = f"bench_daemon_{seed}_{n:02d}.csv"
+            landed = time.time()
+            land(frame, data_dir / "landing", name)
+            run = _wait_for_run(instance, f"trades/{name}", landed + timeout_s)
+            if run is None:
+                statuses.append("TIMEOUT")
+                _say(f"  file {n + 1}/{files}: no finished run after {timeout_s:.0f} s (see {home / 'daemon.log'})")
+                break
+            stats = instance.get_run_stats(run.run_id)
+            latency = stats.end_time - landed
+            latencies.append(latency)
+            statuses.append(run.status.value)
+            _say(f"  file {n + 1}/{files}: {run.status.value} {latency:.2f} s after landing "
+                 f"(run {stats.end_time - stats.launch_time:.2f} s from launch)")
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
+    values = np.array(latencies) if latencies else np.array([np.nan])
+    return {
+        "files": files, "trades_per_file": trades, "statuses": statuses,
+        "p50_s": round(float(np.percentile(values, 50)), 3), "p95_s": round(float(np.percentile(values, 95)), 3),
+        "latencies_s": [round(v, 3) for v in latencies], "dagster_home": str(home),
+    }
+
+
+def _wait_for_run(instance, source_file: str, deadline: float):
+    import dagster as dg
+
+    done = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+    while time.time() < deadline:
+        runs = instance.get_runs(dg.RunsFilter(tags={"portfolio/source_file": source_file}))
+        finished = [r for r in runs if r.status in done]
+        # a failed run is retried by the instance: wait for the retry unless it is the last
+        if any(r.status == dg.DagsterRunStatus.SUCCESS for r in finished):
+            return next(r for r in finished if r.status == dg.DagsterRunStatus.SUCCESS)
+        if len(finished) >= 3:
+            return finished[0]
+        time.sleep(0.2)
+    return None
+
+
+def main(data_dir: Path, output: str | None = None, trades: int = 10_000, files: int = 20, daemon_trades: int = 100,
+         seed: int = 11, daemon: bool = True) -> int:
+    data_dir = Path(data_dir)
+    if not (data_dir / "lake" / "silver" / "positions").is_dir():
+        _say(f"{data_dir} holds no built book: run `portfolio generate` and `portfolio run --data-dir {data_dir}` first")
+        return 2
+    results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                 "load_average": os.getloadavg()}, "data_dir": str(data_dir)}
+    results["apply"] = bench_apply(data_dir, trades, seed)
+    if daemon:
+        _say(f"daemon: {files} files of {daemon_trades} trades, landed one after another...")
+        results["daemon"] = bench_daemon(data_dir, files, daemon_trades, seed)
+    widest = results["apply"][str(SPREADS[-1])]
+    results["goals"] = {
+        "apply_compute_under_0.5_s": "PASS" if widest["compute_s"] < GOAL_APPLY_S else "FAIL",
+        **({"daemon_p95_under_10_s": "PASS" if results["daemon"]["p95_s"] < GOAL_DAEMON_P95_S else "FAIL"} if daemon else {}),
+    }
+    target = Path(output) if output else RESULTS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(results, indent=2, default=str))
+    _say(json.dumps(results["goals"]))
+    _say(f"Results written to {target}")
+    return 0
