@@ -67,6 +67,13 @@ def export_events(folder: Path, name: str, events: pl.DataFrame, fmt: str) -> Pa
     "rebalance run's recommendation and order events, numbered per portfolio; per-subscriber exports.",
 )
 def outbox(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    # Under the lake's lock of the outbox: two runs at once number their events one after the
+    # other, never both from the same last sequence.
+    with lake.writer_lock(OUTBOX_TABLE):
+        return _publish_events(context, lake, settings)
+
+
+def _publish_events(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
     run_id, now = context.run.run_id, datetime.now(timezone.utc)
     # the latest event of each (portfolio, type) before this run: never the payloads
     earlier = lake.scan(OUTBOX_TABLE, OUTBOX_SCHEMA).filter(pl.col("run_id") != run_id).select(list(LAST_SCHEMA))

@@ -29,6 +29,7 @@ import polars as pl
 import yaml
 
 from assets.analytics import gold_key, gold_table, read_gold
+from assets.ingest import in_predicate
 from assets.metadata import table_metadata
 from assets.resources import LakeResource, PipelineSettings
 from assets.scope import INTRADAY_JOB, Scope, plan_scope
@@ -288,6 +289,30 @@ def _by_portfolio(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
     group_name=GROUP,
 )
 def rebalancing(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    # Under the lake's lock of these tables: a run's rows are complete once its rebalance_runs
+    # row is written (last), so rows of a run without one are a dead run's and are dropped
+    # first; a run in progress elsewhere cannot be taken for a dead one.
+    with lake.writer_lock(gold_table("rebalance_runs")):
+        _drop_unfinished_runs(context, lake)
+        yield from _rebalance(context, lake, settings)
+
+
+def _drop_unfinished_runs(context: dg.AssetExecutionContext, lake: LakeResource) -> None:
+    """Delete the per-run rows of runs that never wrote their ``rebalance_runs`` row (killed,
+    or failed half-way: a retry has a new run id and would never replace them)."""
+    finished = set(_read(lake, "rebalance_runs")["run_id"].to_list())
+    for name in REBALANCING_TABLES:
+        if name == "rebalance_runs" or not lake.exists(gold_table(name)):
+            continue
+        runs = lake.scan(gold_table(name)).select(pl.col("run_id").unique()).collect()["run_id"].to_list()
+        dead = sorted(set(runs) - finished - {None})
+        if dead:
+            lake.write(gold_table(name), pl.DataFrame(schema=SCHEMAS[name]), predicate=in_predicate("run_id", dead),
+                       run_id=context.run.run_id, commit_metadata={"dropped_runs": ",".join(dead)})
+            context.log.warning(f"{name}: dropped the rows of {len(dead)} run(s) that did not finish: {', '.join(dead)}")
+
+
+def _rebalance(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     run_id = context.run.run_id
     policies = parse_optimizer_policies(_policies(settings).get("optimizer"))

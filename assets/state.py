@@ -188,23 +188,20 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
             return
         if not scope.full:
             result = build_ledger(read_bronze(lake, "trades", scope.where()), scope.restrict(read_bronze(lake, "portfolios")))
-            rejections = _rejections(result, context.run.run_id)
-            for name, frame in (
-                ("trades", result.accepted_trades),
-                ("lots", result.lots),
-                ("realized_pnl", result.realized_pnl),
-                ("ledger_rejections", rejections),
-            ):
+            for name, frame in _ledger_tables(result, context.run.run_id):
                 yield dg.MaterializeResult(asset_key=silver_key(name), metadata=write_scoped(context, lake, name, frame, scope))
             return
         yield from _full_ledger(context, lake, settings, scope)
 
 
-def _rejections(result, run_id: str) -> pl.DataFrame:
-    """The ledger's rejected trades as quarantine rows of this run, with their portfolio."""
-    return ledger_quarantine(result.rejected_trades).with_columns(
+def _ledger_tables(result, run_id: str) -> list[tuple[str, pl.DataFrame]]:
+    """The four silver tables of a ledger result, its rejected trades as quarantine rows of
+    this run with their portfolio."""
+    rejections = ledger_quarantine(result.rejected_trades).with_columns(
         pl.lit(run_id).alias("run_id"), result.rejected_trades["portfolio_id"].cast(pl.String).alias("portfolio_id")
     )
+    return [("trades", result.accepted_trades), ("lots", result.lots), ("realized_pnl", result.realized_pnl),
+            ("ledger_rejections", rejections)]
 
 
 def _full_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings, scope: Scope):
@@ -224,13 +221,7 @@ def _full_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings
     with tempfile.TemporaryDirectory(prefix="ledger-") as staging:
         built = map_shards(build, shards, settings.shard_workers)
         for number, (ids, result) in enumerate(zip(shards, built)):
-            rejections = _rejections(result, context.run.run_id)
-            for name, frame in (
-                ("trades", result.accepted_trades),
-                ("lots", result.lots),
-                ("realized_pnl", result.realized_pnl),
-                ("ledger_rejections", rejections),
-            ):
+            for name, frame in _ledger_tables(result, context.run.run_id):
                 frame = conform(name, frame)
                 folder = Path(staging) / name
                 folder.mkdir(exist_ok=True)
@@ -238,7 +229,7 @@ def _full_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings
                 rows[name] += frame.height
                 previews.setdefault(name, frame.head(10))
             context.log.info(f"ledger shard {number + 1}/{len(shards)}: {ids.len()} portfolios")
-            del result, rejections, frame  # written: free it while the next shards are built
+            del result, frame  # written: free it while the next shards are built
         for name in LEDGER_OUTPUTS:
             folder = Path(staging) / name
             data = (

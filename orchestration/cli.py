@@ -221,7 +221,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.suite == "intraday":
         from bench.intraday import main as intraday_main
 
-        return intraday_main(data_dir_from_env(args.data_dir), output=args.output, daemon=not args.no_daemon)
+        return intraday_main(data_dir_from_env(args.data_dir), output=args.output, daemon=not args.no_daemon,
+                             run_up_to=args.run_up_to)
     if args.suite == "rebalance":
         from bench.rebalance import main as rebalance_main
 
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--standard", action="store_true", help="also the standard book (1,000 portfolios, 10M trades)")
     b.add_argument("--output", default=None, help="JSON results file (default bench/results/<suite>.json)")
     b.add_argument("--no-daemon", action="store_true", help="intraday: skip the part under dagster-daemon")
+    b.add_argument("--run-up-to", type=int, default=None,
+                   help="intraday: run the job only on files over at most this many portfolios (the others in memory only)")
     b.set_defaults(func=cmd_bench)
     return parser
 
