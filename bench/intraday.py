@@ -175,10 +175,11 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
         compute = _median_time(lambda: build_book(inputs, moment), repeat)
         ledger = _median_time(lambda: build_ledger(inputs.trades, inputs.portfolios), repeat)
         _say(f"apply {trades:,} trades over {touched.len()} portfolios: compute {compute:.3f} s "
-             f"(ledger {ledger:.3f} s, {inputs.trades.height:,} trades replayed); running the intraday job...")
+             f"(ledger {ledger:.3f} s, {inputs.trades.height:,} trades replayed)")
         if run_up_to is not None and spread > run_up_to:
             run = {"run_s": None, "note": f"the intraday job was not run on this file (run_up_to={run_up_to})"}
         else:
+            _say("  running the intraday job on it...")
             land(new, data_dir / "landing", f"bench_intraday_{spread}_{seed}.csv")
             run = _run_intraday(data_dir)
             _say(f"  intraday run: {run['run_s']:.1f} s, success {run['success']}")
