@@ -121,10 +121,7 @@ def _ingest_kind(kind: str, lake: LakeResource, landing_dir: Path, run_id: str, 
 
     key_cols = list(contract.UNIQUE_KEYS[kind])
     batch_files = [f.source_file for f in files]
-    per_portfolio = "portfolio_id" in bronze_schema
-    existing = lake.read(
-        bronze_table(kind), bronze_schema, list(dict.fromkeys(key_cols + ["source_file"] + (["portfolio_id"] if per_portfolio else [])))
-    )
+    existing = lake.read(bronze_table(kind), bronze_schema, key_cols + ["source_file"])
     existing_keys = existing.filter(~pl.col("source_file").is_in(batch_files)).select(key_cols)
 
     accepted_parts, quarantine_parts, results = [], [], []
@@ -184,10 +181,15 @@ def _ingest_kind(kind: str, lake: LakeResource, landing_dir: Path, run_id: str, 
         predicate = in_predicate("source_file", batch_files)
         accepted_all = accepted_all.select(list(bronze_schema)).cast(bronze_schema)
         bronze_meta = dict(meta)
-        if per_portfolio:
+        if "portfolio_id" in bronze_schema:
             # the portfolios whose rows this commit replaces (the file's old rows and its new
             # ones): what the state assets after it rebuild (transforms.changes)
-            replaced = existing.filter(pl.col("source_file").is_in(batch_files))["portfolio_id"]
+            replaced = (
+                lake.scan(bronze_table(kind), bronze_schema)
+                .filter(pl.col("source_file").is_in(batch_files))
+                .select(pl.col("portfolio_id").unique())
+                .collect()["portfolio_id"]
+            )
             bronze_meta[CHANGED_KEY] = encode_portfolios([*replaced, *accepted_all["portfolio_id"]])
         lake.write(bronze_table(kind), accepted_all, run_id=run_id, predicate=predicate, commit_metadata=bronze_meta)
         lake.write(quarantine_table(kind), quarantine_all, run_id=run_id, predicate=predicate, commit_metadata=meta)

@@ -157,8 +157,10 @@ def _navs(positions: pl.DataFrame) -> pl.DataFrame:
 def rebalance_triggers(context: dg.AssetExecutionContext, config: RebalanceRequest, lake: LakeResource, settings: PipelineSettings):
     policies = parse_policies(_policies(settings).get("triggers"))
     now = current_moment(lake)
-    portfolios = read_bronze(lake, "portfolios")
-    positions = read_silver(lake, "positions")
+    # the intraday job decides for the changed portfolios alone: read and compute only theirs
+    scope = _decision_scope(context, lake, config)
+    portfolios = scope.restrict(read_bronze(lake, "portfolios"))
+    positions = read_silver(lake, "positions", where=scope.where())
     prices = read_bronze(lake, "prices")
     navs = _navs(positions)
     ids = portfolios["portfolio_id"]
@@ -185,10 +187,8 @@ def rebalance_triggers(context: dg.AssetExecutionContext, config: RebalanceReque
         wide = returns.pivot(on="instrument_id", index="date", values="daily_return").sort("date")
         ids_ = [c for c in wide.columns if c != "date"]
         frames.append(correlation_triggers(weights, wide.select(ids_).to_numpy().astype(float), ids_, policies, now))
-    triggers = all_triggers(*frames)
-    scope = _decision_scope(context, lake, config)
-    triggers = scope.restrict(triggers)
-    decisions = rebalance_decisions(triggers, scope.restrict(portfolios).select("portfolio_id", "status"))
+    triggers = scope.restrict(all_triggers(*frames))  # the gold tables read above hold every portfolio
+    decisions = rebalance_decisions(triggers, portfolios.select("portfolio_id", "status"))
     counts = dict(decisions.group_by("action").len().iter_rows())
     yield dg.MaterializeResult(asset_key=gold_key("rebalance_triggers"), metadata={
         **_write_decided(context, lake, "rebalance_triggers", triggers, scope),

@@ -11,8 +11,9 @@ replaced, so the assets after it do the same.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 import polars as pl
 
@@ -47,10 +48,11 @@ class Scope:
     versions: dict[str, int | None]
     reason: str
     moment: datetime | None = None
-    ids: list[str] = field(init=False, repr=False)
 
-    def __post_init__(self):
-        object.__setattr__(self, "ids", sorted(self.portfolios) if self.portfolios is not None else [])
+    @cached_property
+    def ids(self) -> list[str]:
+        """The scope's portfolio ids, sorted (empty for a full scope)."""
+        return sorted(self.portfolios) if self.portfolios is not None else []
 
     @property
     def full(self) -> bool:
