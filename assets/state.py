@@ -173,10 +173,10 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
     last build (``assets.scope``), or of every portfolio, computed shard by shard.
 
     ``settings.shard_workers`` shards are built at once (``transforms.shards.map_shards``).
-    In a full build each shard's outputs are staged as Parquet and every table is then
-    streamed into Delta in one commit, so memory holds a few shards (not the whole book) and
-    readers never see half a table. An incremental build replays only the changed portfolios'
-    trades and replaces their rows.
+    Each shard's outputs are staged as Parquet and every table is then streamed into Delta in
+    one commit (the whole table, or the scope's portfolios by predicate), so memory holds a
+    few shards (not the whole book) and readers never see half a table. An incremental build
+    replays only the changed portfolios' trades.
     """
     outputs = [silver_table(name) for name in LEDGER_OUTPUTS]
     with lake.writer_lock(silver_table("lots")):
@@ -186,12 +186,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
             for name in LEDGER_OUTPUTS:
                 yield dg.MaterializeResult(asset_key=silver_key(name), metadata=unchanged(scope))
             return
-        if not scope.full:
-            result = build_ledger(read_bronze(lake, "trades", scope.where()), scope.restrict(read_bronze(lake, "portfolios")))
-            for name, frame in _ledger_tables(result, context.run.run_id):
-                yield dg.MaterializeResult(asset_key=silver_key(name), metadata=write_scoped(context, lake, name, frame, scope))
-            return
-        yield from _full_ledger(context, lake, settings, scope)
+        yield from _sharded_ledger(context, lake, settings, scope)
 
 
 def _ledger_tables(result, run_id: str) -> list[tuple[str, pl.DataFrame]]:
@@ -204,9 +199,13 @@ def _ledger_tables(result, run_id: str) -> list[tuple[str, pl.DataFrame]]:
             ("ledger_rejections", rejections)]
 
 
-def _full_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings, scope: Scope):
-    trades = read_bronze(lake, "trades")
-    portfolios = read_bronze(lake, "portfolios")
+def _sharded_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings, scope: Scope):
+    """Build the scope's ledger shard by shard and replace the scope's rows of the four tables
+    (each in one commit). An incremental scope takes the same path as a full one: a file
+    touching most portfolios replays most of the book, and one unsharded replay of that many
+    trades took 55 s (standard book, 9.5M trades) where shards take a fraction of it."""
+    trades = read_bronze(lake, "trades", scope.where())
+    portfolios = scope.restrict(read_bronze(lake, "portfolios"))
     shards = portfolio_shards(trades, LEDGER_SHARD_TRADES)
     rows = dict.fromkeys(LEDGER_OUTPUTS, 0)
     previews: dict[str, pl.DataFrame] = {}
@@ -238,7 +237,7 @@ def _full_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings
                 else pl.DataFrame(schema=SILVER_SCHEMAS[name])
             )
             version = lake.write(
-                silver_table(name), data, run_id=context.run.run_id,
+                silver_table(name), data, run_id=context.run.run_id, predicate=scope.predicate(),
                 commit_metadata={**scope.commit_metadata(), "shards": str(len(shards))},
             )
             yield dg.MaterializeResult(

@@ -4,7 +4,7 @@ Figures, all measured in one process run so that their ratios are meaningful on 
 machine:
 
 - ``rebuild``: lots, realised P&L, cash ledger, positions, state and daily valuations rebuilt
-  from in-memory bronze frames (``transforms.book.build_book``) shard by shard, each shard's
+  from in-memory bronze frames shard by shard (``transforms.book.build_books``), each shard's
   tables dropped before the next as in the pipeline, prices and fx prepared once for all
   shards (``transforms.book.Market``; a book of one shard prepares them inside its build), in
   trades per second, and the ledger + positions part alone. The compiled kernels are loaded
@@ -37,11 +37,11 @@ import numpy as np
 import polars as pl
 
 from assets.state import LEDGER_SHARD_TRADES
-from transforms.book import BookInputs, Market, book_moment, build_book
+from transforms.book import BookInputs, book_moment, build_book, build_books
 from transforms.cash import cash_ledger
 from transforms.lots import build_ledger
 from transforms.positions import positions as build_positions
-from transforms.shards import SHARD_WORKERS, map_shards, portfolio_shards
+from transforms.shards import SHARD_WORKERS, portfolio_shards
 
 RESULTS = Path(__file__).resolve().parent / "results" / "foundation.json"
 
@@ -156,14 +156,10 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
     _say(f"[{label}] full rebuild of {n:,} trades in {len(shards)} shard(s), {SHARD_WORKERS} at a time …")
 
     def rebuild() -> int:
-        # as the pipeline's ledger does: SHARD_WORKERS shards at once, each one's tables used
-        # (here counted) and dropped as it arrives, so memory holds a few shards; the prices
-        # and fx are prepared once for all shards (part of the time): a single shard prepares
-        # them itself, beside its ledger
-        overlap = len(shards) < SHARD_WORKERS  # a core left over: the steps of a build share it
-        market = Market.of(inputs) if len(shards) > 1 else None
+        # each shard's tables used (here counted) and dropped as it arrives, so memory holds a
+        # few shards; preparing the prices and fx once for all shards is part of the time
         rows = 0
-        for book in map_shards(lambda s: build_book(s, market=market, overlap=overlap), shards, SHARD_WORKERS):
+        for book in build_books(inputs, shard_rows=LEDGER_SHARD_TRADES):
             rows += book.lots.height + book.realized_pnl.height + book.daily_valuations.height
         return rows
 

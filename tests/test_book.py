@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 
 from bench.foundation import book_inputs_from
 from transforms import contract
-from transforms.book import BookInputs, Market, book_moment, build_book, ledger_quarantine, to_utc
+from transforms.book import BookInputs, Market, book_moment, build_book, build_books, ledger_quarantine, to_utc
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,24 @@ def test_shards_sharing_one_market_equal_the_whole_book(inputs, full):
             expected = getattr(whole, name)
             keys = [c for c in expected.columns if expected.schema[c] not in (pl.Float64,) and not isinstance(expected.schema[c], pl.List)]
             assert_frame_equal(joined.sort(keys), expected.sort(keys), rel_tol=1e-12, abs_tol=1e-9)
+
+
+def test_books_built_shard_by_shard_equal_the_whole_book(inputs):
+    """``build_books`` in shards of a few hundred trades (several shards, two at a time), with a
+    portfolio that has no trades: together the same tables as one ``build_book``, every
+    portfolio in exactly one shard, all at the whole book's moment."""
+    idle = inputs.portfolios.head(1).with_columns(pl.lit("P-IDLE").alias("portfolio_id"))
+    book = BookInputs(**{**inputs.__dict__, "portfolios": pl.concat([inputs.portfolios, idle])})
+    whole = build_book(book)
+    parts = list(build_books(book, shard_rows=max(1, book.trades.height // 5), workers=2))
+    assert len(parts) >= 3
+    assert {p.as_of for p in parts} == {whole.as_of}
+    for name in ("lots", "realized_pnl", "positions", "daily_valuations", "portfolio_state", "cash_ledger"):
+        joined = pl.concat([getattr(p, name) for p in parts])
+        expected = getattr(whole, name)
+        keys = [c for c in expected.columns if expected.schema[c] not in (pl.Float64,) and not isinstance(expected.schema[c], pl.List)]
+        assert_frame_equal(joined.sort(keys), expected.sort(keys), rel_tol=1e-12, abs_tol=1e-9)
+    assert "P-IDLE" in pl.concat([p.portfolio_state for p in parts])["portfolio_id"].to_list()
 
 
 def test_overlapping_steps_change_nothing(inputs, full):

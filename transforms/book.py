@@ -8,6 +8,7 @@ same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timezone
@@ -21,7 +22,7 @@ from transforms.fx import Currencies, UsdTable, as_utc, usd_table
 from transforms.lots import build_ledger
 from transforms.positions import positions
 from transforms.prices import PriceTable, price_table
-from transforms.shards import InPlace, shared_pool
+from transforms.shards import SHARD_WORKERS, InPlace, map_shards, portfolio_shards, shared_pool
 from transforms.state import portfolio_state, realized_by_portfolio
 from transforms.valuations import daily_valuations
 
@@ -245,4 +246,26 @@ def ledger_quarantine(rejected_trades: pl.DataFrame) -> pl.DataFrame:
         pl.lit(None, contract.TS).alias("quarantined_at"),
     )
     return frame.cast(contract.QUARANTINE_SCHEMA)
+
+
+def build_books(
+    inputs: BookInputs, as_of: datetime | None = None, *, shard_rows: int, workers: int = SHARD_WORKERS
+) -> Iterator[Book]:
+    """``build_book`` shard by shard of portfolios (``portfolio_shards`` of ``inputs.trades``,
+    about ``shard_rows`` trades each), ``workers`` shards at a time; the books in shard order.
+
+    This is how the pipeline's ledger builds many portfolios (``assets.state``): memory holds a
+    few shards, not the whole book, and the prices and fx are prepared once for all shards
+    (``Market``); a single shard prepares them itself, beside its ledger. The steps of one
+    build share a second core only when fewer shards than workers are built. Every shard is
+    described at the same moment: ``as_of``, default ``book_moment(inputs)``."""
+    as_of = as_of if as_of is not None else book_moment(inputs)
+    # every portfolio, even one with no trades, in one shard (sized by its trades)
+    ids = portfolio_shards(pl.concat([inputs.trades.select("portfolio_id"), inputs.portfolios.select("portfolio_id")]), shard_rows)
+    if len(ids) <= 1:
+        yield build_book(inputs, as_of)
+        return
+    market = Market.of(inputs)
+    overlap = len(ids) < workers
+    yield from map_shards(lambda s: build_book(inputs.for_portfolios(s), as_of, market=market, overlap=overlap), ids, workers)
 
