@@ -12,10 +12,11 @@ Figures, measured in one process (wall times, ``time.perf_counter``):
   (``bench_trades``: BUYs of held instruments and SELLs of at most 1% of a holding, at the
   last price, timed within the day the state already describes):
   - ``compute_s``: the state of the touched portfolios rebuilt in memory from their trades
-    plus the file's (``transforms.book.build_book`` over ``BookInputs.for_portfolios``: ledger,
-    cash, positions, daily valuations, state), median of 3 after one warm-up (one cold
-    timing when over a million trades are replayed), with the
-    ledger's share (``ledger_s``) and the history replayed (``trades_replayed``);
+    plus the file's (``transforms.book.build_books`` over ``BookInputs.for_portfolios``:
+    ledger, cash, positions, daily valuations, state; shard by shard of a million trades, as
+    the pipeline's ledger builds them), median of 3 after one warm-up (one cold timing when
+    over a million trades are replayed), with the ledger's share (``ledger_s``), the history
+    replayed (``trades_replayed``) and the number of shards;
   - ``run_s``: the ``intraday`` job run in process on the landed file (ingest, the touched
     portfolios' state and drift, their decisions and recommendations, outbox, warehouse),
     with each step's time (``steps_s``).
@@ -48,9 +49,10 @@ import polars as pl
 
 import transforms  # noqa: F401  (sets the Polars thread affinity first)
 from assets.resources import resources_for
-from assets.state import current_moment, read_bronze, read_silver
-from transforms.book import BookInputs, build_book
+from assets.state import LEDGER_SHARD_TRADES, current_moment, read_bronze, read_silver
+from transforms.book import BookInputs, build_books
 from transforms.lots import build_ledger
+from transforms.shards import SHARD_WORKERS, map_shards, portfolio_shards
 
 RESULTS = Path(__file__).parent / "results" / "intraday.json"
 SPREADS = (10, 100, 1000)
@@ -126,6 +128,12 @@ def _touched_inputs(lake, touched: pl.Series, new: pl.DataFrame) -> BookInputs:
     )
 
 
+def _drain(results) -> None:
+    """Build every item of a lazy sequence of results (shards), dropping each."""
+    for _ in results:
+        pass
+
+
 def _median_time(fn, repeat: int = 3) -> float:
     """Median wall time of ``repeat`` calls after one warm-up call (first use of the threads and
     the compiled kernels); a single cold call when ``repeat`` is 1 (a whole-book rebuild)."""
@@ -168,12 +176,16 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
     for k, spread in enumerate(spreads):
         moment = current_moment(lake)
         positions = read_silver(lake, "positions")
-        new = bench_trades(positions, moment, spread, trades, seed + k, f"{spread}")
+        new = bench_trades(positions, moment, spread, trades, seed + k, f"{spread}s{seed}")
         touched = new["portfolio_id"].unique().sort()
         inputs = _touched_inputs(lake, touched, new)
         repeat = 3 if inputs.trades.height < 1_000_000 else 1  # whole books: one cold timing
-        compute = _median_time(lambda: build_book(inputs, moment), repeat)
-        ledger = _median_time(lambda: build_ledger(inputs.trades, inputs.portfolios), repeat)
+        shards = portfolio_shards(inputs.trades, LEDGER_SHARD_TRADES)
+        compute = _median_time(lambda: _drain(build_books(inputs, moment, shard_rows=LEDGER_SHARD_TRADES)), repeat)
+        ledger = _median_time(lambda: _drain(map_shards(
+            lambda ids: build_ledger(inputs.trades.filter(pl.col("portfolio_id").is_in(ids.implode())),
+                                     inputs.portfolios.filter(pl.col("portfolio_id").is_in(ids.implode()))),
+            shards, SHARD_WORKERS)), repeat)
         _say(f"apply {trades:,} trades over {touched.len()} portfolios: compute {compute:.3f} s "
              f"(ledger {ledger:.3f} s, {inputs.trades.height:,} trades replayed)")
         if run_up_to is not None and spread > run_up_to:
@@ -185,7 +197,7 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
             _say(f"  intraday run: {run['run_s']:.1f} s, success {run['success']}")
         figures[str(spread)] = {
             "portfolios": touched.len(), "trades": new.height, "trades_replayed": inputs.trades.height,
-            "compute_s": round(compute, 4), "ledger_s": round(ledger, 4), **run,
+            "shards": len(shards), "compute_s": round(compute, 4), "ledger_s": round(ledger, 4), **run,
         }
     return figures
 
