@@ -155,11 +155,26 @@ def _navs(positions: pl.DataFrame) -> pl.DataFrame:
     group_name=GROUP,
 )
 def rebalance_triggers(context: dg.AssetExecutionContext, config: RebalanceRequest, lake: LakeResource, settings: PipelineSettings):
-    policies = parse_policies(_policies(settings).get("triggers"))
-    now = current_moment(lake)
+    policies = parse_policies(_policies(settings).get("triggers"))  # a bad policy file fails every run
     # the intraday job decides for the changed portfolios alone: read and compute only theirs
     scope = _decision_scope(context, lake, config)
     portfolios = scope.restrict(read_bronze(lake, "portfolios"))
+    if scope.empty:  # nothing changed: no decision, and none of the market-wide inputs computed
+        triggers, decisions = pl.DataFrame(schema=SCHEMAS["rebalance_triggers"]), pl.DataFrame(schema=SCHEMAS["rebalance_decisions"])
+    else:
+        triggers = _triggers(lake, policies, config, scope, portfolios)
+        decisions = rebalance_decisions(triggers, portfolios.select("portfolio_id", "status"))
+    counts = dict(decisions.group_by("action").len().iter_rows())
+    yield dg.MaterializeResult(asset_key=gold_key("rebalance_triggers"), metadata={
+        **_write_decided(context, lake, "rebalance_triggers", triggers, scope),
+        "by_kind": dg.MetadataValue.json(dict(triggers.group_by("kind").len().iter_rows()))})
+    yield dg.MaterializeResult(asset_key=gold_key("rebalance_decisions"), metadata={
+        **_write_decided(context, lake, "rebalance_decisions", decisions, scope), "by_action": dg.MetadataValue.json(counts)})
+
+
+def _triggers(lake: LakeResource, policies, config: RebalanceRequest, scope: Scope, portfolios: pl.DataFrame) -> pl.DataFrame:
+    """Every trigger of the scope's ``portfolios`` (by ``policies``) at the lake's current moment."""
+    now = current_moment(lake)
     positions = read_silver(lake, "positions", where=scope.where())
     prices = read_bronze(lake, "prices")
     navs = _navs(positions)
@@ -187,14 +202,7 @@ def rebalance_triggers(context: dg.AssetExecutionContext, config: RebalanceReque
         wide = returns.pivot(on="instrument_id", index="date", values="daily_return").sort("date")
         ids_ = [c for c in wide.columns if c != "date"]
         frames.append(correlation_triggers(weights, wide.select(ids_).to_numpy().astype(float), ids_, policies, now))
-    triggers = scope.restrict(all_triggers(*frames))  # the gold tables read above hold every portfolio
-    decisions = rebalance_decisions(triggers, portfolios.select("portfolio_id", "status"))
-    counts = dict(decisions.group_by("action").len().iter_rows())
-    yield dg.MaterializeResult(asset_key=gold_key("rebalance_triggers"), metadata={
-        **_write_decided(context, lake, "rebalance_triggers", triggers, scope),
-        "by_kind": dg.MetadataValue.json(dict(triggers.group_by("kind").len().iter_rows()))})
-    yield dg.MaterializeResult(asset_key=gold_key("rebalance_decisions"), metadata={
-        **_write_decided(context, lake, "rebalance_decisions", decisions, scope), "by_action": dg.MetadataValue.json(counts)})
+    return scope.restrict(all_triggers(*frames))  # the gold tables read above hold every portfolio
 
 
 def _decision_scope(context: dg.AssetExecutionContext, lake: LakeResource, config: RebalanceRequest) -> Scope:

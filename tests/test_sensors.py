@@ -150,11 +150,7 @@ def test_a_file_of_one_portfolio_updates_that_portfolio_alone(tmp_path, tiny_lan
         instance=dg.DagsterInstance.ephemeral()
     )
     assert result.success
-    scopes = {
-        event.asset_key.to_user_string(): event.event_specific_data.materialization.metadata["scope"].value
-        for event in result.get_asset_materialization_events()
-        if "scope" in event.event_specific_data.materialization.metadata
-    }
+    scopes = _scopes(result)
     rebuilt = [f"silver/{n}" for n in ("trades", "lots", "realized_pnl", "cash_ledger", "positions", "daily_valuations",
                                        "portfolio_state")] + [f"gold/{n}" for n in DRIFT_TABLES]
     for key in rebuilt + ["gold/rebalance_decisions"]:
@@ -168,3 +164,15 @@ def test_a_file_of_one_portfolio_updates_that_portfolio_alone(tmp_path, tiny_lan
     )
     assert again.success
     assert_same_tables(_with_drift(split_dir), _with_drift(full))
+    # and decides for no portfolio (without computing any trigger input)
+    assert _scopes(again)["gold/rebalance_decisions"].startswith("0 portfolio(s) changed")
+    assert resources_for(split_dir)["lake"].read("gold/rebalance_decisions").height == 0
+
+
+def _scopes(result) -> dict[str, str]:
+    """The ``scope`` metadata of each asset a run materialised."""
+    return {
+        event.asset_key.to_user_string(): event.event_specific_data.materialization.metadata["scope"].value
+        for event in result.get_asset_materialization_events()
+        if "scope" in event.event_specific_data.materialization.metadata
+    }
