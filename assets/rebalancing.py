@@ -480,7 +480,10 @@ def execution_quality(context: dg.AssetExecutionContext, lake: LakeResource):
     )
     if intended.height:
         first = intended["created_at"].min()
-        trades = read_silver(lake, "trades", where=pl.col("trade_ts") >= first)
+        # only the ordered portfolios' trades can fill (fills match within a portfolio): the
+        # filter prunes the files of the others, where the time alone scanned every trade
+        ordered = intended["portfolio_id"].unique().implode()
+        trades = read_silver(lake, "trades", where=pl.col("portfolio_id").is_in(ordered) & (pl.col("trade_ts") >= first))
         quality = build_execution_quality(intended, execution_fills(intended, trades))
     else:
         quality = pl.DataFrame(schema=contract.EXECUTION_QUALITY_SCHEMA)
