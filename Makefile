@@ -38,4 +38,4 @@ bench: install
 	@$(UV) run portfolio bench --data-dir $(DATA_DIR)
 
 clean:
-	rm -rf $(DATA_DIR)/lake $(DATA_DIR)/warehouse.duckdb $(DATA_DIR)/dagster_home
+	rm -rf $(DATA_DIR)/lake $(DATA_DIR)/warehouse.duckdb $(DATA_DIR)/.warehouse.shadow.duckdb $(DATA_DIR)/.warehouse.lock $(DATA_DIR)/dagster_home

@@ -1,6 +1,28 @@
-"""Publish: the analysts' ``warehouse.duckdb``, rebuilt from the lake in one atomic swap, with
-the views and macros that answer "what was the state at time T" and "where did this position
-come from".
+"""Publish: the analysts' ``warehouse.duckdb``, refreshed from the lake and swapped in atomically,
+with the views and macros that answer "what was the state at time T" and "where did this
+position come from".
+
+Refresh (``refresh_warehouse``, through ``WarehouseResource.publish``, which keeps the file
+double-buffered: the previous published file is brought up to date and swapped in). Each file
+records in ``_warehouse._sources`` the Delta id and version of every lake table each published
+table was read from (taken before the table is read, and the read pinned to that version). Per
+published table, in one transaction with its ``_sources`` rows:
+
+- every source at the recorded id and version: skipped;
+- a per-portfolio table (one source, with ``portfolio_id``: ``WarehouseTable.per_portfolio``)
+  whose lake commits since the recorded version each name the portfolios they changed
+  (``assets.scope.commits_after``, ``transforms.changes.changed_portfolios``) and none of
+  which rewrote the table whole (an overwrite or delete without predicate, whose change log
+  names the portfolios written, not those dropped): the rows of those portfolios are deleted
+  and read again from the lake (a scan filtered on ``portfolio_id``), inserted in
+  ``order_by`` order;
+- otherwise (a commit without change log, a whole rewrite, the version went back, the Delta
+  table was created anew (new id) or is gone, the columns changed, a union whose sources
+  changed, a table new to the file): replaced whole, sorted by ``WarehouseTable.order_by``.
+
+Tables the code no longer publishes are dropped; views and macros are dropped and created
+again. A full build (``incremental=False``) writes every table whole. Either way each table
+holds its lake table's rows at the recorded version, as a full build of those versions would.
 
 Point in time (DuckDB table macros over the published tables; ``ts`` is a TIMESTAMPTZ, and a
 naive timestamp or a string without an offset is read in the session's ``TimeZone``):
@@ -53,21 +75,31 @@ ingestion log's version, ingested_at and run_id of that file content. ``audit_po
 iid)``: the rows of that position's open lots.
 
 The event outbox (``publish/outbox``) is published as table ``outbox``, ordered by
-(portfolio_id, sequence).
+(portfolio_id, sequence); it is replaced whole when it changed (its commits carry no change log).
 """
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset  # noqa: F401  (pa.dataset)
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from assets.analytics import ANALYTICS_TABLES, GOLD_SCHEMAS, gold_key, gold_table
 from assets.rebalancing import SCHEMAS as REBALANCING_SCHEMAS
 from assets.ingest import bronze_schema_of, bronze_table, ingestion_log_table, quarantine_table
 from assets.outbox import OUTBOX_TABLE
 from assets.resources import LakeResource, WarehouseResource
-from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
+from assets.scope import commits_after
+from assets.state import SILVER_SCHEMAS, silver_key, silver_table
 from transforms import contract
+from transforms.changes import changed_portfolios
 from transforms.outbox import OUTBOX_SCHEMA
 
 # Silver tables published under their own names.
@@ -113,7 +145,7 @@ def _cross(local: str, base: str, local_usd: str, base_usd: str) -> str:
     return f"CASE WHEN {local} IS NULL THEN NULL WHEN {local} = {base} THEN 1.0 ELSE {local_usd} / {base_usd} END"
 
 
-STATE_AS_OF = f"""CREATE MACRO state_as_of(pid, ts) AS TABLE
+STATE_AS_OF = f"""CREATE OR REPLACE MACRO state_as_of(pid, ts) AS TABLE
     WITH {_pit("ts")},
     book AS (SELECT portfolio_id, coalesce(base_currency, '{USD}') AS base FROM portfolios WHERE portfolio_id = pid),
     {_QUOTES},
@@ -206,7 +238,7 @@ STATE_AS_OF = f"""CREATE MACRO state_as_of(pid, ts) AS TABLE
     FROM rows
     ORDER BY portfolio_id, position_type, instrument_id"""
 
-PORTFOLIO_NAV_AS_OF = f"""CREATE MACRO portfolio_nav_as_of(pid, ts) AS TABLE
+PORTFOLIO_NAV_AS_OF = f"""CREATE OR REPLACE MACRO portfolio_nav_as_of(pid, ts) AS TABLE
     WITH {_pit("ts")},
     book AS (
         SELECT portfolio_id, portfolio_name, status, coalesce(base_currency, '{USD}') AS base_currency
@@ -268,7 +300,7 @@ PORTFOLIO_NAV_AS_OF = f"""CREATE MACRO portfolio_nav_as_of(pid, ts) AS TABLE
     FROM book b CROSS JOIN pit CROSS JOIN totals t CROSS JOIN cash_split s CROSS JOIN realized r CROSS JOIN weights w"""
 
 # The file version each trade row came from: the ingestion log's first ingestion of that content.
-AUDIT = """CREATE VIEW audit AS
+AUDIT = """CREATE OR REPLACE VIEW audit AS
     WITH files AS (
         SELECT source_file, source_sha256, min(version) AS file_version, min(ingested_at) AS ingested_at,
                arg_min(run_id, ingested_at) AS run_id
@@ -292,62 +324,304 @@ AUDIT = """CREATE VIEW audit AS
     JOIN trades t ON t.portfolio_id = g.portfolio_id AND t.trade_id = g.trade_id
     LEFT JOIN files f ON f.source_file = t.source_file AND f.source_sha256 = t.source_sha256"""
 
-AUDIT_POSITION = """CREATE MACRO audit_position(pid, iid) AS TABLE
+AUDIT_POSITION = """CREATE OR REPLACE MACRO audit_position(pid, iid) AS TABLE
     SELECT * FROM audit WHERE portfolio_id = pid AND instrument_id = iid AND lot_status = 'OPEN'
     ORDER BY position_type, lot_id, trade_ts, role DESC, trade_id"""
 
-# ``WarehouseResource.publish`` orders a table by one column: the outbox is put in
-# (portfolio_id, sequence) order afterwards, so a consumer's range scan reads it in order.
-OUTBOX_ORDER = "CREATE OR REPLACE TABLE outbox AS SELECT * FROM outbox ORDER BY portfolio_id, sequence"
-
 # Views and macros an analyst gets with the file (see README for examples).
 WAREHOUSE_STATEMENTS = [
-    """CREATE MACRO portfolio_positions(pid) AS TABLE
+    """CREATE OR REPLACE MACRO portfolio_positions(pid) AS TABLE
        SELECT * FROM positions WHERE portfolio_id = pid ORDER BY abs(market_value) DESC""",
     STATE_AS_OF,
     PORTFOLIO_NAV_AS_OF,
     AUDIT,
     AUDIT_POSITION,
-    OUTBOX_ORDER,
 ]
 
 
-def quarantine_frame(lake: LakeResource) -> pl.DataFrame:
-    """Every quarantined row and file: bronze validation of all kinds plus ledger rejections."""
-    parts = [lake.read(quarantine_table(kind), contract.QUARANTINE_SCHEMA) for kind in contract.INGEST_ORDER]
-    parts.append(read_silver(lake, "ledger_rejections", list(contract.QUARANTINE_SCHEMA)))
+# The lake tables of the two unions (the ledger's rejections last).
+QUARANTINE_SOURCES = (*(quarantine_table(kind) for kind in contract.INGEST_ORDER), silver_table("ledger_rejections"))
+INGESTION_LOG_SOURCES = tuple(ingestion_log_table(kind) for kind in contract.INGEST_ORDER)
+
+
+def quarantine_frame(lake: LakeResource, versions: dict[str, int | None] | None = None) -> pl.DataFrame:
+    """Every quarantined row and file: bronze validation of all kinds plus ledger rejections
+    (``QUARANTINE_SCHEMA`` columns). ``versions``: the Delta version to read of each source
+    (``QUARANTINE_SOURCES``; default and ``None``: the latest)."""
+    versions = versions or {}
+    parts = [lake.read(table, contract.QUARANTINE_SCHEMA, version=versions.get(table)) for table in QUARANTINE_SOURCES[:-1]]
+    rejections = QUARANTINE_SOURCES[-1]
+    parts.append(
+        lake.read(rejections, SILVER_SCHEMAS["ledger_rejections"], list(contract.QUARANTINE_SCHEMA),
+                  version=versions.get(rejections)).select(list(contract.QUARANTINE_SCHEMA))
+    )
     return pl.concat(parts).sort("kind", "source_file", "source_row", nulls_last=True)
 
 
-def ingestion_log_frame(lake: LakeResource) -> pl.DataFrame:
-    """The ingestion log of every kind (one row per file version ingested)."""
-    parts = [lake.read(ingestion_log_table(kind), contract.INGESTION_LOG_SCHEMA) for kind in contract.INGEST_ORDER]
+def ingestion_log_frame(lake: LakeResource, versions: dict[str, int | None] | None = None) -> pl.DataFrame:
+    """The ingestion log of every kind (one row per file version ingested; ``INGESTION_LOG_SCHEMA``).
+    ``versions``: the Delta version to read of each source (default: the latest)."""
+    versions = versions or {}
+    parts = [lake.read(table, contract.INGESTION_LOG_SCHEMA, version=versions.get(table)) for table in INGESTION_LOG_SOURCES]
     return pl.concat(parts).sort("ingested_at", "kind", "source_file")
 
 
-def warehouse_tables(lake: LakeResource) -> dict[str, Callable[[], object]]:
-    """Loaders of what the warehouse publishes, by published name: lake tables as Arrow
-    datasets that DuckDB streams (never whole in memory), the two unions as frames."""
-
-    def table(path: str, schema: dict[str, pl.DataType]) -> Callable[[], object]:
-        return lambda: lake.dataset(path) if lake.exists(path) else pl.DataFrame(schema=schema)
-
-    tables: dict[str, Callable[[], object]] = {
-        name: table(silver_table(name), SILVER_SCHEMAS[name]) for name in SILVER_PUBLISHED
-    }
-    tables.update({kind: table(bronze_table(kind), bronze_schema_of(kind)) for kind in BRONZE_PUBLISHED})
-    tables.update({name: table(gold_table(name), GOLD_SCHEMAS[name]) for name in ANALYTICS_TABLES})
-    tables.update({name: table(gold_table(name), schema) for name, schema in REBALANCING_SCHEMAS.items()})
-    tables["quarantine"] = lambda: quarantine_frame(lake)
-    tables["ingestion_log"] = lambda: ingestion_log_frame(lake)
-    tables["outbox"] = table(OUTBOX_TABLE, OUTBOX_SCHEMA)
-    return tables
+# Rows stored in portfolio order, so DuckDB's zone maps make one portfolio's lookup cheap; the
+# outbox in (portfolio_id, sequence) order, so a consumer's range scan reads it in order.
+WAREHOUSE_ORDER: dict[str, tuple[str, ...]] = (
+    {name: ("portfolio_id",) for name in SILVER_PUBLISHED}
+    | {name: ("portfolio_id",) for name in ANALYTICS_TABLES if "portfolio_id" in GOLD_SCHEMAS[name]}
+    | {name: ("portfolio_id",) for name, schema in REBALANCING_SCHEMAS.items() if "portfolio_id" in schema}
+    | {"outbox": ("portfolio_id", "sequence")}
+)
 
 
-# Rows stored in portfolio order, so DuckDB's zone maps make one portfolio's lookup cheap.
-WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED} | {
-    name: "portfolio_id" for name in ANALYTICS_TABLES if "portfolio_id" in GOLD_SCHEMAS[name]
-} | {name: "portfolio_id" for name, schema in REBALANCING_SCHEMAS.items() if "portfolio_id" in schema}
+@dataclass(frozen=True)
+class WarehouseTable:
+    """One published table: its ``name``, the lake tables it is read from (``sources``), the
+    ``schema`` it has while its lake table does not exist, the columns it is stored in order
+    of, and for a union of several lake tables the function that builds it
+    (``union(lake, {source: version})``, a Polars frame)."""
+
+    name: str
+    sources: tuple[str, ...]
+    schema: dict[str, pl.DataType]
+    order_by: tuple[str, ...] = ()
+    union: Callable[[LakeResource, dict[str, int | None]], pl.DataFrame] | None = None
+
+    @property
+    def per_portfolio(self) -> bool:
+        """Whether its rows can be replaced portfolio by portfolio (one source with ``portfolio_id``)."""
+        return self.union is None and "portfolio_id" in self.schema
+
+
+def warehouse_tables() -> tuple[WarehouseTable, ...]:
+    """What the warehouse publishes, in the order it is written: the silver state, bronze
+    reference and market data, the analytics, rebalancing, the two unions (quarantine, the
+    ingestion log) and the outbox."""
+
+    def one(name: str, source: str, schema: dict[str, pl.DataType]) -> WarehouseTable:
+        return WarehouseTable(name, (source,), schema, WAREHOUSE_ORDER.get(name, ()))
+
+    return (
+        *(one(name, silver_table(name), SILVER_SCHEMAS[name]) for name in SILVER_PUBLISHED),
+        *(one(kind, bronze_table(kind), bronze_schema_of(kind)) for kind in BRONZE_PUBLISHED),
+        *(one(name, gold_table(name), GOLD_SCHEMAS[name]) for name in ANALYTICS_TABLES),
+        *(one(name, gold_table(name), schema) for name, schema in REBALANCING_SCHEMAS.items()),
+        WarehouseTable("quarantine", QUARANTINE_SOURCES, contract.QUARANTINE_SCHEMA, union=quarantine_frame),
+        WarehouseTable("ingestion_log", INGESTION_LOG_SOURCES, contract.INGESTION_LOG_SCHEMA, union=ingestion_log_frame),
+        one("outbox", OUTBOX_TABLE, OUTBOX_SCHEMA),
+    )
+
+
+# --- the refresh (module docstring) ----------------------------------------------------------
+
+# Up to this many portfolio ids go into the DELETE as an IN list (DuckDB prunes row groups by
+# their min/max); more are registered as a table and semi-joined.
+IN_LIST_MAX = 256
+# Delta operations that replace every row when they carry no predicate.
+_WHOLE_OPERATIONS = frozenset({"WRITE", "CREATE TABLE", "CREATE OR REPLACE TABLE", "DELETE"})
+# Portfolio ids listed in the metadata per table (the count is always given).
+_IDS_SHOWN = 100
+
+
+class _Source:
+    """One lake table at the version it had when first looked at: its id, version and (on
+    demand) its Arrow dataset at that version, so what is read is what is recorded."""
+
+    def __init__(self, lake: LakeResource, table: str):
+        self.table = table
+        try:
+            self.delta: DeltaTable | None = DeltaTable(lake.uri(table))
+        except TableNotFoundError:
+            self.delta = None
+        self.table_id = self.delta.metadata().id if self.delta is not None else None
+        self.version = self.delta.version() if self.delta is not None else -1
+        self._dataset = None
+
+    @property
+    def dataset(self) -> pa.dataset.Dataset:
+        if self._dataset is None:
+            self._dataset = self.delta.to_pyarrow_dataset()
+        return self._dataset
+
+
+def _rewrites_whole(commit: dict) -> bool:
+    """Whether a Delta commit replaced every row (an overwrite or delete without predicate):
+    its change log, if any, then lists only the portfolios it wrote, not those it removed."""
+    params = commit.get("operationParameters") or {}
+    if commit.get("operation") not in _WHOLE_OPERATIONS or params.get("predicate"):
+        return False
+    return commit.get("operation") == "DELETE" or params.get("mode") == "Overwrite"
+
+
+def _describe(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[str, str]]:
+    return [(row[0], row[1]) for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+
+
+def _plan(
+    con: duckdb.DuckDBPyConnection,
+    lake: LakeResource,
+    spec: WarehouseTable,
+    sources: dict[str, _Source],
+    recorded: dict[tuple[str, str], tuple[str | None, int]],
+    in_file: bool,
+) -> tuple[str, list[str], str]:
+    """What to do with ``spec``'s table in a file that records ``recorded``: ``("skip", [], why)``,
+    ``("portfolios", ids, why)`` or ``("whole", [], why)`` (rules in the module docstring)."""
+    if not in_file:
+        return "whole", [], "not in the file yet"
+    before = {name: recorded.get((spec.name, name)) for name in spec.sources}
+    if any(b is None for b in before.values()):
+        return "whole", [], "no recorded version of a source"
+    moved = {name: s for name, s in sources.items() if (s.table_id, s.version) != tuple(before[name])}
+    if not moved:
+        return "skip", [], "unchanged"
+    steps = ", ".join(f"{name}@{before[name][1]}->{s.version}" for name, s in moved.items())
+    if not spec.per_portfolio:
+        return "whole", [], f"changed: {steps}" + ("" if spec.union is not None else " (no portfolio_id)")
+    (name, source), = sources.items()
+    old_id, old_version = before[name]
+    if source.delta is None:
+        return "whole", [], f"{name} no longer exists"
+    if old_id != source.table_id:
+        return "whole", [], f"{name} was created anew" if old_id is not None else f"{name} did not exist"
+    if source.version < old_version:
+        return "whole", [], f"{name} went back from version {old_version} to {source.version}"
+    commits = commits_after(lake, name, old_version)
+    missing = set(range(old_version + 1, source.version + 1)) - {c.get("version") for c in commits}
+    if missing:
+        return "whole", [], f"{name}: no commit info for version(s) {sorted(missing)[:5]}"
+    whole = next((c for c in sorted(commits, key=lambda c: c["version"]) if _rewrites_whole(c)), None)
+    if whole is not None:
+        return "whole", [], f"{name} was rewritten whole at version {whole['version']}"
+    try:
+        changed = changed_portfolios(commits)
+    except ValueError as error:
+        return "whole", [], f"{name}: {error}"
+    if changed is None:
+        return "whole", [], f"{name}: a commit records no changed portfolios ({steps})"
+    con.register("_probe", source.dataset)
+    try:
+        same_columns = _describe(con, "_probe") == _describe(con, f'"{spec.name}"')
+    finally:
+        con.unregister("_probe")
+    if not same_columns:
+        return "whole", [], f"{name}: the columns changed"
+    return "portfolios", sorted(changed), steps
+
+
+def _replace_whole(con: duckdb.DuckDBPyConnection, lake: LakeResource, spec: WarehouseTable, sources: dict[str, _Source]) -> None:
+    if spec.union is not None:
+        data = spec.union(lake, {name: (s.version if s.delta is not None else None) for name, s in sources.items()})
+    else:
+        (source,) = sources.values()
+        # an Arrow dataset, which DuckDB streams (never whole in memory)
+        data = source.dataset if source.delta is not None else pl.DataFrame(schema=spec.schema)
+    order = f" ORDER BY {', '.join(spec.order_by)}" if spec.order_by else ""
+    con.register("_incoming", data)
+    try:
+        con.execute(f'CREATE OR REPLACE TABLE "{spec.name}" AS SELECT * FROM _incoming{order}')
+    finally:
+        con.unregister("_incoming")
+
+
+def _replace_portfolios(con: duckdb.DuckDBPyConnection, spec: WarehouseTable, source: _Source, ids: list[str]) -> None:
+    if not ids:
+        return
+    if len(ids) <= IN_LIST_MAX:
+        con.execute(f'DELETE FROM "{spec.name}" WHERE portfolio_id IN ({", ".join("?" * len(ids))})', ids)
+    else:
+        con.register("_ids", pa.table({"portfolio_id": pa.array(ids, pa.string())}))
+        try:
+            con.execute(f'DELETE FROM "{spec.name}" WHERE portfolio_id IN (SELECT portfolio_id FROM _ids)')
+        finally:
+            con.unregister("_ids")
+    # a scan of the lake table filtered to those portfolios, streamed batch by batch
+    rows = source.dataset.scanner(filter=pc.field("portfolio_id").isin(ids)).to_reader()
+    order = f" ORDER BY {', '.join(spec.order_by)}" if spec.order_by else ""
+    con.register("_incoming", rows)
+    try:
+        con.execute(f'INSERT INTO "{spec.name}" BY NAME SELECT * FROM _incoming{order}')
+    finally:
+        con.unregister("_incoming")
+
+
+def _record(con: duckdb.DuckDBPyConnection, name: str, sources: dict[str, _Source]) -> None:
+    con.execute(f"DELETE FROM {WarehouseResource.SOURCES} WHERE table_name = ?", [name])
+    con.executemany(f"INSERT INTO {WarehouseResource.SOURCES} VALUES (?, ?, ?, ?)",
+                    [[name, s.table, s.table_id, s.version] for s in sources.values()])
+
+
+def refresh_warehouse(
+    con: duckdb.DuckDBPyConnection,
+    lake: LakeResource,
+    incremental: bool,
+    tables: tuple[WarehouseTable, ...] | None = None,
+    statements: list[str] | None = None,
+) -> dict[str, dict]:
+    """Bring the open warehouse file ``con`` up to the lake's current versions (``incremental``:
+    from the versions its ``_warehouse._sources`` records; else every table written whole),
+    then drop and re-run the views and macros (``statements``, default ``WAREHOUSE_STATEMENTS``).
+
+    Returns, per published table: ``action`` (``skipped``, ``portfolios replaced`` or
+    ``replaced whole``), ``why``, ``portfolio_count`` and ``portfolios`` (the ids replaced, the
+    first ``_IDS_SHOWN``), ``rows`` (after) and ``seconds``. Each table changes in one
+    transaction with its ``_sources`` rows, so a file interrupted half-way is consistent table
+    by table and the next refresh resumes from it.
+    """
+    tables = warehouse_tables() if tables is None else tables
+    statements = WAREHOUSE_STATEMENTS if statements is None else statements
+    recorded: dict[tuple[str, str], tuple[str | None, int]] = {}
+    if incremental:
+        rows = con.execute(f"SELECT table_name, lake_table, table_id, version FROM {WarehouseResource.SOURCES}").fetchall()
+        recorded = {(t, lake_table): (table_id, version) for t, lake_table, table_id, version in rows}
+    # views and macros are created again at the end (those the code no longer defines vanish)
+    for (view,) in con.execute(
+        "SELECT DISTINCT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main'").fetchall():
+        con.execute(f'DROP VIEW "{view}"')
+    for macro, kind in con.execute(
+        "SELECT DISTINCT function_name, function_type FROM duckdb_functions() WHERE NOT internal AND schema_name = 'main' "
+        "AND function_type IN ('macro', 'table_macro')").fetchall():
+        con.execute(f'DROP MACRO {"TABLE " if kind == "table_macro" else ""}"{macro}"')
+    existing = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+    for stale in sorted(existing - {spec.name for spec in tables}):
+        con.execute(f'DROP TABLE "{stale}"')
+        con.execute(f"DELETE FROM {WarehouseResource.SOURCES} WHERE table_name = ?", [stale])
+
+    report: dict[str, dict] = {}
+    for spec in tables:
+        started = time.perf_counter()
+        # versions first, then the reads (pinned to those versions)
+        sources = {name: _Source(lake, name) for name in spec.sources}
+        if incremental:
+            action, ids, why = _plan(con, lake, spec, sources, recorded, spec.name in existing)
+        else:
+            action, ids, why = "whole", [], "full build"
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if action == "whole":
+                _replace_whole(con, lake, spec, sources)
+            elif action == "portfolios":
+                (source,) = sources.values()
+                _replace_portfolios(con, spec, source, ids)
+            if action != "skip":
+                _record(con, spec.name, sources)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        report[spec.name] = {
+            "action": {"skip": "skipped", "portfolios": "portfolios replaced", "whole": "replaced whole"}[action],
+            "why": why,
+            "portfolio_count": len(ids),
+            "portfolios": ids[:_IDS_SHOWN],
+            "rows": con.execute(f'SELECT count(*) FROM "{spec.name}"').fetchall()[0][0],
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    for statement in statements:
+        con.execute(statement)
+    return report
 
 
 @dg.asset(
@@ -364,16 +638,26 @@ WAREHOUSE_ORDER = {name: "portfolio_id" for name in SILVER_PUBLISHED} | {
     description="`warehouse.duckdb` for analysts: state, positions, lots, realised P&L, cash, daily "
     "valuations, trades, reference and market data, the analytics (returns, performance, "
     "exposures, cash and margin, drift, risk, attribution), rebalancing (triggers, recommendations, orders, execution quality), quarantine, the ingestion log and the "
-    "event outbox; point-in-time macros (state_as_of, portfolio_nav_as_of) and the audit view. Rebuilt "
-    "under a temporary name and swapped in atomically.",
+    "event outbox; point-in-time macros (state_as_of, portfolio_nav_as_of) and the audit view. The previous "
+    "version is brought up to date (only the changed portfolios' rows of a per-portfolio table) and swapped in "
+    "atomically; rebuilt whole when a reader still holds it.",
 )
-def warehouse(lake: LakeResource, warehouse: WarehouseResource):
-    counts = warehouse.publish(warehouse_tables(lake), WAREHOUSE_STATEMENTS, WAREHOUSE_ORDER)
+def warehouse(context: dg.AssetExecutionContext, lake: LakeResource, warehouse: WarehouseResource):
+    result = warehouse.publish(lambda con, incremental: refresh_warehouse(con, lake, incremental))
+    tables = result["tables"]
+    done = {t: e["action"] + (f" ({e['portfolio_count']})" if e["portfolio_count"] else "") for t, e in tables.items()
+            if e["action"] != "skipped"}
+    context.log.info(f"warehouse: {result['mode']}{' (' + result['reason'] + ')' if result['reason'] else ''} in "
+                     f"{result['seconds']} s; {len(tables) - len(done)} table(s) skipped; {done}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(warehouse.path),
-            "tables": dg.MetadataValue.json(counts),
-            "dagster/row_count": sum(counts.values()),
+            "mode": result["mode"],
+            "reason": result["reason"],
+            "shadow": result["shadow"],
+            "seconds": result["seconds"],
+            "tables": dg.MetadataValue.json(tables),
+            "dagster/row_count": sum(e["rows"] for e in tables.values()),
         }
     )
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import duckdb
@@ -225,53 +228,257 @@ class LakeResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The analysts' DuckDB file, rebuilt whole and swapped in atomically.
+    """The analysts' DuckDB file, double-buffered: refreshed in place of its previous version and
+    swapped in atomically.
 
-    DuckDB allows one writer and a reader blocks a writer, so the new file is built under a
-    temporary name beside the old one, checkpointed, closed and moved over it with
-    ``os.replace``: a reader sees the old file or the new one, never half of either.
+    Two files live side by side: the published ``warehouse.duckdb`` and the shadow
+    ``.warehouse.shadow.duckdb``, which holds the previous published version. ``publish`` brings
+    the shadow up to date (the caller's ``write``, told ``incremental=True``), then swaps:
+    ``os.link(published, tmp)``, ``os.replace(shadow, published)``, ``os.replace(tmp, shadow)``.
+    Every rename is atomic, so a reader opening ``warehouse.duckdb`` gets a complete file, and a
+    reader with the old file open keeps reading it: nobody writes a file a reader may hold.
+
+    Why the shadow can be written: DuckDB takes an exclusive ``fcntl`` lock to open a file
+    read-write, which fails while another process has it open, even read-only and even after a
+    rename. A reader who opened the warehouse before the last swap holds the shadow's inode, so
+    the open fails and the file is left alone. ``fcntl`` locks do not conflict within one
+    process, so a connection of this process to the shadow's inode is looked for among the
+    process's open files as well. Either way, and when the shadow is missing, unreadable, of an
+    unknown format or changed since this pipeline wrote it (a reader that opened the
+    warehouse read-write and edited it; each file's inode, size and modification time are
+    recorded in ``.warehouse.lock`` when written), the warehouse is built whole under a
+    temporary name (``write`` told ``incremental=False``) and swapped in the same way. When a
+    reader held the shadow, the previous published file becomes the next shadow (the held file
+    leaves the rotation, so a long-lived reader forces one full build, not one per run);
+    otherwise the next shadow is a copy of the new file (paid once, to resume incremental
+    refreshes at the next run).
+
+    Each file records in ``_warehouse._sources`` (``SOURCES``; a schema of its own, so
+    ``SHOW TABLES`` does not list it) the lake version of every table it was built from; the
+    caller reads and writes it. Publishers take turns on an exclusive ``flock`` of
+    ``.warehouse.lock``. The warehouse is always a local file, whatever the lake's root.
     """
 
     path: str = f"{DEFAULT_DATA_DIR}/warehouse.duckdb"
 
-    def publish(
-        self,
-        tables: dict[str, Callable[[], object]],
-        statements: list[str] = (),
-        order_by: dict[str, str] | None = None,
-    ) -> dict[str, int]:
-        """Write ``tables`` and run ``statements`` (views, macros) into a new warehouse file,
-        then swap it in. Returns the row count of each table.
+    SOURCES: ClassVar[str] = "_warehouse._sources"
+    SOURCES_COLUMNS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("table_name", "VARCHAR"),  # the published table
+        ("lake_table", "VARCHAR"),  # one lake table it is built from
+        ("table_id", "VARCHAR"),  # that Delta table's id (a re-created table gets a new one); null: missing
+        ("version", "BIGINT"),  # its Delta version the file holds; -1: the table was missing
+    )
 
-        ``tables`` maps a name to a loader of anything DuckDB can scan (a Polars frame, an
-        Arrow table or dataset); each is loaded, written and released in turn, so memory
-        holds one table at a time. ``order_by`` names the column a table is sorted by.
-        """
+    @property
+    def shadow_path(self) -> Path:
         target = Path(self.path)
+        return target.with_name(f".{target.stem}.shadow{target.suffix}")
+
+    @property
+    def lock_path(self) -> Path:
+        target = Path(self.path)
+        return target.with_name(f".{target.stem}.lock")
+
+    def publish(self, write: Callable[[duckdb.DuckDBPyConnection, bool], dict]) -> dict:
+        """Refresh the warehouse through ``write`` and swap it in; what was done.
+
+        ``write(con, incremental)`` fills the open file: with ``incremental`` the file is the
+        shadow (its ``SOURCES`` say which lake versions it holds) to be brought up to date,
+        otherwise an empty file whose ``SOURCES`` table exists and is empty. It returns a
+        report (JSON-able), returned under ``"tables"`` with ``mode`` (``incremental`` or
+        ``full``), ``reason`` (why a full build), ``shadow`` (what the shadow is now) and
+        ``seconds``.
+        """
+        target, shadow = Path(self.path), self.shadow_path
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        counts: dict[str, int] = {}
+        started = time.perf_counter()
+        with self._lock() as registry:
+            stamps = self._read_stamps(registry)
+            self._remove_leftovers()
+            con, reason, held = self._open_shadow(stamps)
+            written: list[Path] = []
+            if con is not None:
+                try:
+                    report = write(con, True)
+                    con.execute("CHECKPOINT")
+                finally:
+                    con.close()
+                    # the shadow is this pipeline's work even when ``write`` failed (it commits
+                    # table by table), so it is stamped and the next run resumes from it
+                    stamps[self._inode(shadow)] = self._stamp(shadow)
+                    self._write_stamps(registry, stamps)
+                kept = self._swap_in(shadow, keep_old=True)
+                mode = "incremental"
+            else:
+                tmp = self._tmp_name()
+                try:
+                    con = duckdb.connect(str(tmp))
+                    try:
+                        con.execute(f"CREATE SCHEMA {self.SOURCES.split('.')[0]}")
+                        columns = ", ".join(f"{name} {kind}" for name, kind in self.SOURCES_COLUMNS)
+                        con.execute(f"CREATE TABLE {self.SOURCES} ({columns})")
+                        con.execute(f"COMMENT ON TABLE {self.SOURCES} IS 'Refresh bookkeeping: the lake version of each "
+                                    "table this file was built from (not analyst data)'")
+                        report = write(con, False)
+                        con.execute("CHECKPOINT")
+                    finally:
+                        con.close()
+                    # readers hold the shadow: the old published file becomes the shadow; when
+                    # there is no usable one, the shadow is a copy of the new file
+                    kept = self._swap_in(tmp, keep_old=held)
+                finally:
+                    self._remove(tmp)
+                mode = "full"
+            written.append(target)
+            if kept == "copy":
+                written.append(shadow)
+            live = {self._inode(p) for p in (target, shadow) if p.exists()}
+            stamps = {k: v for k, v in stamps.items() if k in live}
+            stamps.update({self._inode(p): self._stamp(p) for p in written})
+            self._write_stamps(registry, stamps)
+        shadow_is = {"old": "the previous published file", "copy": "a copy of the new file (made once)"}[kept]
+        return {"mode": mode, "reason": reason, "shadow": shadow_is, "seconds": round(time.perf_counter() - started, 3),
+                "tables": report}
+
+    # --- the shadow ----------------------------------------------------------------------
+
+    def _open_shadow(self, stamps: dict[str, dict]) -> tuple[duckdb.DuckDBPyConnection | None, str, bool]:
+        """A read-write connection to the shadow when it can be refreshed, else ``None``, why
+        not, and whether that is because a reader holds it (then the old published file is
+        kept as the next shadow rather than paying for a copy)."""
+        target, shadow = Path(self.path), self.shadow_path
+        if not target.exists():
+            return None, "no published warehouse yet", False
+        if not shadow.exists():
+            return None, "no shadow file", False
+        recorded = stamps.get(self._inode(shadow))
+        if recorded is None:
+            return None, "the shadow was not written by this pipeline", False
+        if recorded != self._stamp(shadow):
+            return None, "the shadow changed since this pipeline wrote it (opened read-write?)", False
+        if self._open_in_this_process(shadow):
+            return None, "a connection of this process still reads the shadow (an earlier version)", True
         try:
-            con = duckdb.connect(str(tmp))
+            con = duckdb.connect(str(shadow))
+        except duckdb.Error as error:
+            if "Could not set lock" in str(error):
+                return None, "another process still reads the shadow (an earlier version)", True
+            return None, f"the shadow does not open: {str(error).splitlines()[0][:200]}", False
+        try:
+            schema, table = self.SOURCES.split(".")
+            found = con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+                "ORDER BY ordinal_position", [schema, table]).fetchall()
+        except duckdb.Error:
+            found = None
+        if found is None or tuple(found) != self.SOURCES_COLUMNS:
+            con.close()
+            return None, f"the shadow has no {self.SOURCES} table of this format", False
+        return con, "", False
+
+    @staticmethod
+    def _open_in_this_process(path: Path) -> bool:
+        """Whether a file descriptor of this process points at ``path``'s inode (``/proc/self/fd``
+        on Linux, ``/dev/fd`` on BSD and macOS). Only ``fstat`` is used: opening and closing the
+        file here would drop this process's ``fcntl`` locks on it."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        for folder in ("/proc/self/fd", "/dev/fd"):
             try:
-                for name, load in tables.items():
-                    table = load()
-                    con.register("_incoming", table)
-                    order = f' ORDER BY "{order_by[name]}"' if order_by and name in order_by else ""
-                    con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _incoming{order}')
-                    con.unregister("_incoming")
-                    counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0]
-                    del table
-                for statement in statements:
-                    con.execute(statement)
-                con.execute("CHECKPOINT")
-            finally:
-                con.close()
-            os.replace(tmp, target)
+                fds = os.listdir(folder)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    other = os.fstat(int(fd))
+                except (OSError, ValueError):
+                    continue
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+            return False
+        return False
+
+    def _swap_in(self, new: Path, keep_old: bool) -> str:
+        """Move ``new`` to the published name. With ``keep_old`` the previous published file
+        becomes the shadow (through a hard link, so ``warehouse.duckdb`` is never missing);
+        else, or when there is none or the file system has no hard links, the shadow is a copy
+        of ``new``. Returns ``"old"`` or ``"copy"``."""
+        target, shadow = Path(self.path), self.shadow_path
+        self._remove(shadow.with_name(shadow.name + ".wal"))  # never replayed into another file
+        if keep_old:
+            previous = self._tmp_name()
+            try:
+                os.link(target, previous)
+            except OSError:
+                pass
+            else:
+                os.replace(new, target)
+                os.replace(previous, shadow)
+                return "old"
+        copy = self._tmp_name()
+        try:
+            shutil.copyfile(new, copy)
+            os.replace(new, target)
+            os.replace(copy, shadow)
         finally:
-            for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
-                leftover.unlink(missing_ok=True)
-        return counts
+            self._remove(copy)
+        return "copy"
+
+    # --- files, stamps and the lock -----------------------------------------------------
+
+    def _tmp_name(self) -> Path:
+        target = Path(self.path)
+        return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        for leftover in (path, path.with_name(path.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a publish that was killed (called under the lock, so none is in use)."""
+        target = Path(self.path)
+        for leftover in target.parent.glob(f".{target.name}.*.tmp*"):
+            leftover.unlink(missing_ok=True)
+
+    @staticmethod
+    def _inode(path: Path) -> str:
+        return str(path.stat().st_ino)
+
+    @staticmethod
+    def _stamp(path: Path) -> dict:
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator:
+        """An exclusive ``flock`` of the lock file, which also holds the stamps (JSON)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        with os.fdopen(fd, "r+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even by kill -9
+            try:
+                yield handle
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _read_stamps(handle) -> dict[str, dict]:
+        handle.seek(0)
+        try:
+            stamps = json.loads(handle.read() or "{}").get("files", {})
+        except (json.JSONDecodeError, AttributeError):
+            return {}
+        return stamps if isinstance(stamps, dict) else {}
+
+    @staticmethod
+    def _write_stamps(handle, stamps: dict[str, dict]) -> None:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"files": stamps}, sort_keys=True))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def resources_for(data_dir: str | os.PathLike | None = None) -> dict[str, dg.ConfigurableResource]:
