@@ -518,10 +518,18 @@ def _replace_whole(con: duckdb.DuckDBPyConnection, lake: LakeResource, spec: War
         (source,) = sources.values()
         # an Arrow dataset, which DuckDB streams (never whole in memory)
         data = source.dataset if source.delta is not None else pl.DataFrame(schema=spec.schema)
-    order = f" ORDER BY {', '.join(spec.order_by)}" if spec.order_by else ""
+    _from_incoming(con, data, f'CREATE OR REPLACE TABLE "{spec.name}" AS SELECT * FROM _incoming{_order(spec)}')
+
+
+def _order(spec: WarehouseTable) -> str:
+    return f" ORDER BY {', '.join(spec.order_by)}" if spec.order_by else ""
+
+
+def _from_incoming(con: duckdb.DuckDBPyConnection, data, sql: str) -> None:
+    """Run ``sql``, which reads ``_incoming``, with ``data`` (anything DuckDB scans) under that name."""
     con.register("_incoming", data)
     try:
-        con.execute(f'CREATE OR REPLACE TABLE "{spec.name}" AS SELECT * FROM _incoming{order}')
+        con.execute(sql)
     finally:
         con.unregister("_incoming")
 
@@ -539,12 +547,7 @@ def _replace_portfolios(con: duckdb.DuckDBPyConnection, spec: WarehouseTable, so
             con.unregister("_ids")
     # a scan of the lake table filtered to those portfolios, streamed batch by batch
     rows = source.dataset.scanner(filter=pc.field("portfolio_id").isin(ids)).to_reader()
-    order = f" ORDER BY {', '.join(spec.order_by)}" if spec.order_by else ""
-    con.register("_incoming", rows)
-    try:
-        con.execute(f'INSERT INTO "{spec.name}" BY NAME SELECT * FROM _incoming{order}')
-    finally:
-        con.unregister("_incoming")
+    _from_incoming(con, rows, f'INSERT INTO "{spec.name}" BY NAME SELECT * FROM _incoming{_order(spec)}')
 
 
 def _record(con: duckdb.DuckDBPyConnection, name: str, sources: dict[str, _Source]) -> None:
