@@ -1,28 +1,116 @@
-"""Asset checks: the invariants the state must satisfy after every run."""
+"""Asset checks: the invariants the state must satisfy after every run, checked on the
+portfolios the run changed.
 
+Scope of a check (``check_scope``): the per-portfolio tables record, in each Delta commit, the
+portfolios the commit replaced (``transforms.changes.CHANGED_KEY``; a commit without it
+rewrote every portfolio). A check of such tables reads the latest data-changing commit of each
+table it compares (commits that change no row, ``NEUTRAL_OPERATIONS`` such as OPTIMIZE, are
+passed over) and checks the union of the portfolios they changed, reading only those
+portfolios' rows (the filter is pushed down to the Delta scan). When one of them rewrote every
+portfolio (a full build, or a table with no history), every portfolio is checked. A portfolio
+the latest commit did not touch was checked when it was last written, and its rows have not
+changed since, so checking it again proves nothing new; over-checking is always safe.
+
+Every scoped check reports ``scope`` (what was checked and why), ``portfolios_checked`` and
+``portfolios`` (the first ``LISTED_PORTFOLIOS`` ids checked) in its metadata.
+
+Invariants:
+- NAV identity: per portfolio and day, nav = cash + long_market_value + short_market_value
+  (within ``NAV_TOLERANCE``); and on the state's date, portfolio_state.total_value = nav of the
+  portfolio's latest daily valuation.
+- Lots: no remaining quantity below -``QUANTITY_TOLERANCE``; per (portfolio, instrument),
+  open LONG quantity = sum(BUY) - sum(SELL) and open SHORT quantity = sum(SELL_SHORT) -
+  sum(BUY_TO_COVER) over the accepted trades.
+- Quarantine share (book-wide, not scoped): quarantined rows / rows read <= the settings' limit.
+- Attribution (gold, scoped the same way): sector weights sum to one per portfolio and day;
+  linked effects sum to the excess return (|residual| <= ``EFFECT_TOLERANCE``).
+"""
+
+
+from dataclasses import dataclass
 
 import dagster as dg
 import polars as pl
 
-from assets.analytics import gold_key, read_gold
+from assets.analytics import gold_key, gold_table, read_gold
 from assets.publish import ingestion_log_frame
 from assets.resources import LakeResource, PipelineSettings
-from assets.state import read_silver, silver_key
+from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
+from transforms.changes import NEUTRAL_OPERATIONS, changed_portfolios
 
 NAV_TOLERANCE = 0.01  # one cent, in the base currency
 QUANTITY_TOLERANCE = 1e-6
+# Commits looked back through for the latest one that changed data: neutral commits (OPTIMIZE,
+# VACUUM) come in short runs; past this many the check simply covers every portfolio.
+HISTORY_LOOKBACK = 10
+LISTED_PORTFOLIOS = 20
+
+
+@dataclass(frozen=True)
+class CheckScope:
+    """The portfolios a check covers (``None``: every one) and why."""
+
+    portfolios: frozenset[str] | None
+    reason: str
+
+    @property
+    def full(self) -> bool:
+        return self.portfolios is None
+
+    def where(self, column: str = "portfolio_id") -> pl.Expr | None:
+        """The row filter of the scope (``None``: every row)."""
+        if self.portfolios is None:
+            return None
+        return pl.col(column).is_in(pl.Series(sorted(self.portfolios), dtype=pl.String).implode())
+
+    def metadata(self, checked: pl.Series | None = None) -> dict:
+        """``scope``, ``portfolios_checked`` and ``portfolios``: for a full scope, the distinct
+        ids in ``checked`` (the portfolio column of the rows read)."""
+        if self.portfolios is None:
+            ids = sorted(checked.drop_nulls().unique().to_list()) if checked is not None else []
+            text = f"every portfolio ({self.reason})"
+        else:
+            ids = sorted(self.portfolios)
+            text = f"{len(ids)} portfolio(s) changed by the latest commit ({self.reason})"
+        listed = ", ".join(ids[:LISTED_PORTFOLIOS]) + (" …" if len(ids) > LISTED_PORTFOLIOS else "")
+        return {"scope": text, "portfolios_checked": len(ids), "portfolios": listed or "none"}
+
+
+def latest_change(lake: LakeResource, table: str) -> frozenset[str] | None:
+    """The portfolios the latest data-changing commit of lake ``table`` replaced, ``None`` when
+    it rewrote every portfolio (no ``CHANGED_KEY``), when the table has no history, or when the
+    last ``HISTORY_LOOKBACK`` commits all changed no data. Rule in the module docstring."""
+    for commit in lake.history(table, HISTORY_LOOKBACK):  # newest first
+        if commit.get("operation") in NEUTRAL_OPERATIONS:
+            continue
+        return changed_portfolios([commit])
+    return None
+
+
+def check_scope(lake: LakeResource, tables: list[str]) -> CheckScope:
+    """The scope of a check comparing lake ``tables``: the union of the portfolios their latest
+    commits changed, or every portfolio when one of them rewrote every portfolio."""
+    union: set[str] = set()
+    for table in tables:
+        changed = latest_change(lake, table)
+        if changed is None:
+            return CheckScope(None, f"the latest commit of {table} rewrote every portfolio")
+        union |= changed
+    return CheckScope(frozenset(union), "latest commit of " + ", ".join(tables))
 
 
 @dg.asset_check(
     asset=silver_key("daily_valuations"),
     description="For every portfolio and day, NAV = cash + long market value + short market value; "
     "and on the state's date the NAV from daily valuations (built from trade quantities) equals "
-    "the NAV of portfolio_state (built from lots and positions).",
+    "the NAV of portfolio_state (built from lots and positions). Checks the portfolios the latest "
+    "commits of both tables changed (every portfolio after a full build).",
     additional_deps=[silver_key("portfolio_state")],
 )
 def nav_equals_cash_plus_market_value(lake: LakeResource) -> dg.AssetCheckResult:
-    daily = read_silver(lake, "daily_valuations")
-    state = read_silver(lake, "portfolio_state")
+    scope = check_scope(lake, [silver_table("daily_valuations"), silver_table("portfolio_state")])
+    daily = read_silver(lake, "daily_valuations", where=scope.where())
+    state = read_silver(lake, "portfolio_state", ["portfolio_id", "as_of", "total_value"], where=scope.where())
     identity = daily.filter(
         (pl.col("nav") - (pl.col("cash") + pl.col("long_market_value") + pl.col("short_market_value"))).abs()
         > NAV_TOLERANCE
@@ -37,6 +125,7 @@ def nav_equals_cash_plus_market_value(lake: LakeResource) -> dg.AssetCheckResult
     return dg.AssetCheckResult(
         passed=identity.height == 0 and paths.height == 0,
         metadata={
+            **scope.metadata(pl.concat([daily["portfolio_id"], state["portfolio_id"]])),
             "rows_checked": daily.height,
             "identity_breaks": identity.height,
             "state_vs_daily_breaks": paths.height,
@@ -48,12 +137,14 @@ def nav_equals_cash_plus_market_value(lake: LakeResource) -> dg.AssetCheckResult
 @dg.asset_check(
     asset=silver_key("lots"),
     description="No lot below zero, and each portfolio's open long (short) quantity of an "
-    "instrument equals its accepted buys minus sells (short sales minus covers).",
+    "instrument equals its accepted buys minus sells (short sales minus covers). Checks the "
+    "portfolios the latest commits of lots and trades changed (every portfolio after a full build).",
     additional_deps=[silver_key("trades")],
 )
 def lots_reconcile_to_trades(lake: LakeResource) -> dg.AssetCheckResult:
-    lots = read_silver(lake, "lots", ["portfolio_id", "instrument_id", "position_type", "quantity"])
-    trades = read_silver(lake, "trades", ["portfolio_id", "instrument_id", "side", "quantity"])
+    scope = check_scope(lake, [silver_table("lots"), silver_table("trades")])
+    lots = read_silver(lake, "lots", ["portfolio_id", "instrument_id", "position_type", "quantity"], where=scope.where())
+    trades = read_silver(lake, "trades", ["portfolio_id", "instrument_id", "side", "quantity"], where=scope.where())
     negative = lots.filter(pl.col("quantity") < -QUANTITY_TOLERANCE).height
     from_lots = lots.group_by("portfolio_id", "instrument_id", "position_type").agg(pl.col("quantity").sum().alias("lots_qty"))
     from_trades = trades.group_by("portfolio_id", "instrument_id").agg(
@@ -67,7 +158,13 @@ def lots_reconcile_to_trades(lake: LakeResource) -> dg.AssetCheckResult:
     )
     return dg.AssetCheckResult(
         passed=negative == 0 and mismatched.height == 0,
-        metadata={"lots": lots.height, "negative_lots": negative, "mismatched_keys": mismatched.height},
+        metadata={
+            **scope.metadata(pl.concat([lots["portfolio_id"], trades["portfolio_id"]])),
+            "lots": lots.height,
+            "negative_lots": negative,
+            "mismatched_keys": mismatched.height,
+            "examples": str(mismatched.sort("portfolio_id", "instrument_id").head(5)) if mismatched.height else "none",
+        },
     )
 
 
@@ -80,13 +177,16 @@ def quarantine_share_under_limit(lake: LakeResource, settings: PipelineSettings)
     log = ingestion_log_frame(lake)
     current = log.sort("version").group_by("kind", "source_file").last()
     rows_read = int(current["rows_read"].sum() or 0)
-    ledger_rows = read_silver(lake, "ledger_rejections", ["kind"]).height
+    # a book-wide share, so every portfolio's rejections count: a row count, which the scan
+    # answers without reading the table's columns
+    ledger_rows = int(lake.scan(silver_table("ledger_rejections"), SILVER_SCHEMAS["ledger_rejections"]).select(pl.len()).collect().item())
     quarantined = int(current["rows_quarantined"].sum() or 0) + ledger_rows
     share = quarantined / rows_read if rows_read else 0.0
     return dg.AssetCheckResult(
         passed=share <= settings.quarantine_max_share,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
+            "scope": "every portfolio (a share of the whole book)",
             "rows_read": rows_read,
             "rows_quarantined": quarantined,
             "share": round(share, 6),
@@ -103,31 +203,36 @@ EFFECT_TOLERANCE = 1e-9
 @dg.asset_check(
     asset=gold_key("attribution"),
     description="Per portfolio and day, the portfolio's sector weights sum to one (cash included) and so do "
-    "the benchmark's.",
+    "the benchmark's. Checks the portfolios the table's latest commit changed (every portfolio after a full build).",
 )
 def weights_sum_to_one(lake: LakeResource) -> dg.AssetCheckResult:
-    rows = read_gold(lake, "attribution")
+    scope = check_scope(lake, [gold_table("attribution")])
+    rows = read_gold(lake, "attribution", where=scope.where())
     sums = rows.group_by("portfolio_id", "date").agg(pl.col("portfolio_weight").sum(), pl.col("benchmark_weight").sum())
     off = sums.filter(
         ((pl.col("portfolio_weight") - 1).abs() > WEIGHT_TOLERANCE) | ((pl.col("benchmark_weight") - 1).abs() > WEIGHT_TOLERANCE)
     )
     return dg.AssetCheckResult(
         passed=off.height == 0,
-        metadata={"portfolio_days": sums.height, "off": off.height, "examples": str(off.head(5)) if off.height else "none"},
+        metadata={**scope.metadata(rows["portfolio_id"]), "portfolio_days": sums.height, "off": off.height,
+                  "examples": str(off.sort("portfolio_id", "date").head(5)) if off.height else "none"},
     )
 
 
 @dg.asset_check(
     asset=gold_key("attribution_summary"),
     description="For every portfolio, period and linking method, the linked effects sum to the excess return "
-    "(R - B): the residual is below 1e-9.",
+    "(R - B): the residual is below 1e-9. Checks the portfolios the table's latest commit changed "
+    "(every portfolio after a full build).",
 )
 def attribution_effects_sum_to_excess(lake: LakeResource) -> dg.AssetCheckResult:
-    summary = read_gold(lake, "attribution_summary").filter(pl.col("residual").is_not_null())
-    worst = float(summary["residual"].abs().max() or 0.0)
+    scope = check_scope(lake, [gold_table("attribution_summary")])
+    summary = read_gold(lake, "attribution_summary", where=scope.where())
+    residuals = summary.filter(pl.col("residual").is_not_null())
+    worst = float(residuals["residual"].abs().max() or 0.0)
     return dg.AssetCheckResult(
         passed=worst <= EFFECT_TOLERANCE,
-        metadata={"rows": summary.height, "largest_residual": worst},
+        metadata={**scope.metadata(summary["portfolio_id"]), "rows": residuals.height, "largest_residual": worst},
     )
 
 

@@ -3,9 +3,11 @@
 A file is picked up only when it is complete:
 
 - a writer that renames into place writes ``*.tmp`` / ``*.part`` (or a dot-file) first, which
-  are never looked at (``assets.ingest.landing_candidates``), so the rename is the signal;
-- any other file must show the same size and modification time at two looks, one sensor tick
-  apart (``stable_files``): a file still being written changes between looks and waits.
+  are never looked at (``assets.ingest.landing_candidates``);
+- every file under its final name, renamed into place or not, must show the same size and
+  modification time at two looks, one sensor tick apart (``stable_files``): a file still being
+  written changes between looks and waits (a renamed file is complete at the first look, but
+  from the landing folder alone it cannot be told from one written in place).
 
 A complete file whose content (sha256) is already in the kind's ingestion log is not launched
 again; otherwise the sensor asks for one run per file, keyed by ``<path>@<sha256>``: Dagster
@@ -19,6 +21,14 @@ Because a failed run is never relaunched for the same run key, the job carries a
 (the instance must enable run retries: ``orchestration/dagster.yaml``, copied by ``make ui``).
 Runs are tagged ``portfolio/lake_writer`` so that the instance's run queue keeps one writer of
 the lake at a time.
+
+Tick period: ``dagster-daemon`` evaluates sensors in a loop that comes round every 5 s at the
+soonest (Dagster's ``MIN_INTERVAL_LOOP_TIME``, not configurable), and skips a sensor whose last
+tick is younger than its ``minimum_interval_seconds``. With an interval of exactly 5 s the
+sensor was skipped on every loop that came round a few milliseconds early: half of its ticks
+came 10 s apart (measured on the daemon's tick history), and a file waits two ticks (one look,
+then the look that finds it stable). An interval below the loop's (``TICK_SECONDS``) makes the
+sensor tick on every loop, every 5 s.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ from transforms import contract
 from transforms.validation import sha256_of
 
 WATCHED_KINDS = ("trades", "prices")
-TICK_SECONDS = 5
+# below the daemon's 5 s loop, so that every loop ticks (module docstring)
+TICK_SECONDS = 1
 
 
 def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[str, list[int]]:
