@@ -35,6 +35,11 @@ from transforms.changes import (
 INTRADAY_JOB = "intraday"
 
 
+def portfolio_filter(portfolios: frozenset[str] | None, column: str = "portfolio_id") -> pl.Expr | None:
+    """The row filter keeping ``portfolios``' rows (``None``: every portfolio, no filter)."""
+    return None if portfolios is None else pl.col(column).is_in(pl.Series(sorted(portfolios), dtype=pl.String).implode())
+
+
 @dataclass(frozen=True)
 class Scope:
     """The portfolios to rebuild (``None``: every one) and the input versions they were
@@ -64,7 +69,7 @@ class Scope:
 
     def where(self, column: str = "portfolio_id") -> pl.Expr | None:
         """The row filter of the scope (``None``: every row)."""
-        return None if self.full else pl.col(column).is_in(pl.Series(self.ids, dtype=pl.String).implode())
+        return portfolio_filter(self.portfolios, column)
 
     def restrict(self, frame: pl.DataFrame, column: str = "portfolio_id") -> pl.DataFrame:
         """``frame``'s rows of the scope's portfolios."""

@@ -37,11 +37,11 @@ import numpy as np
 import polars as pl
 
 from assets.state import LEDGER_SHARD_TRADES
-from transforms.book import BookInputs, book_moment, build_book, build_books
+from transforms.book import BookInputs, book_moment, book_shards, build_book, build_books
 from transforms.cash import cash_ledger
 from transforms.lots import build_ledger
 from transforms.positions import positions as build_positions
-from transforms.shards import SHARD_WORKERS, portfolio_shards
+from transforms.shards import SHARD_WORKERS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "foundation.json"
 
@@ -148,7 +148,7 @@ def bench_rebuild(inputs: BookInputs, label: str, pandas_baseline: bool, repeat:
     grow the process heap; see ``main``), then ``repeat`` timed ones: best and median.
     """
     n = inputs.trades.height
-    shards = [inputs.for_portfolios(ids) for ids in portfolio_shards(inputs.trades, LEDGER_SHARD_TRADES)]
+    shards = [inputs.for_portfolios(ids) for ids in book_shards(inputs, LEDGER_SHARD_TRADES)]
     # once per process, not per trade: the first build loads the compiled kernels (replay,
     # prices, valuations, state; the demo book's first rebuild took 0.78 s against 0.13-0.22 s
     # for the next ones), so one portfolio's book is built before the clock starts

@@ -50,9 +50,9 @@ import polars as pl
 import transforms  # noqa: F401  (sets the Polars thread affinity first)
 from assets.resources import resources_for
 from assets.state import LEDGER_SHARD_TRADES, current_moment, read_bronze, read_silver
-from transforms.book import BookInputs, build_books
+from transforms.book import BookInputs, book_shards, build_books
 from transforms.lots import build_ledger
-from transforms.shards import SHARD_WORKERS, map_shards, portfolio_shards
+from transforms.shards import SHARD_WORKERS, map_shards
 
 RESULTS = Path(__file__).parent / "results" / "intraday.json"
 SPREADS = (10, 100, 1000)
@@ -180,12 +180,9 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
         touched = new["portfolio_id"].unique().sort()
         inputs = _touched_inputs(lake, touched, new)
         repeat = 3 if inputs.trades.height < 1_000_000 else 1  # whole books: one cold timing
-        shards = portfolio_shards(inputs.trades, LEDGER_SHARD_TRADES)
+        shards = [inputs.for_portfolios(ids) for ids in book_shards(inputs, LEDGER_SHARD_TRADES)]
         compute = _median_time(lambda: _drain(build_books(inputs, moment, shard_rows=LEDGER_SHARD_TRADES)), repeat)
-        ledger = _median_time(lambda: _drain(map_shards(
-            lambda ids: build_ledger(inputs.trades.filter(pl.col("portfolio_id").is_in(ids.implode())),
-                                     inputs.portfolios.filter(pl.col("portfolio_id").is_in(ids.implode()))),
-            shards, SHARD_WORKERS)), repeat)
+        ledger = _median_time(lambda: _drain(map_shards(lambda s: build_ledger(s.trades, s.portfolios), shards, SHARD_WORKERS)), repeat)
         _say(f"apply {trades:,} trades over {touched.len()} portfolios: compute {compute:.3f} s "
              f"(ledger {ledger:.3f} s, {inputs.trades.height:,} trades replayed)")
         if run_up_to is not None and spread > run_up_to:

@@ -35,6 +35,7 @@ import polars as pl
 from assets.analytics import gold_key, gold_table, read_gold
 from assets.publish import ingestion_log_frame
 from assets.resources import LakeResource, PipelineSettings
+from assets.scope import portfolio_filter
 from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
 from transforms.changes import NEUTRAL_OPERATIONS, changed_portfolios
 
@@ -59,9 +60,7 @@ class CheckScope:
 
     def where(self, column: str = "portfolio_id") -> pl.Expr | None:
         """The row filter of the scope (``None``: every row)."""
-        if self.portfolios is None:
-            return None
-        return pl.col(column).is_in(pl.Series(sorted(self.portfolios), dtype=pl.String).implode())
+        return portfolio_filter(self.portfolios, column)
 
     def metadata(self, checked: pl.Series | None = None) -> dict:
         """``scope``, ``portfolios_checked`` and ``portfolios``: for a full scope, the distinct

@@ -248,11 +248,18 @@ def ledger_quarantine(rejected_trades: pl.DataFrame) -> pl.DataFrame:
     return frame.cast(contract.QUARANTINE_SCHEMA)
 
 
+def book_shards(inputs: BookInputs, shard_rows: int) -> list[pl.Series]:
+    """The portfolio shards ``build_books`` builds: ``portfolio_shards`` sized by trades (about
+    ``shard_rows`` each), every portfolio of ``inputs.portfolios`` in exactly one, even one
+    with no trades."""
+    return portfolio_shards(pl.concat([inputs.trades.select("portfolio_id"), inputs.portfolios.select("portfolio_id")]), shard_rows)
+
+
 def build_books(
     inputs: BookInputs, as_of: datetime | None = None, *, shard_rows: int, workers: int = SHARD_WORKERS
 ) -> Iterator[Book]:
-    """``build_book`` shard by shard of portfolios (``portfolio_shards`` of ``inputs.trades``,
-    about ``shard_rows`` trades each), ``workers`` shards at a time; the books in shard order.
+    """``build_book`` shard by shard of portfolios (``book_shards``), ``workers`` shards at a
+    time; the books in shard order.
 
     This is how the pipeline's ledger builds many portfolios (``assets.state``): memory holds a
     few shards, not the whole book, and the prices and fx are prepared once for all shards
@@ -260,8 +267,7 @@ def build_books(
     build share a second core only when fewer shards than workers are built. Every shard is
     described at the same moment: ``as_of``, default ``book_moment(inputs)``."""
     as_of = as_of if as_of is not None else book_moment(inputs)
-    # every portfolio, even one with no trades, in one shard (sized by its trades)
-    ids = portfolio_shards(pl.concat([inputs.trades.select("portfolio_id"), inputs.portfolios.select("portfolio_id")]), shard_rows)
+    ids = book_shards(inputs, shard_rows)
     if len(ids) <= 1:
         yield build_book(inputs, as_of)
         return
