@@ -237,6 +237,27 @@ LOTS_SCHEMA: dict[str, pl.DataType] = {
     "closed_ts": TS,  # when the remaining quantity reached zero, else null
 }
 
+# The ledger's own state, what an intraday build continues from (``transforms.ledger_state``):
+# every OPEN lot with the replay's working fields, and per book (portfolio, instrument, side)
+# what decides whether new trades can continue it.
+LEDGER_STATE_SCHEMA: dict[str, pl.DataType] = {
+    **{c: LOTS_SCHEMA[c] for c in ("portfolio_id", "instrument_id", "lot_id", "position_type", "strategy_id",
+                                   "open_trade_id", "open_ts", "open_price", "original_quantity", "quantity",
+                                   "cost_basis", "wash_sale_adjustment", "holding_start")},
+    "piece": pl.Int32,  # 0 for the lot itself, n for its wash-sale piece "~W<n>"
+    "unit_tax_basis": pl.Float64,  # the HIFO key: tax basis per unit when the lot was made
+    "pieces": pl.Int32,  # wash-sale pieces split off this lot so far (closed ones too)
+    "absorbed_loss": pl.Boolean,  # took a disallowed loss: not a replacement lot again
+}
+
+LEDGER_BOOKS_SCHEMA: dict[str, pl.DataType] = {
+    "portfolio_id": pl.String,
+    "instrument_id": pl.String,
+    "position_type": pl.String,
+    "last_event_ts": TS,  # the latest trade applied or rejected in the book
+    "open_loss_day": pl.Date,  # the latest loss sale with loss shares no replacement took yet
+}
+
 REALIZED_PNL_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "instrument_id": pl.String,

@@ -78,14 +78,14 @@ _NF = 5
 _OSEQ, _SPLIT, _HSTART, _ODAY, _NSPLIT, _USED, _CLOSED, _CLOSED_TS, _ROOT, _NEXT, _TAIL = range(11)
 _NI = 11
 
-# output lots: float fields orig, rem, cost, wadj; integer fields oseq, split, hstart, closed,
-# closed_ts (the book table's rows 0..3 and 0..3 + closed_ts)
-_LF = 4
-_LI = 5
-# output realised rows: take, proceeds, basis, realized, wadj released, disallowed;
-# closing event, lot (output position), holding start
-_R_TAKE, _R_PROCEEDS, _R_BASIS, _R_REALIZED, _R_WADJ, _R_DIS = range(6)
-_RF = 6
+# output lots: float fields orig, rem, cost, wadj, per-unit tax basis (the HIFO key); integer
+# fields oseq, split, hstart, closed, closed_ts, pieces so far, absorbed a loss
+_LF = 5
+_LI = 7
+# output realised rows: take, proceeds, basis, realized, wadj released, disallowed, loss
+# shares matched with replacement shares; closing event, lot (output position), holding start
+_R_TAKE, _R_PROCEEDS, _R_BASIS, _R_REALIZED, _R_WADJ, _R_DIS, _R_MATCHED = range(7)
+_RF = 7
 _R_CSEQ, _R_LOT, _R_HSTART = range(3)
 _RI = 3
 
@@ -256,7 +256,7 @@ def _wider(a: np.ndarray) -> np.ndarray:
     return b
 
 
-def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, *, room=None):
+def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, seed=None, *, room=None):
     """Replay every book; the inputs are per event, in event order (books contiguous).
 
     Inputs: ``bk`` book key (equal for the events of a book, books contiguous); ``is_open``
@@ -265,19 +265,36 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     HIFO 2); ``wash`` (TAXABLE and LONG); ``named``: for a close, the event position of the
     opening trade its ``lot_id`` names (``NO_LOT`` none, -1 not an opening trade of the book).
 
+    ``seed``: continue books from their open lots rather than from their first trade, as
+    ``(is_seed, seed_f, seed_i)``. An event with ``is_seed`` true is not a trade but one open
+    lot (a lot or a wash-sale piece) as an earlier replay left it; a book's seeded events come
+    before its trades, in the order of the replay that made them (event, piece). Per event,
+    ``seed_f`` rows: original quantity, remaining quantity, cost basis, wash-sale adjustment,
+    per-unit tax basis; ``seed_i`` rows: piece number, holding start (day), pieces split off so
+    far, absorbed a loss (0/1), the event position of the first seeded lot of the same opening
+    trade (the lot's ``oseq``: what named lots and pieces refer to). The seeded lots are
+    replayed as that earlier replay held them, so a book continued with trades after all its
+    earlier events equals the whole replay, except where a new BUY falls within the wash-sale
+    window of an earlier loss sale with loss shares not yet matched (the realised rows' matched
+    shares tell; ``transforms.ledger_state`` checks both before continuing).
+
     Returns ``(lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail)``, each cut to
     its filled length: lots (every opened lot and wash-sale piece, in (book, event, piece)
-    order: float rows orig, rem, cost, wadj; integer rows oseq, split, hstart, closed,
-    closed_ts), realised rows (in close event order, then the order the close consumed its
-    lots: float rows take, proceeds, basis, realized, wash-sale adjustment released,
-    disallowed loss; integer rows closing event, lot output position, holding start) and
-    rejected closes (event, code 1 unknown named lot / 2 more than the open quantity, open
-    quantity at that moment).
+    order, a continued book's seeded lots first: float rows orig, rem, cost, wadj, per-unit
+    tax basis; integer rows oseq, split, hstart, closed, closed_ts, pieces split off so far,
+    absorbed a loss), realised rows (in close event order, then the order the close consumed
+    its lots: float rows take, proceeds, basis, realized, wash-sale adjustment released,
+    disallowed loss, loss shares matched with replacement shares; integer rows closing event,
+    lot output position, holding start) and rejected closes (event, code 1 unknown named lot /
+    2 more than the open quantity, open quantity at that moment).
 
     ``room`` sets the first size of every array (default: from the number of events and the
     largest book); the arrays double whenever a book needs more, and that book is replayed.
     """
     n = bk.size
+    if seed is None:
+        seed = (np.zeros(n, np.bool_), np.zeros((5, 1), np.float64), np.zeros((5, 1), np.int64))
+    is_seed, seed_f, seed_i = seed
     if room is None:
         opens = np.bincount(bk[is_open]) if is_open.any() else np.zeros(1, np.int64)
         # wash-sale pieces make lots and realised rows outnumber the events (about 2x in the
@@ -290,8 +307,8 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     b0 = n_lots = n_real = n_rej = 0
     while True:
         b0, n_lots, n_real, n_rej, need = _replay(
-            bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, b0,
-            n_lots, n_real, n_rej, a.lot_f, a.lot_i, a.real_f, a.real_i, a.rej_seq,
+            bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, is_seed, seed_f,
+            seed_i, b0, n_lots, n_real, n_rej, a.lot_f, a.lot_i, a.real_f, a.real_i, a.rej_seq,
             a.rej_code, a.rej_avail, a.F, a.I, a.live, a.order, a.cand, a.cand_rem,
             a.mark, a.out_pos, a.pair_row, a.pair_cand, a.pair_m,
         )
@@ -307,8 +324,8 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
 # nogil: shards are built on threads (transforms.shards.map_shards); this loop is most of a
 # shard's single-threaded time, so it must not hold the GIL
 @njit(cache=True, nogil=True)
-def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, start,
-            n_lots, n_real, n_rej, lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail,
+def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, is_seed, seed_f,
+            seed_i, start, n_lots, n_real, n_rej, lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail,
             F, I, live, order, cand, cand_rem, mark, out_pos, pair_row, pair_cand, pair_m):
     """Replay the books from event ``start`` on, appending to the output arrays after their
     first ``n_lots``, ``n_real``, ``n_rej`` entries (see ``replay_books``). Returns
@@ -333,13 +350,21 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
             n_open += is_open[e]
         if n_open >= cap:
             return b0, lots0, real0, rej0, _NEED_BOOK
-        # the book's lots: one per opening trade, in event order
+        # the book's lots: one per opening trade, in event order; a seeded lot as it was left
+        # (seeded events lead the book, so lot ``e - b0`` is event ``e``'s)
         nl = 0
         for e in range(b0, b1):
             if is_open[e]:
-                q = qty[e]
-                cost = q * price[e] + fees[e] if is_long[e] else q * price[e] - fees[e]
-                _set_lot(F, I, nl, q, cost, 0.0, e, 0, day[e], day[e], 0, nl)
+                if is_seed[e]:
+                    _set_lot(F, I, nl, seed_f[0, e], seed_f[2, e], seed_f[3, e], seed_i[4, e], seed_i[0, e],
+                             seed_i[1, e], day[e], seed_i[3, e], seed_i[4, e] - b0)
+                    F[_REM, nl] = seed_f[1, e]
+                    F[_PTB, nl] = seed_f[4, e]
+                    I[_NSPLIT, nl] = seed_i[2, e]
+                else:
+                    q = qty[e]
+                    cost = q * price[e] + fees[e] if is_long[e] else q * price[e] - fees[e]
+                    _set_lot(F, I, nl, q, cost, 0.0, e, 0, day[e], day[e], 0, nl)
                 nl += 1
         n_orig = nl
         book_real0 = n_real
@@ -464,6 +489,7 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
                 real_f[_R_REALIZED, n_real] = proceeds - basis
                 real_f[_R_WADJ, n_real] = wadj_rel
                 real_f[_R_DIS, n_real] = 0.0
+                real_f[_R_MATCHED, n_real] = 0.0
                 real_i[_R_CSEQ, n_real] = e
                 real_i[_R_LOT, n_real] = j  # the book-table index until the book ends
                 real_i[_R_HSTART, n_real] = I[_HSTART, j]
@@ -557,6 +583,7 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
                     loss = -(real_f[_R_REALIZED, r] - real_f[_R_WADJ, r])
                     dis = loss * mq / real_f[_R_TAKE, r]
                     real_f[_R_DIS, r] += dis
+                    real_f[_R_MATCHED, r] += mq
                     new_hstart = I[_HSTART, j] - (d - real_i[_R_HSTART, r])
                     if full and u == p_end - 1:  # the last piece stays in the lot
                         if in_live and hifo:  # its key changes below: out of place for now
@@ -620,6 +647,8 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
                 lot_i[2, n_lots] = I[_HSTART, j]
                 lot_i[3, n_lots] = I[_CLOSED, j]
                 lot_i[4, n_lots] = I[_CLOSED_TS, j]
+                lot_i[5, n_lots] = I[_NSPLIT, j]
+                lot_i[6, n_lots] = I[_USED, j]
                 out_pos[j] = n_lots
                 n_lots += 1
                 j = I[_NEXT, j]

@@ -36,6 +36,8 @@ import polars as pl
 
 from transforms.contract import (
     LANDING_SCHEMAS,
+    LEDGER_BOOKS_SCHEMA,
+    LEDGER_STATE_SCHEMA,
     LOT_METHODS,
     LOTS_SCHEMA,
     REALIZED_PNL_SCHEMA,
@@ -43,7 +45,7 @@ from transforms.contract import (
     TRADE_SIDES,
     TS,
 )
-from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, replay_books
+from transforms.lot_kernel import EPS, FIFO, HIFO, LIFO, NO_LOT, replay_books
 from transforms.ordering import order_by_key_then, time_offsets
 from transforms.prices import codes
 from transforms.shards import InPlace, run_shared
@@ -74,13 +76,18 @@ class RowCodes:
 class Ledger:
     """The result of :func:`build_ledger`.
 
-    lots: ``LOTS_SCHEMA``; every lot ever opened (OPEN and CLOSED), including wash-sale pieces.
+    lots: ``LOTS_SCHEMA``; every lot ever opened (OPEN and CLOSED), including wash-sale pieces;
+        continued from a ``seed``, the seeded lots as they are now and the new lots.
     realized_pnl: ``REALIZED_PNL_SCHEMA``; one row per (closing trade, lot) match.
     accepted_trades: the input trades that were applied (input columns, input dtypes).
     rejected_trades: the input rows that were not applied, plus a ``reason`` String column.
     realized_codes: the portfolio and instrument of each realised row as integer codes.
     accepted_codes: the same of each accepted trade.
     lot_codes: the same of each lot.
+    state: ``LEDGER_STATE_SCHEMA``; the OPEN lots with the replay's working fields (what a
+        later build continues from).
+    books: ``LEDGER_BOOKS_SCHEMA``; per book replayed, its last event and the latest loss sale
+        with loss shares not yet matched (seeded events count as events).
     """
 
     lots: pl.DataFrame
@@ -90,13 +97,17 @@ class Ledger:
     realized_codes: RowCodes
     accepted_codes: RowCodes
     lot_codes: RowCodes
+    state: pl.DataFrame
+    books: pl.DataFrame
 
 
 _METHOD_CODE = {"FIFO": FIFO, "LIFO": LIFO, "HIFO": HIFO}
 
 
-def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Executor | None = None) -> Ledger:
-    """Build the lot ledger of ``trades``.
+def build_ledger(
+    trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Executor | None = None, seed: pl.DataFrame | None = None
+) -> Ledger:
+    """Build the lot ledger of ``trades``, or continue it from ``seed``.
 
     Inputs:
         trades: at least the ``LANDING_SCHEMAS["trades"]`` columns (``fees``, ``lot_id`` and
@@ -106,6 +117,12 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Ex
             (FIFO/LIFO/HIFO).
         executor: where part of the output frames is built while the caller's thread builds
             the lots (default: all on the caller's thread).
+        seed: ``LEDGER_STATE_SCHEMA`` rows, the open lots of an earlier ledger (its ``state``)
+            that ``trades`` continue; every trade of a seeded book must come after all the
+            events of the ledger the seed came from, and trade ids must not repeat its ones
+            (``transforms.ledger_state.continue_ledger`` checks this and the wash-sale rule's
+            look-back before calling). Then the outputs hold the seeded lots as they are now,
+            the new lots, and the new realised rows, accepted and rejected trades.
     Output: a :class:`Ledger`. It does not depend on the input row order: lots and realised
     rows are ordered by portfolio, instrument, LONG before SHORT, then event order; accepted
     trades in event order per (portfolio, instrument, side of book); rejected trades by
@@ -142,23 +159,53 @@ def build_ledger(trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Ex
           sales are not subject to wash-sale processing). taxable_pnl = realized_pnl -
           wash_sale_adjustment + disallowed_loss, with disallowed_loss >= 0.
     """
+    n_seed = 0
+    if seed is not None and seed.height:
+        # the seeded lots lead the frame as opening "trades" of their open trade, in replay
+        # order, so the strings of their output rows are gathered like any trade's
+        seed = seed.sort("portfolio_id", "instrument_id", "position_type", "open_ts", "open_trade_id", "piece")
+        n_seed = seed.height
+        seeded = _seed_rows(seed, trades.schema)
+        columns = [*trades.columns, *(c for c in seeded.columns if c not in trades.columns)]
+        trades = pl.concat([seeded, trades], how="diagonal").select(columns)
     # one chunk: gathers by row index over a many-chunk frame (e.g. concatenated shards) cost
     # several times the copy, and the output is gathered from these columns
     orig = trades.with_row_index("_r").rechunk()
-    checked, reasons, portfolio_ids = _validate(orig, portfolios)
-    ev = _events(checked, portfolio_ids)
+    checked, reasons, portfolio_ids = _validate(orig, portfolios, n_seed)
+    ev = _events(checked, portfolio_ids, seed if n_seed else None)
     executor = executor or InPlace()
     return _assemble(orig, reasons, ev, _replay(ev, executor), executor)
+
+
+def _seed_rows(seed: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
+    """The seeded lots as opening trades (``trades``' column types): their open trade's id,
+    time, price and strategy; quantity the lot's original quantity (any positive value would
+    do: the kernel takes the lot from the seed)."""
+    frame = seed.select(
+        trade_id=pl.col("open_trade_id"),
+        portfolio_id="portfolio_id",
+        instrument_id="instrument_id",
+        trade_ts=pl.col("open_ts"),
+        side=pl.when(pl.col("position_type") == "LONG").then(pl.lit("BUY")).otherwise(pl.lit("SELL_SHORT")),
+        quantity="original_quantity",
+        price="open_price",
+        fees=pl.lit(0.0),
+        strategy_id="strategy_id",
+    )
+    return frame.cast({c: schema[c] for c in frame.columns if c in schema})
 
 
 # --- preparation ------------------------------------------------------------------------------
 
 
 def _validate(
-    orig: pl.DataFrame, portfolios: pl.DataFrame
+    orig: pl.DataFrame, portfolios: pl.DataFrame, n_seed: int = 0
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series]:
     """(typed working columns of the rows that may apply, ``_r, reason`` of those that never
     can, the sorted distinct portfolio ids ``_p`` codes into).
+
+    The first ``n_seed`` rows are seeded lots (``build_ledger``): a lot and its pieces share
+    their open trade's id, so they are not duplicates; a trade repeating one is.
 
     The valid rows carry the portfolio's code in name order (``_p``), its lot method code
     (``_mcode``) and ``_taxable``.
@@ -200,11 +247,11 @@ def _validate(
     )
 
     # duplicate ids: a sort of 64-bit hashes finds candidates cheaply; strings decide
-    h = np.sort(t.get_column("trade_id").hash().to_numpy())  # numpy's sort: a third of polars' here
-    if (h[1:] == h[:-1]).any():
-        dup = pl.col("trade_id").is_duplicated()
-    else:
-        dup = pl.lit(False)
+    h = np.sort(t.get_column("trade_id").slice(n_seed).hash().to_numpy())  # numpy's sort: a third of polars' here
+    repeats = bool((h[1:] == h[:-1]).any())
+    if n_seed:  # a trade repeating a seeded lot's open trade id
+        repeats = repeats or bool(np.isin(h, t.get_column("trade_id").head(n_seed).hash().to_numpy()).any())
+    dup = (pl.col("trade_id").is_duplicated() & (pl.col("_r") >= n_seed)) if repeats else pl.lit(False)
 
     def bad(cond: pl.Expr) -> pl.Expr:  # a null comparison counts as bad
         return cond.fill_null(True)
@@ -229,6 +276,10 @@ def _validate(
         code = code.when(cond).then(pl.lit(i, pl.Int8))
     t = t.with_columns(_code=code.otherwise(pl.lit(0, pl.Int8)))
     portfolio_ids = pf.get_column("portfolio_id")
+    if n_seed and (t.get_column("_code").head(n_seed) > 0).any():
+        bad = t.head(n_seed).filter(pl.col("_code") > 0).row(0, named=True)
+        raise ValueError(f"seeded lot of open trade {bad['trade_id']} (portfolio {bad['portfolio_id']}) is not valid: "
+                         "its portfolio is unknown or no longer valid, or the seed was edited; rebuild the ledger in full")
     if t.get_column("_code").sum() == 0:
         return t, pl.DataFrame(schema={"_r": pl.UInt32, "reason": pl.String}), portfolio_ids
     bad_rows = t.filter(pl.col("_code") > 0)
@@ -258,7 +309,8 @@ class _Events:
     code; ``wash``: TAXABLE and LONG; ``named``: for a close naming a ``lot_id``, the event
     position of that opening trade (-1 when it is not an opening trade of the book), else
     ``NO_LOT``; ``pair``: portfolio code * number of instruments + instrument code, codes into
-    ``portfolio_ids`` and ``instrument_ids`` (see ``codes``).
+    ``portfolio_ids`` and ``instrument_ids`` (see ``codes``); ``seed``: the kernel's seed
+    arrays (``replay_books``), None when nothing is seeded.
     """
 
     row: np.ndarray
@@ -276,6 +328,12 @@ class _Events:
     pair: np.ndarray
     portfolio_ids: pl.Series
     instrument_ids: pl.Series
+    seed: tuple | None = None
+
+    @property
+    def is_seed(self) -> np.ndarray:
+        """Per event: a seeded lot, not a trade."""
+        return self.seed[0] if self.seed is not None else np.zeros(self.bk.size, np.bool_)
 
     def codes(self, events: np.ndarray) -> RowCodes:
         """The portfolio and instrument codes of the events at positions ``events``."""
@@ -287,10 +345,13 @@ class _Events:
 _US_PER_DAY = 86_400_000_000
 
 
-def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
+def _events(t: pl.DataFrame, portfolio_ids: pl.Series, seed: pl.DataFrame | None = None) -> _Events:
     """The valid trades ``t`` (from ``_validate``, portfolios coded into ``portfolio_ids``) in
-    event order; strings stay in the input, found by ``row``."""
+    event order; strings stay in the input, found by ``row``. With a ``seed`` (sorted in
+    replay order), ``t``'s first ``seed.height`` rows are its lots, which lead their books in
+    that order."""
     n = t.height
+    n_seed = seed.height if seed is not None else 0
     side = t.get_column("side")
     is_long = ((side == "BUY") | (side == "SELL")).to_numpy()
     is_open = ((side == "BUY") | (side == "SELL_SHORT")).to_numpy()
@@ -302,11 +363,15 @@ def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
     # one integer sort key (pair, side of book, time, closes after opens) when it fits in 63
     # bits, exact ties (rare) ordered by trade_id; else a sort on the columns. Trades usually
     # arrive in time order: then the time is its rank among the distinct times (a running
-    # count), which keeps the key of a large book (years in microseconds, many pairs) packed
-    if n and bool((ts[1:] >= ts[:-1]).all()):
-        tk = np.cumsum(np.append(0, ts[1:] != ts[:-1])) * 2 + ~is_open
+    # count), which keeps the key of a large book (years in microseconds, many pairs) packed.
+    # Seeded lots come first in their book, in their (replay) order: keys 0..n_seed-1
+    tt, t_open = ts[n_seed:], is_open[n_seed:]
+    if tt.size and bool((tt[1:] >= tt[:-1]).all()):
+        tk = np.cumsum(np.append(0, tt[1:] != tt[:-1])) * 2 + ~t_open
     else:
-        tk = time_offsets(ts) * 2 + ~is_open if n else ts
+        tk = time_offsets(tt) * 2 + ~t_open if tt.size else tt
+    if n_seed:
+        tk = np.concatenate([np.arange(n_seed), tk + n_seed])
     book = pair * 2 + ~is_long
     span = int(tk.max()) + 1 if n else 1
     if n and (int(book.max()) + 1) < (2**62) // span:
@@ -337,7 +402,7 @@ def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
         opens = pl.DataFrame(
             {"lot_id": trade_id.gather(order[open_pos]), "_nseq": open_pos,
              "_nbk": bk[open_pos]}
-        )
+        ).unique("lot_id", keep="first", maintain_order=True)  # a seeded lot's pieces: its first event
         resolved = (
             pl.DataFrame({"lot_id": wanted, "seq": named_pos, "_bk": bk[named_pos]})
             .join(opens, on="lot_id", how="left", maintain_order="left")
@@ -354,8 +419,10 @@ def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
     def column(name: str, dtype) -> np.ndarray:
         return t.get_column(name).to_numpy().astype(dtype, copy=False)[order]
 
+    row = column("_r", np.int64)
+
     return _Events(
-        row=column("_r", np.int64),
+        row=row,
         bk=bk.astype(np.int64),
         is_open=o_open,
         is_long=o_long,
@@ -370,7 +437,31 @@ def _events(t: pl.DataFrame, portfolio_ids: pl.Series) -> _Events:
         pair=o_pair,
         portfolio_ids=portfolio_ids,
         instrument_ids=instrument_ids,
+        seed=_seed_arrays(seed, row) if n_seed else None,
     )
+
+
+def _seed_arrays(seed: pl.DataFrame, row: np.ndarray) -> tuple:
+    """The kernel's ``(is_seed, seed_f, seed_i)`` per event from the ``seed`` lots, which are
+    input rows ``0..seed.height-1`` (``row``: each event's input row, every seeded row among
+    them)."""
+    n_seed, n = seed.height, row.size
+    is_seed = row < n_seed
+    at = row[is_seed]  # the seed row of each seeded event, in event order
+    event_of = np.empty(n_seed, np.int64)
+    event_of[at] = np.flatnonzero(is_seed)
+    # a lot's pieces refer to the first seeded lot of their open trade (rows sorted by it)
+    first_row = seed.with_row_index("_i").select(pl.col("_i").min().over("open_trade_id")).to_series().to_numpy()
+    seed_f = np.zeros((5, n), np.float64)
+    for k, c in enumerate(("original_quantity", "quantity", "cost_basis", "wash_sale_adjustment", "unit_tax_basis")):
+        seed_f[k, is_seed] = seed.get_column(c).to_numpy()[at]
+    seed_i = np.zeros((5, n), np.int64)
+    seed_i[0, is_seed] = seed.get_column("piece").to_numpy()[at]
+    seed_i[1, is_seed] = seed.get_column("holding_start").to_physical().to_numpy()[at]
+    seed_i[2, is_seed] = seed.get_column("pieces").to_numpy()[at]
+    seed_i[3, is_seed] = seed.get_column("absorbed_loss").to_numpy()[at]
+    seed_i[4, is_seed] = event_of[first_row[at]]
+    return is_seed, seed_f, seed_i
 
 
 SPLIT_EVENTS = 20_000  # fewer events than this are replayed in one piece
@@ -392,7 +483,7 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
     n = ev.bk.size
     book_starts = np.flatnonzero(ev.bk[1:] != ev.bk[:-1]) + 1 if n >= SPLIT_EVENTS else np.empty(0, np.int64)
     if isinstance(executor, InPlace) or book_starts.size == 0:
-        return replay_books(*cols, ev.named)
+        return replay_books(*cols, ev.named, ev.seed)
     # the book start nearest after each k/REPLAY_PARTS of the events
     targets = np.arange(1, REPLAY_PARTS) * n // REPLAY_PARTS
     cuts = np.unique(book_starts[np.minimum(np.searchsorted(book_starts, targets), book_starts.size - 1)])
@@ -401,7 +492,13 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
 
     def replay_part(a: int, b: int) -> tuple:
         named = ev.named[a:b]
-        return replay_books(*(c[a:b] for c in cols), np.where(named >= 0, named - a, named))
+        seed = None
+        if ev.seed is not None:  # event positions shift to the part's
+            is_seed, seed_f, seed_i = ev.seed
+            seed_i = seed_i[:, a:b].copy()
+            seed_i[4] -= a
+            seed = (is_seed[a:b], seed_f[:, a:b], seed_i)
+        return replay_books(*(c[a:b] for c in cols), np.where(named >= 0, named - a, named), seed)
 
     results = run_shared([partial(replay_part, a, b) for a, b in parts], executor)
     lots_before = np.cumsum([0] + [r[0].shape[1] for r in results[:-1]])
@@ -524,6 +621,54 @@ def _assemble(
     return Ledger(
         lots=lots_frame, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
         realized_codes=built[-2], accepted_codes=accepted_codes, lot_codes=built[-1],
+        state=_open_state(lots_frame, lot_f, lot_i), books=_books(ev, real_f, real_i),
+    )
+
+
+def _open_state(lots: pl.DataFrame, lot_f: np.ndarray, lot_i: np.ndarray) -> pl.DataFrame:
+    """``LEDGER_STATE_SCHEMA``: the OPEN lots with the kernel's working fields."""
+    at = np.flatnonzero(lot_f[1] > 0)
+    return (
+        lots[pl.Series(at)]
+        .with_columns(
+            piece=pl.Series(lot_i[1][at], dtype=pl.Int32),
+            unit_tax_basis=pl.Series(lot_f[4][at]),
+            pieces=pl.Series(lot_i[5][at], dtype=pl.Int32),
+            absorbed_loss=pl.Series(lot_i[6][at].astype(np.bool_)),
+        )
+        .select(list(LEDGER_STATE_SCHEMA))
+    )
+
+
+def _books(ev: _Events, real_f: np.ndarray, real_i: np.ndarray) -> pl.DataFrame:
+    """``LEDGER_BOOKS_SCHEMA``: per book, the time of its last event and the day of its latest
+    loss sale (wash-sale rule applies, ``lot_kernel``) with loss shares left unmatched.
+
+    A loss row counts as unmatched when its matched shares fall short of its quantity by more
+    than half the kernel's pairing tolerance (``EPS`` x quantity): a later BUY in its window
+    would then take some of it, so the book cannot be continued past that BUY."""
+    n = ev.bk.size
+    starts = np.flatnonzero(np.append(True, ev.bk[1:] != ev.bk[:-1])) if n else np.empty(0, np.int64)
+    cseq = real_i[0]
+    take, basis, realized, wadj, matched = real_f[0], real_f[2], real_f[3], real_f[4], real_f[6]
+    unmatched = (
+        ev.wash[cseq] & (realized - wadj < -EPS * (basis + wadj)) & (take - matched > 0.5 * EPS * take)
+    )
+    loss_day = np.full(starts.size, np.iinfo(np.int64).min)
+    book_of = np.searchsorted(starts, cseq[unmatched], side="right") - 1
+    np.maximum.at(loss_day, book_of, ev.day[cseq[unmatched]])
+    codes = ev.codes(starts)
+    return pl.DataFrame(
+        {
+            "portfolio_id": codes.portfolio_ids.gather(pl.Series(codes.portfolio)),
+            "instrument_id": codes.instrument_ids.gather(pl.Series(codes.instrument)),
+            "position_type": _sides(ev.is_long[starts]),
+            "last_event_ts": _times(np.maximum.reduceat(ev.ts, starts) if n else ev.ts),
+            "open_loss_day": _dates(np.where(loss_day == np.iinfo(np.int64).min, 0, loss_day)).set(
+                pl.Series(loss_day == np.iinfo(np.int64).min), None
+            ),
+        },
+        schema=LEDGER_BOOKS_SCHEMA,
     )
 
 
@@ -603,6 +748,8 @@ def _accepted_and_rejected(
     )
     # accepted: the input rows in event order (a plain gather of the one-chunk input)
     acc_seq = np.delete(np.arange(ev.row.size), rej_seq) if n_rej else np.arange(ev.row.size)
+    if ev.seed is not None:  # seeded lots are not trades
+        acc_seq = acc_seq[~ev.is_seed[acc_seq]]
     accepted = orig.drop("_r")[pl.Series(ev.row[acc_seq])]
 
     reasons = pl.concat([reasons.with_columns(pl.col("_r").cast(pl.UInt32)), ledger_reasons])
