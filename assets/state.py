@@ -38,6 +38,8 @@ SILVER_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "realized_pnl": contract.REALIZED_PNL_SCHEMA,
     # the quarantine rows, with the portfolio: the incremental build replaces them by portfolio
     "ledger_rejections": {**contract.QUARANTINE_SCHEMA, "portfolio_id": pl.String},
+    "ledger_state": contract.LEDGER_STATE_SCHEMA,
+    "ledger_books": contract.LEDGER_BOOKS_SCHEMA,
     "cash_ledger": contract.CASH_LEDGER_SCHEMA,
     "positions": contract.POSITIONS_SCHEMA,
     "daily_valuations": contract.DAILY_VALUATIONS_SCHEMA,
@@ -153,6 +155,11 @@ LEDGER_OUTPUTS = {
     "loss, term (SHORT <= 1 year < LONG).",
     "ledger_rejections": "Trades the ledger refused (a SELL beyond the long quantity, a cover beyond "
     "the short, an unknown lot), as quarantine rows with the reason.",
+    "ledger_state": "The ledger's working state: every open lot with its per-unit tax basis (the HIFO "
+    "key), wash-sale piece count and absorbed-loss flag; what a later build continues from "
+    "(transforms.ledger_state).",
+    "ledger_books": "Per book (portfolio, instrument, side): its last event and its latest loss sale "
+    "with loss shares not yet matched, which decide whether new trades continue the book or replay it.",
 }
 
 
@@ -196,7 +203,7 @@ def _ledger_tables(result, run_id: str) -> list[tuple[str, pl.DataFrame]]:
         pl.lit(run_id).alias("run_id"), result.rejected_trades["portfolio_id"].cast(pl.String).alias("portfolio_id")
     )
     return [("trades", result.accepted_trades), ("lots", result.lots), ("realized_pnl", result.realized_pnl),
-            ("ledger_rejections", rejections)]
+            ("ledger_rejections", rejections), ("ledger_state", result.state), ("ledger_books", result.books)]
 
 
 def _sharded_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings, scope: Scope):

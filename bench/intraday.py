@@ -17,6 +17,12 @@ Figures, measured in one process (wall times, ``time.perf_counter``):
     the pipeline's ledger builds them), median of 3 after one warm-up (one cold timing when
     over a million trades are replayed), with the ledger's share (``ledger_s``), the history
     replayed (``trades_replayed``) and the number of shards;
+  - ``continued``: the ledger continued from its stored open lots (``silver/ledger_state``,
+    ``transforms.ledger_state``; not yet what the pipeline's intraday ledger does): how many
+    of the touched portfolios ``replay_needed`` sends to a whole replay (``replayed``, split by
+    rule: a trade at or before its book's last event, a BUY after an open loss sale), the
+    time to continue the others (``continue_s``) and to replay those (``replay_s``), median
+    of 3 after a warm-up;
   - ``run_s``: the ``intraday`` job run in process on the landed file (ingest, the touched
     portfolios' state and drift, their decisions and recommendations, outbox, warehouse),
     with each step's time (``steps_s``).
@@ -49,8 +55,9 @@ import polars as pl
 
 import transforms  # noqa: F401  (sets the Polars thread affinity first)
 from assets.resources import resources_for
-from assets.state import LEDGER_SHARD_TRADES, current_moment, read_bronze, read_silver
+from assets.state import LEDGER_SHARD_TRADES, current_moment, read_bronze, read_silver, silver_table
 from transforms.book import BookInputs, book_shards, build_books
+from transforms.ledger_state import continue_ledger, replay_needed
 from transforms.lots import build_ledger
 from transforms.shards import SHARD_WORKERS, map_shards
 
@@ -150,6 +157,27 @@ def _median_time(fn, repeat: int = 3) -> float:
     return float(np.median(times))
 
 
+def _continued(lake, inputs: BookInputs, new: pl.DataFrame, touched: pl.Series) -> dict:
+    """The ``continued`` figures of ``bench_apply`` (module docstring), or a note when the
+    lake holds no ledger state yet (built before the ledger kept it)."""
+    if lake.version(silver_table("ledger_state")) is None:
+        return {"note": "no silver/ledger_state in this lake: run `portfolio run` with this version first"}
+    where = pl.col("portfolio_id").is_in(touched.implode())
+    state, books = read_silver(lake, "ledger_state", where=where), read_silver(lake, "ledger_books", where=where)
+    new = new.with_columns(pl.col("trade_ts").str.to_datetime(time_zone="UTC", time_unit="us"), pl.col("settle_date").str.to_date())
+    redo = replay_needed(new, books)
+    early = replay_needed(new, books.with_columns(pl.lit(None, pl.Date).alias("open_loss_day")))
+    keep = ~pl.col("portfolio_id").is_in(redo.implode())
+    replay = inputs.for_portfolios(redo)
+    shards = [replay.for_portfolios(ids) for ids in book_shards(replay, LEDGER_SHARD_TRADES)] if redo.len() else []
+    cont = _median_time(lambda: continue_ledger(new.filter(keep), inputs.portfolios, state))
+    full = _median_time(lambda: _drain(map_shards(lambda s: build_ledger(s.trades, s.portfolios), shards, SHARD_WORKERS)),
+                        3 if replay.trades.height < 1_000_000 else 1)
+    return {"portfolios": touched.len(), "replayed": redo.len(), "replayed_trade_before_last_event": early.len(),
+            "replayed_buy_after_open_loss": redo.len() - early.len(), "seeded_lots": state.filter(keep).height,
+            "continue_s": round(cont, 4), "replay_s": round(full, 4), "replay_trades": replay.trades.height}
+
+
 def _run_intraday(data_dir: Path) -> dict:
     import dagster as dg
 
@@ -185,6 +213,8 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
         ledger = _median_time(lambda: _drain(map_shards(lambda s: build_ledger(s.trades, s.portfolios), shards, SHARD_WORKERS)), repeat)
         _say(f"apply {trades:,} trades over {touched.len()} portfolios: compute {compute:.3f} s "
              f"(ledger {ledger:.3f} s, {inputs.trades.height:,} trades replayed)")
+        continued = _continued(lake, inputs, new, touched)
+        _say(f"  ledger continued from its open lots: {continued}")
         if run_up_to is not None and spread > run_up_to:
             run = {"run_s": None, "note": f"the intraday job was not run on this file (run_up_to={run_up_to})"}
         else:
@@ -194,7 +224,8 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
             _say(f"  intraday run: {run['run_s']:.1f} s, success {run['success']}")
         figures[str(spread)] = {
             "portfolios": touched.len(), "trades": new.height, "trades_replayed": inputs.trades.height,
-            "shards": len(shards), "compute_s": round(compute, 4), "ledger_s": round(ledger, 4), **run,
+            "shards": len(shards), "compute_s": round(compute, 4), "ledger_s": round(ledger, 4),
+            "continued": continued, **run,
         }
     return figures
 
