@@ -656,7 +656,9 @@ def _books(ev: _Events, real_f: np.ndarray, real_i: np.ndarray) -> pl.DataFrame:
     )
     loss_day = np.full(starts.size, np.iinfo(np.int64).min)
     book_of = np.searchsorted(starts, cseq[unmatched], side="right") - 1
-    np.maximum.at(loss_day, book_of, ev.day[cseq[unmatched]])
+    # rows come in event order, so a book's latest is its last row (``np.maximum.at`` is slow)
+    last = np.flatnonzero(np.append(book_of[1:] != book_of[:-1], True)) if book_of.size else book_of
+    loss_day[book_of[last]] = ev.day[cseq[unmatched]][last]
     codes = ev.codes(starts)
     return pl.DataFrame(
         {
