@@ -40,6 +40,7 @@ SILVER_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "ledger_rejections": {**contract.QUARANTINE_SCHEMA, "portfolio_id": pl.String},
     "ledger_state": contract.LEDGER_STATE_SCHEMA,
     "ledger_books": contract.LEDGER_BOOKS_SCHEMA,
+    "ledger_open_losses": contract.LEDGER_OPEN_LOSSES_SCHEMA,
     "cash_ledger": contract.CASH_LEDGER_SCHEMA,
     "positions": contract.POSITIONS_SCHEMA,
     "daily_valuations": contract.DAILY_VALUATIONS_SCHEMA,
@@ -158,8 +159,10 @@ LEDGER_OUTPUTS = {
     "ledger_state": "The ledger's working state: every open lot with its per-unit tax basis (the HIFO "
     "key), wash-sale piece count and absorbed-loss flag; what a later build continues from "
     "(transforms.ledger_state).",
-    "ledger_books": "Per book (portfolio, instrument, side): its last event and its latest loss sale "
-    "with loss shares not yet matched, which decide whether new trades continue the book or replay it.",
+    "ledger_books": "Per book (portfolio, instrument, side): its last event; new trades after it "
+    "continue the book, earlier ones replay its portfolio (transforms.ledger_state).",
+    "ledger_open_losses": "Loss rows of the last 30 days' sales whose loss no replacement shares have "
+    "taken yet: a later BUY in the window takes it (wash-sale rule) when the ledger is continued.",
 }
 
 
@@ -197,13 +200,14 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
 
 
 def _ledger_tables(result, run_id: str) -> list[tuple[str, pl.DataFrame]]:
-    """The four silver tables of a ledger result, its rejected trades as quarantine rows of
-    this run with their portfolio."""
+    """The silver tables of a ledger result (``LEDGER_OUTPUTS``), its rejected trades as
+    quarantine rows of this run with their portfolio."""
     rejections = ledger_quarantine(result.rejected_trades).with_columns(
         pl.lit(run_id).alias("run_id"), result.rejected_trades["portfolio_id"].cast(pl.String).alias("portfolio_id")
     )
     return [("trades", result.accepted_trades), ("lots", result.lots), ("realized_pnl", result.realized_pnl),
-            ("ledger_rejections", rejections), ("ledger_state", result.state), ("ledger_books", result.books)]
+            ("ledger_rejections", rejections), ("ledger_state", result.state), ("ledger_books", result.books),
+            ("ledger_open_losses", result.open_losses)]
 
 
 def _sharded_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings, scope: Scope):

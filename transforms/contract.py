@@ -255,7 +255,21 @@ LEDGER_BOOKS_SCHEMA: dict[str, pl.DataType] = {
     "instrument_id": pl.String,
     "position_type": pl.String,
     "last_event_ts": TS,  # the latest trade applied or rejected in the book
-    "open_loss_day": pl.Date,  # the latest loss sale with loss shares no replacement took yet
+}
+
+# Loss rows (LONG, wash-sale rule applies) whose sale still has loss shares no replacement took,
+# and whose sale is within 30 days of its book's last event: a later BUY takes them
+# (``transforms.lot_kernel``, "Matching"); the realised row is keyed by trade_id and lot_id
+LEDGER_OPEN_LOSSES_SCHEMA: dict[str, pl.DataType] = {
+    **{c: pl.String for c in ("portfolio_id", "instrument_id", "trade_id", "lot_id")},
+    "close_ts": TS,
+    "quantity": pl.Float64,
+    "realized_pnl": pl.Float64,
+    "wash_sale_adjustment": pl.Float64,
+    "disallowed_loss": pl.Float64,
+    "holding_start": pl.Date,
+    "loss_shares_before": pl.Float64,  # the sale's loss shares ahead of this row's
+    "replacement_shares_paired": pl.Float64,  # replacement shares the sale's loss took so far
 }
 
 REALIZED_PNL_SCHEMA: dict[str, pl.DataType] = {

@@ -82,12 +82,18 @@ _NI = 11
 # fields oseq, split, hstart, closed, closed_ts, pieces so far, absorbed a loss
 _LF = 5
 _LI = 7
-# output realised rows: take, proceeds, basis, realized, wadj released, disallowed, loss
-# shares matched with replacement shares; closing event, lot (output position), holding start
-_R_TAKE, _R_PROCEEDS, _R_BASIS, _R_REALIZED, _R_WADJ, _R_DIS, _R_MATCHED = range(7)
-_RF = 7
+# output realised rows: take, proceeds, basis, realized, wadj released, disallowed; for a loss
+# row of a wash-sale book, the sale's loss shares before it (NaN: not a loss row) and the
+# replacement shares its sale was paired with (+inf: more were left than its loss); closing
+# event, lot (output position), holding start
+_R_TAKE, _R_PROCEEDS, _R_BASIS, _R_REALIZED, _R_WADJ, _R_DIS, _R_LOSS_BEFORE, _R_PAIRED = range(8)
+_RF = 8
 _R_CSEQ, _R_LOT, _R_HSTART = range(3)
 _RI = 3
+# an open loss row of the seed (``replay_books``): float fields take, realized, wadj released,
+# loss shares before it, replacement shares its sale was paired with, disallowed so far
+_P_TAKE, _P_REALIZED, _P_WADJ, _P_LOSS_BEFORE, _P_PAIRED, _P_DIS = range(6)
+_PF = 6
 
 
 @njit(cache=True)
@@ -196,6 +202,123 @@ def _compact(live, head, tail, F):
     return k
 
 
+@njit(cache=True)
+def _pair_losses(take, loss_before, r0, r1, cand_rem, nc, c_start, pair_row, pair_cand, pair_m):
+    """Pair the loss shares of rows ``r0..r1-1`` (a row's shares are ``(a0, a0 + take]`` with
+    ``a0 = loss_before[r]``; NaN: not a loss row) with the replacement shares of candidates
+    ``0..nc-1`` (``(c0, c0 + cand_rem]``, from ``c_start`` on), by overlap: both sequences are
+    cumulative, so the pairs form a staircase in (candidate, loss) order. Returns
+    ``(pairs, paired)``: the number of pairs written to ``pair_*`` (-1: no room), and the
+    replacement shares paired when the candidates ran out (+inf when some were left over)."""
+    n_pairs = 0
+    t = 0
+    c0 = c_start
+    for r in range(r0, r1):
+        a0 = loss_before[r]
+        if a0 != a0:
+            continue
+        take_s = take[r]
+        a1 = a0 + take_s
+        while t < nc:
+            c1 = c0 + cand_rem[t]
+            mq = min(a1, c1) - max(a0, c0)
+            if mq > EPS * take_s:
+                if n_pairs == pair_row.size:
+                    return -1, 0.0
+                pair_row[n_pairs] = r
+                pair_cand[n_pairs] = t
+                pair_m[n_pairs] = mq
+                n_pairs += 1
+            if c1 > a1:  # this lot goes on past the loss: the next loss starts here
+                break
+            t += 1
+            c0 = c1
+    return n_pairs, (c0 if t == nc else np.inf)
+
+
+@njit(cache=True)
+def _apply_pairs(n_pairs, pair_row, pair_cand, pair_m, cand, r_take, r_realized, r_wadj, r_hstart, r_dis,
+                 d, e, F, I, live, head, tail, n_alive, ops, nl, hifo):
+    """Apply the pairs of a loss sale on day ``d`` at event ``e`` (``_pair_losses``) to each
+    replacement lot (the rule in the module docstring): the loss rows' disallowed loss
+    (``r_dis``) grows; a lot covered whole by its last piece is adjusted in place, else each
+    piece is split off as a new lot ``nl``, ``nl + 1``, ... A lot opened before ``e`` is in
+    ``live`` and its pieces join it at once; a later one's join when it opens (``e = -1``: every
+    lot is later). Returns ``(head, tail, n_alive, ops, nl, need)``; ``need`` is ``_NEED_BOOK``
+    when the book table is full."""
+    cap = F.shape[1]
+    p = 0
+    while p < n_pairs:
+        p_end = p
+        m_total = 0.0
+        while p_end < n_pairs and pair_cand[p_end] == pair_cand[p]:
+            m_total += pair_m[p_end]
+            p_end += 1
+        j = cand[pair_cand[p]]
+        rem_before = F[_REM, j]
+        cost_before = F[_COST, j]
+        full = m_total >= rem_before * (1.0 - EPS)
+        in_live = I[_OSEQ, j] < e  # available: in ``live``, pieces join it at once
+        child_m = 0.0
+        n_child = 0
+        for u in range(p, p_end):
+            r = pair_row[u]
+            mq = pair_m[u]
+            loss = -(r_realized[r] - r_wadj[r])
+            dis = loss * mq / r_take[r]
+            r_dis[r] += dis
+            new_hstart = I[_HSTART, j] - (d - r_hstart[r])
+            if full and u == p_end - 1:  # the last piece stays in the lot
+                if in_live and hifo:  # its key changes below: out of place for now
+                    s = _position(live, head, tail, F, I, j, True) - 1
+                    for v in range(s, tail - 1):
+                        live[v] = live[v + 1]
+                    tail -= 1
+                F[_WADJ, j] += dis
+                I[_HSTART, j] = new_hstart
+                I[_USED, j] = 1
+                continue
+            if nl == cap:
+                return head, tail, n_alive, ops, nl, _NEED_BOOK
+            cost = cost_before * mq / rem_before
+            _set_lot(F, I, nl, mq, cost, dis, I[_OSEQ, j], I[_NSPLIT, j] + (u - p) + 1,
+                     new_hstart, I[_ODAY, j], 1, j)
+            if I[_TAIL, j] < 0:
+                I[_NEXT, j] = nl
+            else:
+                I[_NEXT, I[_TAIL, j]] = nl
+            I[_TAIL, j] = nl
+            if in_live:
+                if tail + 2 > live.size:
+                    tail = _compact(live, head, tail, F)
+                    head = 0
+                s = _position(live, head, tail, F, I, nl, hifo)
+                for v in range(tail, s, -1):
+                    live[v] = live[v - 1]
+                live[s] = nl
+                tail += 1
+                n_alive += 1
+                ops += 1
+            child_m += mq
+            n_child += 1
+            nl += 1
+        new_rem = rem_before - child_m
+        F[_COST, j] = cost_before * new_rem / rem_before
+        F[_ORIG, j] -= child_m
+        I[_NSPLIT, j] += n_child
+        F[_REM, j] = new_rem
+        if full:
+            F[_PTB, j] = (F[_COST, j] + F[_WADJ, j]) / (new_rem if new_rem > 0.0 else 1.0)
+            if in_live and hifo:
+                s = _position(live, head, tail, F, I, j, True)
+                for v in range(tail, s, -1):
+                    live[v] = live[v - 1]
+                live[s] = j
+                tail += 1
+        p = p_end
+    return head, tail, n_alive, ops, nl, 0
+
+
 # room the kernel asks for when it runs out (a bit mask); the driver doubles it and replays the
 # book that ran out from its start
 _NEED_BOOK, _NEED_REAL, _NEED_LOTS, _NEED_PAIRS, _NEED_REJ = 1, 2, 4, 8, 16
@@ -256,7 +379,8 @@ def _wider(a: np.ndarray) -> np.ndarray:
     return b
 
 
-def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, seed=None, *, room=None):
+def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, seed=None, open_losses=None, *,
+                 room=None):
     """Replay every book; the inputs are per event, in event order (books contiguous).
 
     Inputs: ``bk`` book key (equal for the events of a book, books contiguous); ``is_open``
@@ -278,15 +402,31 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     window of an earlier loss sale with loss shares not yet matched (the realised rows' matched
     shares tell; ``transforms.ledger_state`` checks both before continuing).
 
-    Returns ``(lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail)``, each cut to
+    ``open_losses``: with a ``seed``, the loss rows of the earlier replay whose sale still had
+    loss shares no replacement took (``+inf`` paired marks none), as ``(book, sale, day,
+    hstart, loss_f)``, rows ordered by book, sale and the sale's consumption order: ``book``
+    the event position of the first event of the row's book (its seeded lots and new trades),
+    ``sale`` a number equal for the rows of one sale, ascending in event order, ``day`` the
+    sale's day, ``hstart`` the row's holding start; ``loss_f`` rows take, realized, wadj
+    released, loss shares of the sale before it, replacement shares the sale was paired with,
+    disallowed loss so far (``_P_*``). Before a book's new trades, each of its sales in turn
+    pairs its loss shares on with the book's new BUYs within 30 days after it, exactly as a
+    whole replay would have paired them at the sale (they come after every replacement it
+    already had, in event order), splitting those lots as the rule says.
+
+    Returns ``(lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail, loss_out)``, each cut to
     its filled length: lots (every opened lot and wash-sale piece, in (book, event, piece)
     order, a continued book's seeded lots first: float rows orig, rem, cost, wadj, per-unit
     tax basis; integer rows oseq, split, hstart, closed, closed_ts, pieces split off so far,
     absorbed a loss), realised rows (in close event order, then the order the close consumed
     its lots: float rows take, proceeds, basis, realized, wash-sale adjustment released,
-    disallowed loss, loss shares matched with replacement shares; integer rows closing event,
-    lot output position, holding start) and rejected closes (event, code 1 unknown named lot /
-    2 more than the open quantity, open quantity at that moment).
+    disallowed loss, and for a loss row of a wash-sale book the loss shares of its sale before
+    it (NaN otherwise) and the replacement shares its sale was paired with (+inf: the sale's
+    loss was all taken); integer rows closing event, lot output position, holding start),
+    rejected closes (event, code 1 unknown named lot / 2 more than the open quantity, open
+    quantity at that moment) and the ``open_losses`` rows as this replay left them (float rows
+    disallowed loss, replacement shares paired; unchanged where the row's book has no new BUY
+    in its window).
 
     ``room`` sets the first size of every array (default: from the number of events and the
     largest book); the arrays double whenever a book needs more, and that book is replayed.
@@ -295,6 +435,13 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     if seed is None:
         seed = (np.zeros(n, np.bool_), np.zeros((5, 1), np.float64), np.zeros((5, 1), np.int64))
     is_seed, seed_f, seed_i = seed
+    if open_losses is None:
+        open_losses = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                       np.zeros((_PF, 0), np.float64))
+    loss_book, loss_sale, loss_day, loss_hstart, loss_f = open_losses
+    loss_out = np.empty((2, loss_book.size), np.float64)
+    loss_out[0] = loss_f[_P_DIS]
+    loss_out[1] = loss_f[_P_PAIRED]
     if room is None:
         opens = np.bincount(bk[is_open]) if is_open.any() else np.zeros(1, np.int64)
         # wash-sale pieces make lots and realised rows outnumber the events (about 2x in the
@@ -308,7 +455,7 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
     while True:
         b0, n_lots, n_real, n_rej, need = _replay(
             bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, is_seed, seed_f,
-            seed_i, b0, n_lots, n_real, n_rej, a.lot_f, a.lot_i, a.real_f, a.real_i, a.rej_seq,
+            seed_i, loss_book, loss_sale, loss_day, loss_hstart, loss_f, loss_out, b0, n_lots, n_real, n_rej, a.lot_f, a.lot_i, a.real_f, a.real_i, a.rej_seq,
             a.rej_code, a.rej_avail, a.F, a.I, a.live, a.order, a.cand, a.cand_rem,
             a.mark, a.out_pos, a.pair_row, a.pair_cand, a.pair_m,
         )
@@ -317,7 +464,7 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
         a.grow(need)
     return (
         a.lot_f[:, :n_lots], a.lot_i[:, :n_lots], a.real_f[:, :n_real], a.real_i[:, :n_real],
-        a.rej_seq[:n_rej], a.rej_code[:n_rej], a.rej_avail[:n_rej],
+        a.rej_seq[:n_rej], a.rej_code[:n_rej], a.rej_avail[:n_rej], loss_out,
     )
 
 
@@ -325,7 +472,7 @@ def replay_books(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, 
 # shard's single-threaded time, so it must not hold the GIL
 @njit(cache=True, nogil=True)
 def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named, is_seed, seed_f,
-            seed_i, start, n_lots, n_real, n_rej, lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail,
+            seed_i, loss_book, loss_sale, loss_day, loss_hstart, loss_f, loss_out, start, n_lots, n_real, n_rej, lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail,
             F, I, live, order, cand, cand_rem, mark, out_pos, pair_row, pair_cand, pair_m):
     """Replay the books from event ``start`` on, appending to the output arrays after their
     first ``n_lots``, ``n_real``, ``n_rej`` entries (see ``replay_books``). Returns
@@ -367,9 +514,47 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
                     _set_lot(F, I, nl, q, cost, 0.0, e, 0, day[e], day[e], 0, nl)
                 nl += 1
         n_orig = nl
-        book_real0 = n_real
         hifo = method[b0] == HIFO
         lifo = method[b0] == LIFO
+        # the open losses of the seed, before the new trades (``replay_books``)
+        pa = np.searchsorted(loss_book, b0)
+        pb = pa
+        while pb < loss_book.size and loss_book[pb] == b0:
+            loss_out[0, pb] = loss_f[_P_DIS, pb]  # (again, when the book is replayed after growing)
+            loss_out[1, pb] = loss_f[_P_PAIRED, pb]
+            pb += 1
+        n_seeded = 0
+        while b0 + n_seeded < b1 and is_seed[b0 + n_seeded]:
+            n_seeded += 1
+        s0 = pa
+        while s0 < pb:
+            s1 = s0 + 1
+            while s1 < pb and loss_sale[s1] == loss_sale[s0]:
+                s1 += 1
+            d = loss_day[s0]
+            nc = 0
+            for j in range(n_seeded, n_orig):  # the new lots, opened after the sale
+                if I[_ODAY, j] > d + WASH_WINDOW_DAYS:
+                    break
+                if I[_USED, j] == 0 and F[_REM, j] > 0.0:
+                    cand[nc] = j
+                    cand_rem[nc] = F[_REM, j]
+                    nc += 1
+            if nc > 0:
+                n_pairs, paired = _pair_losses(loss_f[_P_TAKE], loss_f[_P_LOSS_BEFORE], s0, s1, cand_rem, nc,
+                                               loss_f[_P_PAIRED, s0], pair_row, pair_cand, pair_m)
+                if n_pairs < 0:
+                    return b0, lots0, real0, rej0, _NEED_PAIRS
+                _, _, _, _, nl, need = _apply_pairs(
+                    n_pairs, pair_row, pair_cand, pair_m, cand, loss_f[_P_TAKE], loss_f[_P_REALIZED],
+                    loss_f[_P_WADJ], loss_hstart, loss_out[0], d, -1, F, I, live, 0, 0, 0, 0, nl, hifo,
+                )
+                if need:
+                    return b0, lots0, real0, rej0, need
+                for r in range(s0, s1):
+                    loss_out[1, r] = paired
+            s0 = s1
+        book_real0 = n_real
         head = 0
         tail = 0
         n_alive = 0
@@ -489,7 +674,8 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
                 real_f[_R_REALIZED, n_real] = proceeds - basis
                 real_f[_R_WADJ, n_real] = wadj_rel
                 real_f[_R_DIS, n_real] = 0.0
-                real_f[_R_MATCHED, n_real] = 0.0
+                real_f[_R_LOSS_BEFORE, n_real] = np.nan
+                real_f[_R_PAIRED, n_real] = np.nan
                 real_i[_R_CSEQ, n_real] = e
                 real_i[_R_LOT, n_real] = j  # the book-table index until the book ends
                 real_i[_R_HSTART, n_real] = I[_HSTART, j]
@@ -505,134 +691,45 @@ def _replay(bk, is_open, is_long, qty, price, fees, ts, day, method, wash, named
             # --- wash sales -------------------------------------------------------------------
             if not wash[e]:
                 continue
-            any_loss = False
+            # the loss rows, in the order the sale consumed them, and their loss shares before
+            a_run = 0.0
             for r in range(r0, n_real):
                 res = real_f[_R_REALIZED, r] - real_f[_R_WADJ, r]
                 if res < -EPS * (real_f[_R_BASIS, r] + real_f[_R_WADJ, r]):
-                    any_loss = True
-                    break
-            if not any_loss:
+                    real_f[_R_LOSS_BEFORE, r] = a_run
+                    a_run = a_run + real_f[_R_TAKE, r]
+            if a_run == 0.0:
                 continue
             d = day[e]
             lo = _first_after(I, n_orig, d - WASH_WINDOW_DAYS - 1)
             hi = _first_after(I, n_orig, d + WASH_WINDOW_DAYS)
-            if hi <= lo:
-                continue
-            # every lot of an opening trade this sale consumed is excluded
-            for r in range(r0, n_real):
-                mark[I[_ROOT, real_i[_R_LOT, r]]] = True
             nc = 0
-            for j in range(lo, hi):
-                if I[_USED, j] == 0 and F[_REM, j] > 0.0 and not mark[j]:
-                    cand[nc] = j
-                    cand_rem[nc] = F[_REM, j]
-                    nc += 1
+            if hi > lo:
+                # every lot of an opening trade this sale consumed is excluded
+                for r in range(r0, n_real):
+                    mark[I[_ROOT, real_i[_R_LOT, r]]] = True
+                for j in range(lo, hi):
+                    if I[_USED, j] == 0 and F[_REM, j] > 0.0 and not mark[j]:
+                        cand[nc] = j
+                        cand_rem[nc] = F[_REM, j]
+                        nc += 1
+                for r in range(r0, n_real):
+                    mark[I[_ROOT, real_i[_R_LOT, r]]] = False
+            paired = 0.0
+            if nc > 0:
+                n_pairs, paired = _pair_losses(real_f[_R_TAKE], real_f[_R_LOSS_BEFORE], r0, n_real, cand_rem, nc, 0.0,
+                                               pair_row, pair_cand, pair_m)
+                if n_pairs < 0:
+                    return b0, lots0, real0, rej0, _NEED_PAIRS
+                head, tail, n_alive, ops, nl, need = _apply_pairs(
+                    n_pairs, pair_row, pair_cand, pair_m, cand, real_f[_R_TAKE], real_f[_R_REALIZED],
+                    real_f[_R_WADJ], real_i[_R_HSTART], real_f[_R_DIS], d, e, F, I, live, head, tail,
+                    n_alive, ops, nl, hifo,
+                )
+                if need:
+                    return b0, lots0, real0, rej0, need
             for r in range(r0, n_real):
-                mark[I[_ROOT, real_i[_R_LOT, r]]] = False
-            if nc == 0:
-                continue
-            # pair loss shares (a0, a1] with replacement shares (c0, c1]: both sequences are
-            # cumulative, so the pairs form a staircase in (candidate, loss) order
-            n_pairs = 0
-            a0 = 0.0
-            t0 = 0
-            c0_t0 = 0.0
-            for r in range(r0, n_real):
-                res = real_f[_R_REALIZED, r] - real_f[_R_WADJ, r]
-                if not res < -EPS * (real_f[_R_BASIS, r] + real_f[_R_WADJ, r]):
-                    continue
-                take_s = real_f[_R_TAKE, r]
-                a1 = a0 + take_s
-                t = t0
-                c0 = c0_t0
-                while t < nc:
-                    c1 = c0 + cand_rem[t]
-                    mq = min(a1, c1) - max(a0, c0)
-                    if mq > EPS * take_s:
-                        if n_pairs == pair_row.size:
-                            return b0, lots0, real0, rej0, _NEED_PAIRS
-                        pair_row[n_pairs] = r
-                        pair_cand[n_pairs] = t
-                        pair_m[n_pairs] = mq
-                        n_pairs += 1
-                    if c1 > a1:  # this lot goes on past the loss: the next loss starts here
-                        break
-                    t += 1
-                    c0 = c1
-                t0 = t
-                c0_t0 = c0
-                a0 = a1
-            # apply each replacement lot's pieces
-            p = 0
-            while p < n_pairs:
-                p_end = p
-                m_total = 0.0
-                while p_end < n_pairs and pair_cand[p_end] == pair_cand[p]:
-                    m_total += pair_m[p_end]
-                    p_end += 1
-                j = cand[pair_cand[p]]
-                rem_before = F[_REM, j]
-                cost_before = F[_COST, j]
-                full = m_total >= rem_before * (1.0 - EPS)
-                in_live = I[_OSEQ, j] < e  # available: in ``live``, pieces join it at once
-                child_m = 0.0
-                n_child = 0
-                for u in range(p, p_end):
-                    r = pair_row[u]
-                    mq = pair_m[u]
-                    loss = -(real_f[_R_REALIZED, r] - real_f[_R_WADJ, r])
-                    dis = loss * mq / real_f[_R_TAKE, r]
-                    real_f[_R_DIS, r] += dis
-                    real_f[_R_MATCHED, r] += mq
-                    new_hstart = I[_HSTART, j] - (d - real_i[_R_HSTART, r])
-                    if full and u == p_end - 1:  # the last piece stays in the lot
-                        if in_live and hifo:  # its key changes below: out of place for now
-                            s = _position(live, head, tail, F, I, j, True) - 1
-                            for v in range(s, tail - 1):
-                                live[v] = live[v + 1]
-                            tail -= 1
-                        F[_WADJ, j] += dis
-                        I[_HSTART, j] = new_hstart
-                        I[_USED, j] = 1
-                        continue
-                    if nl == cap:
-                        return b0, lots0, real0, rej0, _NEED_BOOK
-                    cost = cost_before * mq / rem_before
-                    _set_lot(F, I, nl, mq, cost, dis, I[_OSEQ, j], I[_NSPLIT, j] + (u - p) + 1,
-                             new_hstart, I[_ODAY, j], 1, j)
-                    if I[_TAIL, j] < 0:
-                        I[_NEXT, j] = nl
-                    else:
-                        I[_NEXT, I[_TAIL, j]] = nl
-                    I[_TAIL, j] = nl
-                    if in_live:
-                        if tail + 2 > live.size:
-                            tail = _compact(live, head, tail, F)
-                            head = 0
-                        s = _position(live, head, tail, F, I, nl, hifo)
-                        for v in range(tail, s, -1):
-                            live[v] = live[v - 1]
-                        live[s] = nl
-                        tail += 1
-                        n_alive += 1
-                        ops += 1
-                    child_m += mq
-                    n_child += 1
-                    nl += 1
-                new_rem = rem_before - child_m
-                F[_COST, j] = cost_before * new_rem / rem_before
-                F[_ORIG, j] -= child_m
-                I[_NSPLIT, j] += n_child
-                F[_REM, j] = new_rem
-                if full:
-                    F[_PTB, j] = (F[_COST, j] + F[_WADJ, j]) / (new_rem if new_rem > 0.0 else 1.0)
-                    if in_live and hifo:
-                        s = _position(live, head, tail, F, I, j, True)
-                        for v in range(tail, s, -1):
-                            live[v] = live[v - 1]
-                        live[s] = j
-                        tail += 1
-                p = p_end
+                real_f[_R_PAIRED, r] = paired
 
         # --- the book's lots, in (event, piece) order ---------------------------------------
         if n_lots + nl > lot_cap:

@@ -37,6 +37,7 @@ import polars as pl
 from transforms.contract import (
     LANDING_SCHEMAS,
     LEDGER_BOOKS_SCHEMA,
+    LEDGER_OPEN_LOSSES_SCHEMA,
     LEDGER_STATE_SCHEMA,
     LOT_METHODS,
     LOTS_SCHEMA,
@@ -45,7 +46,7 @@ from transforms.contract import (
     TRADE_SIDES,
     TS,
 )
-from transforms.lot_kernel import EPS, FIFO, HIFO, LIFO, NO_LOT, replay_books
+from transforms.lot_kernel import FIFO, HIFO, LIFO, NO_LOT, WASH_WINDOW_DAYS, replay_books
 from transforms.ordering import order_by_key_then, time_offsets
 from transforms.prices import codes
 from transforms.shards import InPlace, run_shared
@@ -86,8 +87,13 @@ class Ledger:
     lot_codes: the same of each lot.
     state: ``LEDGER_STATE_SCHEMA``; the OPEN lots with the replay's working fields (what a
         later build continues from).
-    books: ``LEDGER_BOOKS_SCHEMA``; per book replayed, its last event and the latest loss sale
-        with loss shares not yet matched (seeded events count as events).
+    books: ``LEDGER_BOOKS_SCHEMA``; per book replayed, its last event (seeded events count as
+        events).
+    open_losses: ``LEDGER_OPEN_LOSSES_SCHEMA``; the loss rows a later BUY may still take (the
+        given ``open_losses`` of the seeded portfolios as they are now, and the new ones).
+    loss_updates: realised rows of an earlier build whose disallowed loss a new BUY raised
+        (``portfolio_id, instrument_id, trade_id, lot_id, disallowed_loss, taxable_pnl``);
+        empty unless ``open_losses`` were given.
     """
 
     lots: pl.DataFrame
@@ -99,13 +105,16 @@ class Ledger:
     lot_codes: RowCodes
     state: pl.DataFrame
     books: pl.DataFrame
+    open_losses: pl.DataFrame
+    loss_updates: pl.DataFrame
 
 
 _METHOD_CODE = {"FIFO": FIFO, "LIFO": LIFO, "HIFO": HIFO}
 
 
 def build_ledger(
-    trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Executor | None = None, seed: pl.DataFrame | None = None
+    trades: pl.DataFrame, portfolios: pl.DataFrame, *, executor: Executor | None = None, seed: pl.DataFrame | None = None,
+    open_losses: pl.DataFrame | None = None,
 ) -> Ledger:
     """Build the lot ledger of ``trades``, or continue it from ``seed``.
 
@@ -120,9 +129,13 @@ def build_ledger(
         seed: ``LEDGER_STATE_SCHEMA`` rows, the open lots of an earlier ledger (its ``state``)
             that ``trades`` continue; every trade of a seeded book must come after all the
             events of the ledger the seed came from, and trade ids must not repeat its ones
-            (``transforms.ledger_state.continue_ledger`` checks this and the wash-sale rule's
-            look-back before calling). Then the outputs hold the seeded lots as they are now,
-            the new lots, and the new realised rows, accepted and rejected trades.
+            (``transforms.ledger_state.continue_ledger`` checks this before calling). Then the
+            outputs hold the seeded lots as they are now, the new lots, and the new realised
+            rows, accepted and rejected trades.
+        open_losses: with ``seed``, the earlier ledger's ``open_losses`` (at least those of
+            the seeded portfolios): new BUYs within 30 days after such a sale take its loss
+            shares as a replay of every trade would, and the rows they change are reported in
+            ``loss_updates``.
     Output: a :class:`Ledger`. It does not depend on the input row order: lots and realised
     rows are ordered by portfolio, instrument, LONG before SHORT, then event order; accepted
     trades in event order per (portfolio, instrument, side of book); rejected trades by
@@ -173,8 +186,11 @@ def build_ledger(
     orig = trades.with_row_index("_r").rechunk()
     checked, reasons, portfolio_ids = _validate(orig, portfolios, n_seed)
     ev = _events(checked, portfolio_ids, seed if n_seed else None)
+    if open_losses is None:
+        open_losses = pl.DataFrame(schema=LEDGER_OPEN_LOSSES_SCHEMA)
+    losses, loss_rows = _loss_arrays(open_losses, ev)
     executor = executor or InPlace()
-    return _assemble(orig, reasons, ev, _replay(ev, executor), executor)
+    return _assemble(orig, reasons, ev, _replay(ev, executor, losses), executor, open_losses, loss_rows)
 
 
 def _seed_rows(seed: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
@@ -464,11 +480,51 @@ def _seed_arrays(seed: pl.DataFrame, row: np.ndarray) -> tuple:
     return is_seed, seed_f, seed_i
 
 
+def _book_starts(ev: _Events) -> np.ndarray:
+    """The event position of each book's first event."""
+    n = ev.bk.size
+    return np.flatnonzero(np.append(True, ev.bk[1:] != ev.bk[:-1])) if n else np.empty(0, np.int64)
+
+
+def _loss_arrays(open_losses: pl.DataFrame, ev: _Events) -> tuple[tuple, np.ndarray]:
+    """The kernel's ``open_losses`` (``replay_books``) for the rows whose LONG book has events
+    in ``ev``, ordered by book, sale (time, trade id) and loss shares before; and their row
+    positions in ``open_losses``. Rows of other books are left as they are."""
+    starts = _book_starts(ev)
+    starts = starts[ev.is_long[starts]]
+    codes = ev.codes(starts)
+    books = pl.DataFrame({
+        "portfolio_id": codes.portfolio_ids.gather(pl.Series(codes.portfolio)),
+        "instrument_id": codes.instrument_ids.gather(pl.Series(codes.instrument)),
+        "_book": starts.astype(np.int64),
+    })
+    rows = (
+        open_losses.with_row_index("_o")
+        .join(books, on=["portfolio_id", "instrument_id"])
+        .sort("_book", "close_ts", "trade_id", "loss_shares_before")
+    )
+    sale_key = [pl.col("_book"), pl.col("close_ts"), pl.col("trade_id")]
+    sale = rows.select(
+        pl.any_horizontal([(c != c.shift()).fill_null(True) for c in sale_key]).cum_sum().cast(pl.Int64)
+    ).to_series().to_numpy()
+    ts = rows.get_column("close_ts").to_physical().to_numpy()
+    loss_f = np.vstack([  # ``lot_kernel._P_*`` order
+        rows.get_column(c).to_numpy().astype(np.float64)
+        for c in ("quantity", "realized_pnl", "wash_sale_adjustment", "loss_shares_before",
+                  "replacement_shares_paired", "disallowed_loss")
+    ]) if rows.height else np.zeros((6, 0), np.float64)
+    arrays = (
+        rows.get_column("_book").to_numpy(), sale, ts // _US_PER_DAY,
+        rows.get_column("holding_start").to_physical().to_numpy().astype(np.int64), np.ascontiguousarray(loss_f),
+    )
+    return arrays, rows.get_column("_o").to_numpy().astype(np.int64)
+
+
 SPLIT_EVENTS = 20_000  # fewer events than this are replayed in one piece
 REPLAY_PARTS = 8  # parts of a larger replay, shared by the two threads as each gets free
 
 
-def _replay(ev: _Events, executor: Executor) -> tuple:
+def _replay(ev: _Events, executor: Executor, losses: tuple) -> tuple:
     """``replay_books`` over the events, in parts cut at book boundaries when an executor other
     than ``InPlace`` can help (books are independent; the kernel releases the GIL).
 
@@ -483,7 +539,7 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
     n = ev.bk.size
     book_starts = np.flatnonzero(ev.bk[1:] != ev.bk[:-1]) + 1 if n >= SPLIT_EVENTS else np.empty(0, np.int64)
     if isinstance(executor, InPlace) or book_starts.size == 0:
-        return replay_books(*cols, ev.named, ev.seed)
+        return replay_books(*cols, ev.named, ev.seed, losses)
     # the book start nearest after each k/REPLAY_PARTS of the events
     targets = np.arange(1, REPLAY_PARTS) * n // REPLAY_PARTS
     cuts = np.unique(book_starts[np.minimum(np.searchsorted(book_starts, targets), book_starts.size - 1)])
@@ -498,7 +554,10 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
             seed_i = seed_i[:, a:b].copy()
             seed_i[4] -= a
             seed = (is_seed[a:b], seed_f[:, a:b], seed_i)
-        return replay_books(*(c[a:b] for c in cols), np.where(named >= 0, named - a, named), seed)
+        book, sale, day, hstart, loss_f = losses
+        la, lb = np.searchsorted(book, [a, b])
+        part_losses = (book[la:lb] - a, sale[la:lb], day[la:lb], hstart[la:lb], loss_f[:, la:lb].copy())
+        return replay_books(*(c[a:b] for c in cols), np.where(named >= 0, named - a, named), seed, part_losses)
 
     results = run_shared([partial(replay_part, a, b) for a, b in parts], executor)
     lots_before = np.cumsum([0] + [r[0].shape[1] for r in results[:-1]])
@@ -519,6 +578,7 @@ def _replay(ev: _Events, executor: Executor) -> tuple:
         np.concatenate(rej_seq),
         np.concatenate([r[5] for r in results]),
         np.concatenate([r[6] for r in results]),
+        np.concatenate([r[7] for r in results], axis=1),
     )
 
 
@@ -557,7 +617,8 @@ def _sides(is_long: np.ndarray) -> pl.Series:
 
 
 def _assemble(
-    orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple, executor: Executor
+    orig: pl.DataFrame, reasons: pl.DataFrame, ev: _Events, out: tuple, executor: Executor,
+    open_losses: pl.DataFrame, loss_rows: np.ndarray,
 ) -> Ledger:
     """Contract-typed, deterministically ordered output frames from the kernel's arrays.
 
@@ -567,7 +628,7 @@ def _assemble(
     build the columns of the lots and realised rows, each taking the next column as it gets
     free (``transforms.shards.run_shared``: a fixed split left this thread waiting about 7 ms
     of a 110 ms demo build)."""
-    lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail = out
+    lot_f, lot_i, real_f, real_i, rej_seq, rej_code, rej_avail, loss_out = out
     # the accepted / rejected trades need nothing of the lots: started first
     rejected = executor.submit(_accepted_and_rejected, orig, reasons, ev, rej_seq, rej_code, rej_avail)
     trade_id = orig.get_column("trade_id").cast(pl.String)
@@ -621,7 +682,8 @@ def _assemble(
     return Ledger(
         lots=lots_frame, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
         realized_codes=built[-2], accepted_codes=accepted_codes, lot_codes=built[-1],
-        state=_open_state(lots_frame, lot_f, lot_i), books=_books(ev, real_f, real_i),
+        state=_open_state(lots_frame, lot_f, lot_i), books=_books(ev),
+        **_losses(ev, realized_pnl, real_f, real_i, open_losses, loss_rows, loss_out),
     )
 
 
@@ -640,38 +702,70 @@ def _open_state(lots: pl.DataFrame, lot_f: np.ndarray, lot_i: np.ndarray) -> pl.
     )
 
 
-def _books(ev: _Events, real_f: np.ndarray, real_i: np.ndarray) -> pl.DataFrame:
-    """``LEDGER_BOOKS_SCHEMA``: per book, the time of its last event and the day of its latest
-    loss sale (wash-sale rule applies, ``lot_kernel``) with loss shares left unmatched.
-
-    A loss row counts as unmatched when its matched shares fall short of its quantity by more
-    than half the kernel's pairing tolerance (``EPS`` x quantity): a later BUY in its window
-    would then take some of it, so the book cannot be continued past that BUY."""
-    n = ev.bk.size
-    starts = np.flatnonzero(np.append(True, ev.bk[1:] != ev.bk[:-1])) if n else np.empty(0, np.int64)
-    cseq = real_i[0]
-    take, basis, realized, wadj, matched = real_f[0], real_f[2], real_f[3], real_f[4], real_f[6]
-    unmatched = (
-        ev.wash[cseq] & (realized - wadj < -EPS * (basis + wadj)) & (take - matched > 0.5 * EPS * take)
-    )
-    loss_day = np.full(starts.size, np.iinfo(np.int64).min)
-    book_of = np.searchsorted(starts, cseq[unmatched], side="right") - 1
-    # rows come in event order, so a book's latest is its last row (``np.maximum.at`` is slow)
-    last = np.flatnonzero(np.append(book_of[1:] != book_of[:-1], True)) if book_of.size else book_of
-    loss_day[book_of[last]] = ev.day[cseq[unmatched]][last]
+def _books(ev: _Events) -> pl.DataFrame:
+    """``LEDGER_BOOKS_SCHEMA``: per book, the time of its last event."""
+    starts = _book_starts(ev)
     codes = ev.codes(starts)
     return pl.DataFrame(
         {
             "portfolio_id": codes.portfolio_ids.gather(pl.Series(codes.portfolio)),
             "instrument_id": codes.instrument_ids.gather(pl.Series(codes.instrument)),
             "position_type": _sides(ev.is_long[starts]),
-            "last_event_ts": _times(np.maximum.reduceat(ev.ts, starts) if n else ev.ts),
-            "open_loss_day": _dates(np.where(loss_day == np.iinfo(np.int64).min, 0, loss_day)).set(
-                pl.Series(loss_day == np.iinfo(np.int64).min), None
-            ),
+            "last_event_ts": _times(np.maximum.reduceat(ev.ts, starts) if starts.size else ev.ts),
         },
         schema=LEDGER_BOOKS_SCHEMA,
     )
+
+
+def _losses(
+    ev: _Events, realized: pl.DataFrame, real_f: np.ndarray, real_i: np.ndarray, earlier: pl.DataFrame,
+    loss_rows: np.ndarray, loss_out: np.ndarray,
+) -> dict[str, pl.DataFrame]:
+    """The ``open_losses`` and ``loss_updates`` of a ledger (``Ledger``).
+
+    Open: a loss row whose sale's loss shares reach past the replacement shares it was paired
+    with (``loss_shares_before + quantity > replacement_shares_paired``), and whose sale is no
+    more than 30 days before the last new event of its book: a later BUY comes after that
+    event, so an older sale's window is over. A book with no new event (only seeded lots, or
+    none) keeps its rows as they were: their window is judged by the same last event as
+    before."""
+    before, paired = real_f[6], real_f[7]
+    new_at = np.flatnonzero(~np.isnan(before) & (before + real_f[0] > paired))
+    new = realized[pl.Series(new_at)].select(list(LEDGER_OPEN_LOSSES_SCHEMA)[:-2]).with_columns(
+        loss_shares_before=pl.Series(before[new_at]), replacement_shares_paired=pl.Series(paired[new_at])
+    )
+    dis = earlier.get_column("disallowed_loss").to_numpy().copy()
+    paired_then = earlier.get_column("replacement_shares_paired").to_numpy().copy()
+    dis[loss_rows], paired_then[loss_rows] = loss_out[0], loss_out[1]
+    changed = np.flatnonzero(dis != earlier.get_column("disallowed_loss").to_numpy())
+    updated = earlier.with_columns(
+        disallowed_loss=pl.Series(dis, dtype=pl.Float64), replacement_shares_paired=pl.Series(paired_then, dtype=pl.Float64)
+    )
+    loss_updates = updated[pl.Series(changed, dtype=pl.Int64)].select(
+        "portfolio_id", "instrument_id", "trade_id", "lot_id", "disallowed_loss",
+        taxable_pnl=pl.col("realized_pnl") - pl.col("wash_sale_adjustment") + pl.col("disallowed_loss"),
+    )
+    # the last new (not seeded) event day of each LONG book
+    starts = _book_starts(ev)
+    last_day = np.maximum.reduceat(np.where(ev.is_seed, np.iinfo(np.int64).min, ev.day), starts) if starts.size else starts
+    long = ev.is_long[starts] & (last_day > np.iinfo(np.int64).min)
+    codes = ev.codes(starts[long])
+    last = pl.DataFrame({
+        "portfolio_id": codes.portfolio_ids.gather(pl.Series(codes.portfolio)),
+        "instrument_id": codes.instrument_ids.gather(pl.Series(codes.instrument)),
+        "_last": _dates(last_day[long]),
+    })
+    open_losses = (
+        pl.concat([updated, new.cast(LEDGER_OPEN_LOSSES_SCHEMA)])
+        .filter(pl.col("loss_shares_before") + pl.col("quantity") > pl.col("replacement_shares_paired"))
+        .join(last, on=["portfolio_id", "instrument_id"], how="left", maintain_order="left")
+        .filter(
+            pl.col("_last").is_null()
+            | (pl.col("close_ts").dt.date() >= pl.col("_last") - pl.duration(days=WASH_WINDOW_DAYS))
+        )
+        .drop("_last")
+    )
+    return {"open_losses": open_losses, "loss_updates": loss_updates}
 
 
 def _realized_columns(
