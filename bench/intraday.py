@@ -17,12 +17,13 @@ Figures, measured in one process (wall times, ``time.perf_counter``):
     the pipeline's ledger builds them), median of 3 after one warm-up (one cold timing when
     over a million trades are replayed), with the ledger's share (``ledger_s``), the history
     replayed (``trades_replayed``) and the number of shards;
-  - ``continued``: the ledger continued from its stored open lots (``silver/ledger_state``,
-    ``transforms.ledger_state``; not yet what the pipeline's intraday ledger does): how many
-    of the touched portfolios ``replay_needed`` sends to a whole replay (``replayed``, split by
-    rule: a trade at or before its book's last event, a BUY after an open loss sale), the
-    time to continue the others (``continue_s``) and to replay those (``replay_s``), median
-    of 3 after a warm-up;
+  - ``continued``: the ledger continued from its stored open lots and open losses
+    (``silver/ledger_state``, ``silver/ledger_open_losses``, ``transforms.ledger_state``; not
+    yet what the pipeline's intraday ledger does): how many of the touched portfolios
+    ``replay_needed`` sends to a whole replay (``replayed``: a trade at or before its book's
+    last event), the open losses seeded and the earlier realised rows whose loss a new BUY
+    took, the time to continue the others (``continue_s``) and to replay those
+    (``replay_s``), median of 3 after a warm-up;
   - ``run_s``: the ``intraday`` job run in process on the landed file (ingest, the touched
     portfolios' state and drift, their decisions and recommendations, outbox, warehouse),
     with each step's time (``steps_s``).
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ import polars as pl
 
 import transforms  # noqa: F401  (sets the Polars thread affinity first)
 from assets.resources import resources_for
+from assets.ingest import bronze_table
 from assets.state import LEDGER_SHARD_TRADES, current_moment, read_bronze, read_silver, silver_table
 from transforms.book import BookInputs, book_shards, build_books
 from transforms.ledger_state import continue_ledger, replay_needed
@@ -72,11 +74,15 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def bench_trades(positions: pl.DataFrame, moment, portfolios: int, trades: int, seed: int, tag: str) -> pl.DataFrame:
+def bench_trades(positions: pl.DataFrame, moment, portfolios: int, trades: int, seed: int, tag: str,
+                 after: datetime | None = None) -> pl.DataFrame:
     """``trades`` landing-format trades over the first ``portfolios`` portfolios holding a LONG
     position: BUYs (70%) of a held instrument, SELLs (30%) of at most 1% of the holding (so no
-    file oversells), at the position's last price, spread over the hour before ``moment``
-    within its date, settling two days later. Ids ``B<tag>-<n>``: unique per file."""
+    file oversells), at the position's last price, settling two days later. Timed as a new
+    file's trades are, after the trades already known: over a minute from 1 ms after ``after``
+    (the book's last trade) or from an hour before ``moment``, whichever is later, and never
+    past ``moment`` (so within the date the state describes). Ids ``B<tag>-<n>``: unique per
+    file."""
     rng = np.random.default_rng(seed)
     held = positions.filter(pl.col("position_type") == "LONG").sort("portfolio_id", "instrument_id")
     chosen = held["portfolio_id"].unique().sort().head(portfolios)
@@ -89,7 +95,10 @@ def bench_trades(positions: pl.DataFrame, moment, portfolios: int, trades: int, 
     quantity = np.where(sell & (sell_qty >= 1), sell_qty, rng.integers(1, 200, trades)).astype(float)
     side = np.where(sell & (sell_qty >= 1), "SELL", "BUY")
     start = max(moment - timedelta(hours=1), moment.replace(hour=0, minute=0, second=0, microsecond=0))
-    offsets = np.sort(rng.integers(0, int((moment - start).total_seconds() * 1e6), trades))
+    if after is not None:
+        start = min(max(start, after + timedelta(milliseconds=1)), moment)
+    span_us = int((min(start + timedelta(minutes=1), moment) - start).total_seconds() * 1e6)
+    offsets = np.sort(rng.integers(0, span_us + 1, trades))
     return pl.DataFrame(
         {
             "trade_id": [f"B{tag}-{n:06d}" for n in range(trades)],
@@ -117,6 +126,11 @@ def land(frame: pl.DataFrame, landing: Path, name: str) -> Path:
     frame.write_csv(partial)
     os.replace(partial, folder / name)
     return folder / name
+
+
+def last_trade_ts(lake) -> datetime | None:
+    """The latest trade time in bronze (what a new file's trades come after)."""
+    return lake.scan(bronze_table("trades")).select(pl.col("trade_ts").max()).collect().item()
 
 
 def _touched_inputs(lake, touched: pl.Series, new: pl.DataFrame) -> BookInputs:
@@ -160,21 +174,23 @@ def _median_time(fn, repeat: int = 3) -> float:
 def _continued(lake, inputs: BookInputs, new: pl.DataFrame, touched: pl.Series) -> dict:
     """The ``continued`` figures of ``bench_apply`` (module docstring), or a note when the
     lake holds no ledger state yet (built before the ledger kept it)."""
-    if lake.version(silver_table("ledger_state")) is None:
-        return {"note": "no silver/ledger_state in this lake: run `portfolio run` with this version first"}
+    if lake.version(silver_table("ledger_open_losses")) is None:
+        return {"note": "no silver/ledger_open_losses in this lake: run `portfolio run` with this version first"}
     where = pl.col("portfolio_id").is_in(touched.implode())
     state, books = read_silver(lake, "ledger_state", where=where), read_silver(lake, "ledger_books", where=where)
+    losses = read_silver(lake, "ledger_open_losses", where=where)
     new = new.with_columns(pl.col("trade_ts").str.to_datetime(time_zone="UTC", time_unit="us"), pl.col("settle_date").str.to_date())
     redo = replay_needed(new, books)
-    early = replay_needed(new, books.with_columns(pl.lit(None, pl.Date).alias("open_loss_day")))
     keep = ~pl.col("portfolio_id").is_in(redo.implode())
     replay = inputs.for_portfolios(redo)
     shards = [replay.for_portfolios(ids) for ids in book_shards(replay, LEDGER_SHARD_TRADES)] if redo.len() else []
-    cont = _median_time(lambda: continue_ledger(new.filter(keep), inputs.portfolios, state))
+    kept = new.filter(keep)
+    cont = _median_time(lambda: continue_ledger(kept, inputs.portfolios, state, losses))
+    updates = continue_ledger(kept, inputs.portfolios, state, losses).loss_updates.height
     full = _median_time(lambda: _drain(map_shards(lambda s: build_ledger(s.trades, s.portfolios), shards, SHARD_WORKERS)),
                         3 if replay.trades.height < 1_000_000 else 1)
-    return {"portfolios": touched.len(), "replayed": redo.len(), "replayed_trade_before_last_event": early.len(),
-            "replayed_buy_after_open_loss": redo.len() - early.len(), "seeded_lots": state.filter(keep).height,
+    return {"portfolios": touched.len(), "replayed": redo.len(), "seeded_lots": state.filter(keep).height,
+            "open_losses": losses.filter(keep).height, "earlier_losses_taken": updates,
             "continue_s": round(cont, 4), "replay_s": round(full, 4), "replay_trades": replay.trades.height}
 
 
@@ -204,7 +220,7 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
     for k, spread in enumerate(spreads):
         moment = current_moment(lake)
         positions = read_silver(lake, "positions")
-        new = bench_trades(positions, moment, spread, trades, seed + k, f"{spread}s{seed}")
+        new = bench_trades(positions, moment, spread, trades, seed + k, f"{spread}s{seed}", last_trade_ts(lake))
         touched = new["portfolio_id"].unique().sort()
         inputs = _touched_inputs(lake, touched, new)
         repeat = 3 if inputs.trades.height < 1_000_000 else 1  # whole books: one cold timing
@@ -256,7 +272,8 @@ def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: 
         time.sleep(5)  # the daemon loads the code location before its first tick
         for n in range(files):
             moment = current_moment(lake)
-            frame = bench_trades(read_silver(lake, "positions"), moment, 5, trades, seed + 100 + n, f"d{seed}-{n}")
+            frame = bench_trades(read_silver(lake, "positions"), moment, 5, trades, seed + 100 + n, f"d{seed}-{n}",
+                                 last_trade_ts(lake))
             name = f"bench_daemon_{seed}_{n:02d}.csv"
             landed = time.time()
             land(frame, data_dir / "landing", name)
