@@ -188,6 +188,24 @@ class LakeResource(dg.ConfigurableResource):
                 time.sleep(0.2 * (attempt + 1))
         return DeltaTable(uri).version()
 
+    def rows_added(self, name: str, since: int, until: int) -> pl.DataFrame | None:
+        """The rows table ``name`` gained from version ``since`` to ``until``, read from the data
+        files those commits added, when every one of them only added files (an append, or a
+        predicate write that matched no row); None when some commit removed or rewrote a file
+        (its new rows cannot be told from the rows it rewrote)."""
+        if until <= since:
+            return pl.DataFrame()
+        commits = [c for c in self.history(name, until - since + 1) if since < c.get("version", -1) <= until]
+        if len(commits) != until - since:
+            return None
+        if any((c.get("operationMetrics") or {}).get("num_removed_files", 1) != 0 for c in commits):
+            return None
+        before = set(DeltaTable(self.uri(name), version=since).file_uris())
+        added = [f for f in DeltaTable(self.uri(name), version=until).file_uris() if f not in before]
+        if not added:
+            return pl.DataFrame()
+        return pl.concat([pl.read_parquet(f) for f in added], how="diagonal_relaxed")
+
     def scan(self, name: str, schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
         """A lazy scan of the table (filters and column choices are pushed down to the files);
         a missing table scans as empty ``schema``."""

@@ -15,10 +15,12 @@ import dagster as dg
 import polars as pl
 import pyarrow.dataset as ds
 
-from assets.ingest import bronze_schema_of, bronze_table
+from assets.ingest import bronze_schema_of, bronze_table, in_predicate
 from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource, PipelineSettings
 from assets.scope import Scope, plan_scope, write_in_scope
+from transforms.changes import INPUTS_KEY, parse_inputs
+from transforms.ledger_state import continue_ledger, merge_books, replay_needed
 from transforms import contract
 from transforms.book import BookInputs, ledger_quarantine, moment_of
 from transforms.cash import cash_ledger as build_cash_ledger
@@ -196,7 +198,113 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
             for name in LEDGER_OUTPUTS:
                 yield dg.MaterializeResult(asset_key=silver_key(name), metadata=unchanged(scope))
             return
+        continued = None if scope.full else _continued_ledger(context, lake, scope)
+        if continued is not None:
+            yield from continued
+            return
         yield from _sharded_ledger(context, lake, settings, scope)
+
+
+def recorded_inputs(lake: LakeResource) -> set[str | None]:
+    """The input versions each ledger table's last commit recorded (None: none), distinct."""
+    recorded = set()
+    for name in LEDGER_OUTPUTS:
+        last = lake.history(silver_table(name), 1)
+        recorded.add(last[0].get(INPUTS_KEY) if last else None)
+    return recorded
+
+
+def _new_trades(lake: LakeResource, scope: Scope) -> tuple[pl.DataFrame | None, str]:
+    """The bronze trades added since every ledger table's last build, or None and why they
+    cannot be told apart: the tables recorded different input versions (a build stopped
+    half-way), or a bronze commit since then rewrote rows (a file landed again)."""
+    recorded = recorded_inputs(lake)
+    if len(recorded) != 1 or None in recorded:
+        return None, "the ledger tables were last built from different inputs"
+    trades = bronze_table("trades")
+    since = parse_inputs(recorded.pop()).get(trades)
+    until = scope.versions.get(trades)
+    if since is None or until is None or since < 0:
+        return None, "no recorded bronze trades version"
+    new = lake.rows_added(trades, since, until)
+    if new is None:
+        return None, "a bronze trades commit since the last build rewrote rows"
+    schema = bronze_schema_of("trades")
+    new = new.with_columns(pl.lit(None, schema[c]).alias(c) for c in schema if c not in new.columns)
+    return new.select(list(schema)).cast(schema), ""
+
+
+def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, scope: Scope) -> list | None:
+    """Apply the bronze trades added since the last build to the scope's portfolios from the
+    ledger's state (``transforms.ledger_state.continue_ledger``) rather than replaying their
+    history, when every one of them can be continued; None (replay the scope) otherwise.
+
+    Writes, each recording the scope: the new accepted trades and rejections appended; the
+    scope's OPEN lots replaced by the continued ones still open, the rest appended; earlier
+    realised rows whose disallowed loss a new BUY raised replaced, new ones appended; the
+    scope's state, open losses and books replaced. Only appends and predicate overwrites:
+    delta-rs MERGE and DELETE rewrite string columns as ``string_view``, which PyArrow cannot
+    filter (delta-io/delta-rs#4579), and the warehouse reads the tables through PyArrow.
+    A build stopped between two commits leaves the tables with different recorded inputs, so
+    the next build replays the scope instead (``_new_trades``)."""
+    new, why = _new_trades(lake, scope)
+    where = scope.where()
+    books = read_silver(lake, "ledger_books", where=where) if new is not None else None
+    if new is not None:
+        early = replay_needed(new, books)
+        if early.len():
+            new, why = None, f"{early.len()} portfolio(s) have trades at or before their book's last event"
+    if new is None:
+        context.log.info(f"ledger: replaying the scope ({why})")
+        return None
+    result = continue_ledger(
+        new, scope.restrict(read_bronze(lake, "portfolios")), read_silver(lake, "ledger_state", where=where),
+        read_silver(lake, "ledger_open_losses", where=where),
+    )
+    tables = dict(_ledger_tables(result, context.run.run_id))
+    run_id, meta = context.run.run_id, {**scope.commit_metadata(), "continued": "true"}
+    # a table written in two commits records the earlier inputs in the first: stopped between
+    # them, it still reads as built from those inputs, so the next build either continues
+    # again from the untouched state tables (both commits are idempotent) or replays the scope
+    first = {**meta, INPUTS_KEY: next(iter(recorded_inputs(lake)))}
+    in_scope = scope.predicate()
+    lots = conform("lots", tables["lots"])
+    is_open = pl.col("status") == "OPEN"
+    versions = {"trades": lake.write(silver_table("trades"), conform("trades", tables["trades"]), run_id=run_id,
+                                     mode="append", commit_metadata=meta)}
+    lake.write(silver_table("lots"), lots.filter(is_open), run_id=run_id, predicate=f"{in_scope} AND status = 'OPEN'",
+               commit_metadata=first)
+    versions["lots"] = lake.write(silver_table("lots"), lots.filter(~is_open), run_id=run_id, mode="append",
+                                  commit_metadata=meta)
+    updates = result.loss_updates
+    if updates.height:  # earlier realised rows whose disallowed loss a new BUY raised
+        key = ["portfolio_id", "trade_id", "lot_id"]
+        sales = updates["trade_id"].unique().sort().to_list()
+        earlier = read_silver(lake, "realized_pnl", where=where & pl.col("trade_id").is_in(sales)).update(
+            updates.select(*key, "disallowed_loss", "taxable_pnl"), on=key
+        )
+        lake.write(silver_table("realized_pnl"), earlier, run_id=run_id,
+                   predicate=f"{in_scope} AND {in_predicate('trade_id', sales)}", commit_metadata=first)
+    for name in ("realized_pnl", "ledger_rejections"):
+        versions[name] = lake.write(silver_table(name), conform(name, tables[name]), run_id=run_id, mode="append",
+                                    commit_metadata=meta)
+    tables["ledger_books"] = merge_books(books, tables["ledger_books"])
+    for name in ("ledger_state", "ledger_open_losses", "ledger_books"):
+        versions[name] = lake.write(silver_table(name), conform(name, tables[name]), run_id=run_id, predicate=in_scope,
+                                    commit_metadata=meta)
+    context.log.info(
+        f"ledger: continued {scope.describe()} from the open lots: {new.height} new trades, "
+        f"{result.loss_updates.height} earlier realised rows' disallowed loss raised"
+    )
+    return [
+        dg.MaterializeResult(
+            asset_key=silver_key(name),
+            metadata={"dagster/row_count": tables[name].height, "delta_version": versions[name],
+                      "scope": scope.describe(), "continued": True,
+                      "preview": markdown_preview(tables[name].head(10))},
+        )
+        for name in LEDGER_OUTPUTS
+    ]
 
 
 def _ledger_tables(result, run_id: str) -> list[tuple[str, pl.DataFrame]]:

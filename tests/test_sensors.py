@@ -106,6 +106,9 @@ def test_intraday_runs_over_a_split_book_equal_one_full_run(tmp_path, tiny_landi
         shutil.move(path, split_dir / "landing" / kind / name)
         job = build_definitions(str(split_dir)).resolve_job_def("intraday")
         assert job.execute_in_process(instance=dg.DagsterInstance.ephemeral()).success
+    # the ledger continued from its state (two commits: a new BUY took an earlier open loss)
+    ledger_commits = resources_for(split_dir)["lake"].history("silver/realized_pnl", 2)
+    assert [c.get("continued") for c in ledger_commits] == ["true", "true"]
     assert_same_tables(snapshot(split_dir), snapshot(full))
 
 
@@ -167,6 +170,35 @@ def test_a_file_of_one_portfolio_updates_that_portfolio_alone(tmp_path, tiny_lan
     # and decides for no portfolio (without computing any trigger input)
     assert _scopes(again)["gold/rebalance_decisions"].startswith("0 portfolio(s) changed")
     assert resources_for(split_dir)["lake"].read("gold/rebalance_decisions").height == 0
+
+
+def test_a_file_of_trades_before_the_last_ones_replays_their_portfolio(tmp_path, tiny_landing):
+    """A portfolio's trades from the book's first file arrive last, after a full run of the
+    others: they come before its later trades, so the ledger replays that portfolio rather
+    than continue it, and the tables equal one full run over every file."""
+    source = tmp_path / "landing"
+    shutil.copytree(tiny_landing, source)
+    first = sorted((source / "trades").iterdir())[0]
+    trades = pl.read_csv(first, infer_schema=False)
+    pid = trades["portfolio_id"].max()
+    trades.filter(pl.col("portfolio_id") != pid).write_csv(first)
+    trades.filter(pl.col("portfolio_id") == pid).write_csv(source / "trades" / "zz_early.csv")
+    full = tmp_path / "full"
+    shutil.copytree(source, full / "landing")
+    materialize_all(full)
+
+    split_dir = tmp_path / "split"
+    shutil.copytree(source, split_dir / "landing")
+    (split_dir / "landing" / "trades" / "zz_early.csv").unlink()
+    materialize_all(split_dir)
+    shutil.copy(source / "trades" / "zz_early.csv", split_dir / "landing" / "trades" / "zz_early.csv")
+    result = build_definitions(str(split_dir)).resolve_job_def("intraday").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    assert _scopes(result)["silver/lots"].startswith("1 portfolio(s) changed")
+    assert resources_for(split_dir)["lake"].history("silver/lots", 1)[0].get("continued") is None
+    assert_same_tables(snapshot(split_dir), snapshot(full))
 
 
 def _scopes(result) -> dict[str, str]:
