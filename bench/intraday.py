@@ -18,8 +18,8 @@ Figures, measured in one process (wall times, ``time.perf_counter``):
     over a million trades are replayed), with the ledger's share (``ledger_s``), the history
     replayed (``trades_replayed``) and the number of shards;
   - ``continued``: the ledger continued from its stored open lots and open losses
-    (``silver/ledger_state``, ``silver/ledger_open_losses``, ``transforms.ledger_state``; not
-    yet what the pipeline's intraday ledger does): how many of the touched portfolios
+    (``silver/ledger_state``, ``silver/ledger_open_losses``, ``transforms.ledger_state``; what
+    the intraday job's ledger does when no portfolio needs a replay): how many of the touched portfolios
     ``replay_needed`` sends to a whole replay (``replayed``: a trade at or before its book's
     last event), the open losses seeded and the earlier realised rows whose loss a new BUY
     took, the time to continue the others (``continue_s``) and to replay those
