@@ -205,7 +205,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
         yield from _sharded_ledger(context, lake, settings, scope)
 
 
-def recorded_inputs(lake: LakeResource) -> set[str | None]:
+def _recorded_inputs(lake: LakeResource) -> set[str | None]:
     """The input versions each ledger table's last commit recorded (None: none), distinct."""
     recorded = set()
     for name in LEDGER_OUTPUTS:
@@ -218,7 +218,7 @@ def _new_trades(lake: LakeResource, scope: Scope) -> tuple[pl.DataFrame | None, 
     """The bronze trades added since every ledger table's last build, or None and why they
     cannot be told apart: the tables recorded different input versions (a build stopped
     half-way), or a bronze commit since then rewrote rows (a file landed again)."""
-    recorded = recorded_inputs(lake)
+    recorded = _recorded_inputs(lake)
     if len(recorded) != 1 or None in recorded:
         return None, "the ledger tables were last built from different inputs"
     trades = bronze_table("trades")
@@ -263,10 +263,10 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
     )
     tables = dict(_ledger_tables(result, context.run.run_id))
     run_id, meta = context.run.run_id, {**scope.commit_metadata(), "continued": "true"}
-    # a table written in two commits records the earlier inputs in the first: stopped between
-    # them, it still reads as built from those inputs, so the next build either continues
-    # again from the untouched state tables (both commits are idempotent) or replays the scope
-    first = {**meta, INPUTS_KEY: next(iter(recorded_inputs(lake)))}
+    # a table written in two commits records the earlier inputs in the first: a build stopped
+    # between them leaves it unlike the trades (written first, with the new inputs), so the
+    # next build replays the scope
+    first = {**meta, INPUTS_KEY: next(iter(_recorded_inputs(lake)))}
     in_scope = scope.predicate()
     lots = conform("lots", tables["lots"])
     is_open = pl.col("status") == "OPEN"
