@@ -683,7 +683,7 @@ def _assemble(
         lots=lots_frame, realized_pnl=realized_pnl, accepted_trades=accepted, rejected_trades=rejected,
         realized_codes=built[-2], accepted_codes=accepted_codes, lot_codes=built[-1],
         state=_open_state(lots_frame, lot_f, lot_i), books=_books(ev),
-        **_losses(ev, realized_pnl, real_f, real_i, open_losses, loss_rows, loss_out),
+        **_losses(ev, realized_pnl, real_f, open_losses, loss_rows, loss_out),
     )
 
 
@@ -718,8 +718,8 @@ def _books(ev: _Events) -> pl.DataFrame:
 
 
 def _losses(
-    ev: _Events, realized: pl.DataFrame, real_f: np.ndarray, real_i: np.ndarray, earlier: pl.DataFrame,
-    loss_rows: np.ndarray, loss_out: np.ndarray,
+    ev: _Events, realized: pl.DataFrame, real_f: np.ndarray, earlier: pl.DataFrame, loss_rows: np.ndarray,
+    loss_out: np.ndarray,
 ) -> dict[str, pl.DataFrame]:
     """The ``open_losses`` and ``loss_updates`` of a ledger (``Ledger``).
 
