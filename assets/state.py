@@ -215,24 +215,26 @@ def _recorded_inputs(lake: LakeResource) -> set[str | None]:
     return recorded
 
 
-def _new_trades(lake: LakeResource, scope: Scope) -> tuple[pl.DataFrame | None, str]:
-    """The bronze trades added since every ledger table's last build, or None and why they
-    cannot be told apart: the tables recorded different input versions (a build stopped
-    half-way), or a bronze commit since then rewrote rows (a file landed again)."""
+def _new_trades(lake: LakeResource, scope: Scope) -> tuple[pl.DataFrame | None, str, str]:
+    """``(rows, inputs, why)``: the bronze trades added since every ledger table's last build
+    and the input versions that build recorded; or None, and why they cannot be told apart:
+    the tables recorded different input versions (a build stopped half-way), or a bronze
+    commit since then rewrote rows (a file landed again)."""
     recorded = _recorded_inputs(lake)
     if len(recorded) != 1 or None in recorded:
-        return None, "the ledger tables were last built from different inputs"
+        return None, "", "the ledger tables were last built from different inputs"
+    inputs = recorded.pop()
     trades = bronze_table("trades")
-    since = parse_inputs(recorded.pop()).get(trades)
+    since = parse_inputs(inputs).get(trades)
     until = scope.versions.get(trades)
     if since is None or until is None or since < 0:
-        return None, "no recorded bronze trades version"
+        return None, inputs, "no recorded bronze trades version"
     new = lake.rows_added(trades, since, until)
     if new is None:
-        return None, "a bronze trades commit since the last build rewrote rows"
+        return None, inputs, "a bronze trades commit since the last build rewrote rows"
     schema = bronze_schema_of("trades")
     new = new.with_columns(pl.lit(None, schema[c]).alias(c) for c in schema if c not in new.columns)
-    return new.select(list(schema)).cast(schema), ""
+    return new.select(list(schema)).cast(schema), inputs, ""
 
 
 def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, scope: Scope) -> list | None:
@@ -249,7 +251,7 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
     A build stopped between two commits leaves the tables with different recorded inputs, so
     the next build replays the scope instead (``_new_trades``)."""
     started = time.perf_counter()
-    new, why = _new_trades(lake, scope)
+    new, inputs_before, why = _new_trades(lake, scope)
     where = scope.where()
     books = read_silver(lake, "ledger_books", where=where) if new is not None else None
     if new is not None:
@@ -269,7 +271,7 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
     # a table written in two commits records the earlier inputs in the first: a build stopped
     # between them leaves it unlike the trades (written first, with the new inputs), so the
     # next build replays the scope
-    first = {**meta, INPUTS_KEY: next(iter(_recorded_inputs(lake)))}
+    first = {**meta, INPUTS_KEY: inputs_before}
     in_scope = scope.predicate()
     lots = conform("lots", tables["lots"])
     is_open = pl.col("status") == "OPEN"

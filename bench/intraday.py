@@ -185,8 +185,8 @@ def _continued(lake, inputs: BookInputs, new: pl.DataFrame, touched: pl.Series) 
     replay = inputs.for_portfolios(redo)
     shards = [replay.for_portfolios(ids) for ids in book_shards(replay, LEDGER_SHARD_TRADES)] if redo.len() else []
     kept = new.filter(keep)
+    updates = continue_ledger(kept, inputs.portfolios, state, losses).loss_updates.height  # (also the warm-up)
     cont = _median_time(lambda: continue_ledger(kept, inputs.portfolios, state, losses))
-    updates = continue_ledger(kept, inputs.portfolios, state, losses).loss_updates.height
     full = _median_time(lambda: _drain(map_shards(lambda s: build_ledger(s.trades, s.portfolios), shards, SHARD_WORKERS)),
                         3 if replay.trades.height < 1_000_000 else 1)
     return {"portfolios": touched.len(), "replayed": redo.len(), "seeded_lots": state.filter(keep).height,
