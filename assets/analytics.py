@@ -19,7 +19,6 @@ from assets.scope import Scope, plan_scope, write_in_scope
 from assets.state import bronze_key, current_moment, read_bronze, read_silver, silver_key, silver_table, write_table
 from transforms import contract
 from transforms.attribution_inputs import attribution_report, benchmark_sector_sums, portfolio_days
-from transforms.cash import cash_balances as build_cash_balances
 from transforms.conventions import risk_free_per_period
 from transforms.drift import (
     closed_portfolios,
@@ -193,7 +192,7 @@ def _margin_rules(settings: PipelineSettings) -> MarginRules:
     specs=[
         dg.AssetSpec(gold_key("cash_balances"), description="Settled and pending cash per portfolio and currency, "
                      "local and base, with the account type; negative settled cash in a cash account is flagged.",
-                     kinds={"polars", "delta"}, deps=[silver_key("cash_ledger"), silver_key("positions")]),
+                     kinds={"polars", "delta"}, deps=[silver_key("cash_balances"), silver_key("positions")]),
         dg.AssetSpec(gold_key("margin"), description="Margin per portfolio under the settings' rule set: initial and "
                      "maintenance requirements, excess or deficit, buying power, margin-call flag.",
                      kinds={"polars", "delta"}, deps=[silver_key("portfolio_state"), silver_key("positions")]),
@@ -204,11 +203,11 @@ def cash_and_margin(context: dg.AssetExecutionContext, lake: LakeResource, setti
     positions = read_silver(lake, "positions")
     state = read_silver(lake, "portfolio_state")
     accounts = account_types(positions, read_bronze(lake, "portfolios"), settings.margin_portfolios)
-    balances = cash_balances_base(build_cash_balances(read_silver(lake, "cash_ledger"), current_moment(lake)), positions, accounts)
+    balances = cash_balances_base(read_silver(lake, "cash_balances"), positions, accounts)
     frame = build_margin(state, accounts, _margin_rules(settings))
     yield dg.MaterializeResult(
         asset_key=gold_key("cash_balances"),
-        metadata={**write_gold(context, lake, "cash_balances", balances, [silver_table("cash_ledger")]),
+        metadata={**write_gold(context, lake, "cash_balances", balances, [silver_table("cash_balances")]),
                   "negative_settled_cash": int(balances["negative_settled_cash"].sum())},
     )
     yield dg.MaterializeResult(

@@ -103,6 +103,23 @@ def write_in_scope(lake: LakeResource, table: str, frame: pl.DataFrame, scope: S
     return lake.write(table, frame, predicate=scope.predicate(), run_id=run_id, commit_metadata=scope.commit_metadata())
 
 
+def rows_since_last_build(lake: LakeResource, output: str, source: str, until: int | None,
+                          schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    """The rows lake table ``source`` gained after the version ``output``'s last commit
+    recorded reading, up to version ``until`` (``LakeResource.rows_added``), with the columns
+    and types of ``schema``; None when they cannot be told: no recorded version, or some
+    commit in between rewrote rows (a rebuild), so the caller rebuilds instead."""
+    last = lake.history(output, 1)
+    since = parse_inputs(last[0].get(INPUTS_KEY)).get(source) if last else None
+    if since is None or until is None or since < 0:
+        return None
+    rows = lake.rows_added(source, since, until)
+    if rows is None:
+        return None
+    rows = rows.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in rows.columns)
+    return rows.select(list(schema)).cast(schema)
+
+
 def commits_after(lake: LakeResource, table: str, version: int) -> list[dict]:
     """The commit infos of ``table`` after ``version`` (newest first)."""
     current = lake.version(table)

@@ -19,12 +19,22 @@ import pyarrow.dataset as ds
 from assets.ingest import bronze_schema_of, bronze_table, in_predicate
 from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource, PipelineSettings
-from assets.scope import Scope, plan_scope, write_in_scope
+from assets.scope import Scope, plan_scope, rows_since_last_build, write_in_scope
 from transforms.changes import INPUTS_KEY, parse_inputs
-from transforms.ledger_state import continue_ledger, merge_books, replay_needed
+from transforms.ledger_state import continue_ledger, merge_books, open_lots, replay_needed
 from transforms import contract
-from transforms.book import BookInputs, ledger_quarantine, moment_of
-from transforms.cash import cash_ledger as build_cash_ledger
+from transforms.book import BookInputs, Market, ledger_quarantine, moment_of
+from transforms.cash import CASH_BALANCES_SCHEMA, cash_balances as build_cash_balances, cash_ledger as build_cash_ledger
+from transforms.continued_state import (
+    REALIZED_TOTALS_SCHEMA,
+    carry_cash_balances,
+    carry_realized,
+    last_business_day,
+    valuation_changes,
+    valuations_on_day,
+)
+from transforms.fx import Currencies, usd_table
+from transforms.prices import price_table
 from transforms.lots import build_ledger
 from transforms.positions import positions as build_positions
 from transforms.shards import map_shards, portfolio_shards
@@ -35,6 +45,8 @@ GROUP = "state"
 # Trades per ledger shard: bounds the ledger's memory (about 2 GB per million trades of a
 # book with many wash-sale splits) whatever the size of the book.
 LEDGER_SHARD_TRADES = 1_000_000
+# The lock the ledger's tables are written under (``LakeResource.writer_lock``)
+LEDGER_LOCK = "silver/lots"
 SILVER_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "trades": {**contract.LANDING_SCHEMAS["trades"], **contract.LINEAGE},
     "lots": contract.LOTS_SCHEMA,
@@ -45,6 +57,7 @@ SILVER_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "ledger_books": contract.LEDGER_BOOKS_SCHEMA,
     "ledger_open_losses": contract.LEDGER_OPEN_LOSSES_SCHEMA,
     "cash_ledger": contract.CASH_LEDGER_SCHEMA,
+    "cash_balances": CASH_BALANCES_SCHEMA,
     "positions": contract.POSITIONS_SCHEMA,
     "daily_valuations": contract.DAILY_VALUATIONS_SCHEMA,
     "portfolio_state": contract.PORTFOLIO_STATE_SCHEMA,
@@ -192,7 +205,7 @@ def ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: Pipe
     replays only the changed portfolios' trades.
     """
     outputs = [silver_table(name) for name in LEDGER_OUTPUTS]
-    with lake.writer_lock(silver_table("lots")):
+    with lake.writer_lock(LEDGER_LOCK):
         scope = plan_scope(lake, outputs, [bronze_table("trades")], [bronze_table("portfolios")], incremental=settings.incremental_state)
         context.log.info(f"ledger: {scope.describe()}")
         if scope.empty:
@@ -243,7 +256,8 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
     history, when every one of them can be continued; None (replay the scope) otherwise.
 
     Writes, each recording the scope: the new accepted trades and rejections appended; the
-    scope's OPEN lots replaced by the continued ones still open, the rest appended; earlier
+    scope's OPEN lots replaced by those of the continued state, the lots the new trades closed
+    appended; earlier
     realised rows whose disallowed loss a new BUY raised replaced, new ones appended; the
     scope's state, open losses and books replaced. Only appends and predicate overwrites:
     delta-rs MERGE and DELETE rewrite string columns as ``string_view``, which PyArrow cannot
@@ -273,14 +287,14 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
     # next build replays the scope
     first = {**meta, INPUTS_KEY: inputs_before}
     in_scope = scope.predicate()
-    lots = conform("lots", tables["lots"])
-    is_open = pl.col("status") == "OPEN"
+    # every open lot of the scope comes from the continued state (the books no new trade
+    # touched were not replayed); the replayed books' lots the new trades closed are appended
+    closed = conform("lots", tables["lots"]).filter(pl.col("status") == "CLOSED")
     versions = {"trades": lake.write(silver_table("trades"), conform("trades", tables["trades"]), run_id=run_id,
                                      mode="append", commit_metadata=meta)}
-    lake.write(silver_table("lots"), lots.filter(is_open), run_id=run_id, predicate=f"{in_scope} AND status = 'OPEN'",
+    lake.write(silver_table("lots"), open_lots(result.state), run_id=run_id, predicate=f"{in_scope} AND status = 'OPEN'",
                commit_metadata=first)
-    versions["lots"] = lake.write(silver_table("lots"), lots.filter(~is_open), run_id=run_id, mode="append",
-                                  commit_metadata=meta)
+    versions["lots"] = lake.write(silver_table("lots"), closed, run_id=run_id, mode="append", commit_metadata=meta)
     updates = result.loss_updates
     if updates.height:  # earlier realised rows whose disallowed loss a new BUY raised
         key = ["portfolio_id", "trade_id", "lot_id"]
@@ -387,46 +401,98 @@ def _sharded_ledger(context: dg.AssetExecutionContext, lake: LakeResource, setti
     "deposits, withdrawals, dividends, interest, fees) with its settle date.",
 )
 def cash_ledger(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
-    with lake.writer_lock(silver_table("cash_ledger")):
+    """The cash entries of the accepted trades and the cash flows. When the trades and flows
+    only gained rows since the last build (an intraday file the ledger continued), the new
+    rows' entries are appended; otherwise the scope's entries are rebuilt."""
+    # the ledger's lock too: the entries appended are those of the trades added since the
+    # versions this build records, so no ledger write may land between its plan and its reads
+    with lake.writer_lock(silver_table("cash_ledger")), lake.writer_lock(LEDGER_LOCK):
+        table = silver_table("cash_ledger")
         scope = plan_scope(
-            lake, [silver_table("cash_ledger")], [silver_table("trades"), bronze_table("cash_flows")],
+            lake, [table], [silver_table("trades"), bronze_table("cash_flows")],
             [bronze_table("instruments")], incremental=settings.incremental_state,
         )
         if scope.empty:
             return dg.MaterializeResult(metadata=unchanged(scope))
+        instruments = read_bronze(lake, "instruments")
+        if not scope.full:
+            trades = rows_since_last_build(lake, table, silver_table("trades"), scope.versions[silver_table("trades")],
+                                           SILVER_SCHEMAS["trades"])
+            flows = rows_since_last_build(lake, table, bronze_table("cash_flows"),
+                                          scope.versions[bronze_table("cash_flows")], bronze_schema_of("cash_flows"))
+            if trades is not None and flows is not None:
+                frame = conform("cash_ledger", build_cash_ledger(scope.restrict(trades), scope.restrict(flows), instruments))
+                version = lake.write(table, frame, mode="append", run_id=context.run.run_id,
+                                     commit_metadata={**scope.commit_metadata(), "continued": "true"})
+                context.log.info(f"cash ledger: appended the entries of {trades.height} new trades and {flows.height} flows")
+                return dg.MaterializeResult(metadata={**table_metadata(frame), "delta_version": version,
+                                                      "scope": scope.describe(), "continued": True})
         frame = build_cash_ledger(
-            read_silver(lake, "trades", where=scope.where()), read_bronze(lake, "cash_flows", scope.where()), read_bronze(lake, "instruments")
+            read_silver(lake, "trades", where=scope.where()), read_bronze(lake, "cash_flows", scope.where()), instruments
         )
         return dg.MaterializeResult(metadata=write_scoped(context, lake, "cash_ledger", frame, scope))
 
 
 @dg.asset(
+    key=silver_key("cash_balances"),
+    deps=[silver_key("cash_ledger")],
+    group_name=GROUP,
+    kinds={"polars", "delta"},
+    description="Cash per portfolio and currency at the state's moment: settled, pending (settling "
+    "after its date) and total, with the latest entry.",
+)
+def cash_balances(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    """The balances of the cash ledger at the current moment. Within one date, the entries
+    appended since the last build are added to the stored balances
+    (``transforms.continued_state.carry_cash_balances``) rather than summing every entry again."""
+    # the cash ledger's lock too: the entries carried are those added since the recorded version
+    with lake.writer_lock(silver_table("cash_balances")), lake.writer_lock(silver_table("cash_ledger")):
+        table, moment = silver_table("cash_balances"), current_moment(lake)
+        scope = plan_scope(lake, [table], [silver_table("cash_ledger")], [], moment=moment,
+                           incremental=settings.incremental_state)
+        if scope.empty:
+            return dg.MaterializeResult(metadata={**unchanged(scope), "as_of": moment.isoformat()})
+        entries = None if scope.full else rows_since_last_build(
+            lake, table, silver_table("cash_ledger"), scope.versions[silver_table("cash_ledger")],
+            SILVER_SCHEMAS["cash_ledger"])
+        if entries is not None:
+            frame = carry_cash_balances(read_silver(lake, "cash_balances", where=scope.where()), scope.restrict(entries), moment)
+        else:
+            frame = build_cash_balances(read_silver(lake, "cash_ledger", where=scope.where()), moment)
+        meta = write_scoped(context, lake, "cash_balances", frame, scope)
+        return dg.MaterializeResult(metadata={**meta, "as_of": moment.isoformat(), "continued": entries is not None})
+
+
+@dg.asset(
     key=silver_key("positions"),
-    deps=[silver_key("lots"), silver_key("cash_ledger")] + [bronze_key(k) for k in ("prices", "fx_rates", "instruments", "portfolios")],
+    deps=[silver_key("ledger_state"), silver_key("cash_balances")]
+    + [bronze_key(k) for k in ("prices", "fx_rates", "instruments", "portfolios")],
     group_name=GROUP,
     kinds={"polars", "delta"},
     description="Current positions per portfolio (LONG, SHORT and one CASH row per currency): "
     "quantity, cost basis, average cost, market value, unrealised P&L and weight in the base currency.",
 )
 def positions(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    """Positions from the ledger's open lots (its state: the open lots alone, a fraction of
+    every lot ever opened) and the cash balances."""
     with lake.writer_lock(silver_table("positions")):
         moment = current_moment(lake)
         scope = plan_scope(
-            lake, [silver_table("positions")], [silver_table("lots"), silver_table("cash_ledger")],
+            lake, [silver_table("positions")], [silver_table("ledger_state"), silver_table("cash_balances")],
             [bronze_table(k) for k in ("prices", "fx_rates", "instruments", "portfolios")],
             moment=moment, incremental=settings.incremental_state,
         )
         if scope.empty:
             return dg.MaterializeResult(metadata={**unchanged(scope), "as_of": moment.isoformat()})
-        open_lots = pl.col("status") == "OPEN"
         frame = build_positions(
-            read_silver(lake, "lots", where=open_lots if scope.full else open_lots & scope.where()),
-            read_silver(lake, "cash_ledger", where=scope.where()),
+            open_lots(read_silver(lake, "ledger_state", where=scope.where())),
+            None,
             read_bronze(lake, "prices"),
             read_bronze(lake, "fx_rates"),
             read_bronze(lake, "instruments"),
             scope.restrict(read_bronze(lake, "portfolios")),
             moment,
+            balances=read_silver(lake, "cash_balances", where=scope.where()),
         )
         meta = write_scoped(context, lake, "positions", frame, scope)
         return dg.MaterializeResult(metadata={**meta, "as_of": moment.isoformat()})
@@ -434,59 +500,119 @@ def positions(context: dg.AssetExecutionContext, lake: LakeResource, settings: P
 
 @dg.asset(
     key=silver_key("daily_valuations"),
-    deps=[silver_key("trades"), silver_key("cash_ledger"), bronze_key("prices"), bronze_key("fx_rates")],
+    deps=[silver_key("trades"), silver_key("cash_ledger"), silver_key("positions"), silver_key("cash_balances"),
+          bronze_key("prices"), bronze_key("fx_rates")],
     group_name=GROUP,
     kinds={"polars", "delta"},
     description="NAV, cash (settled and pending), long and short market value and external flows "
     "per portfolio and business day of the price calendar.",
 )
 def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
+    """The valuations of the scope's portfolios over their history; or, when the cash ledger
+    only gained entries since the last build, the one row those entries change (the last
+    business day's, from the positions and balances) and a rebuild of the portfolios whose
+    entries are dated earlier (``transforms.continued_state.valuation_changes``)."""
     with lake.writer_lock(silver_table("daily_valuations")):
+        table = silver_table("daily_valuations")
         scope = plan_scope(
-            lake, [silver_table("daily_valuations")], [silver_table("trades"), silver_table("cash_ledger")],
+            lake, [table], [silver_table("trades"), silver_table("cash_ledger")],
             [bronze_table(k) for k in ("prices", "fx_rates", "instruments", "portfolios")], incremental=settings.incremental_state,
         )
         if scope.empty:
             return dg.MaterializeResult(metadata=unchanged(scope))
-        frame = build_daily_valuations(
-            read_silver(lake, "trades", where=scope.where()),
-            read_silver(lake, "cash_ledger", where=scope.where()),
-            read_bronze(lake, "prices"),
-            read_bronze(lake, "fx_rates"),
-            read_bronze(lake, "instruments"),
-            scope.restrict(read_bronze(lake, "portfolios")),
+        entries = None if scope.full else rows_since_last_build(
+            lake, table, silver_table("cash_ledger"), scope.versions[silver_table("cash_ledger")],
+            SILVER_SCHEMAS["cash_ledger"])
+        inputs = {k: read_bronze(lake, k) for k in ("prices", "fx_rates", "instruments")}
+        portfolios = scope.restrict(read_bronze(lake, "portfolios"))
+
+        def rebuilt(where: pl.Expr | None) -> pl.DataFrame:
+            return build_daily_valuations(
+                read_silver(lake, "trades", where=where), read_silver(lake, "cash_ledger", where=where),
+                inputs["prices"], inputs["fx_rates"], inputs["instruments"],
+                portfolios if where is None else portfolios.filter(where),
+            )
+
+        if entries is None:
+            return dg.MaterializeResult(metadata=write_scoped(context, lake, "daily_valuations", rebuilt(scope.where()), scope))
+        moment = current_moment(lake)
+        market = Market(price_table(inputs["prices"]), usd_table(inputs["fx_rates"]))
+        last_day = last_business_day(market, moment.date())
+        stored = read_silver(lake, "daily_valuations", where=scope.where() & (pl.col("date") == last_day)) \
+            if last_day is not None else pl.DataFrame(schema=SILVER_SCHEMAS["daily_valuations"])
+        on_day, rebuild = valuation_changes(scope.restrict(entries), stored, moment.date(), last_day)
+        valued = pl.col("portfolio_id").is_in(on_day["portfolio_id"].implode())
+        rows, unpriced = valuations_on_day(
+            read_silver(lake, "positions", where=valued), read_silver(lake, "cash_balances", where=valued), on_day,
+            market, Currencies(inputs["instruments"], portfolios), last_day or moment.date(),
         )
-        return dg.MaterializeResult(metadata=write_scoped(context, lake, "daily_valuations", frame, scope))
+        rebuild = pl.concat([rebuild, unpriced]).unique().sort()
+        again = rebuilt(pl.col("portfolio_id").is_in(rebuild.implode())) if rebuild.len() else rows.clear()
+        frame = conform("daily_valuations", pl.concat([rows, again]))
+        parts = [f"({in_predicate('portfolio_id', rows['portfolio_id'].to_list())} AND date = '{last_day}')"] if rows.height else []
+        parts += [in_predicate("portfolio_id", rebuild.to_list())] if rebuild.len() else []
+        if not parts:
+            return dg.MaterializeResult(metadata={**unchanged(scope), "continued": True})
+        version = lake.write(table, frame, predicate=" OR ".join(parts), run_id=context.run.run_id,
+                             commit_metadata={**scope.commit_metadata(), "continued": "true"})
+        context.log.info(f"daily valuations: {rows.height} row(s) of {last_day} recomputed, "
+                         f"{rebuild.len()} portfolio(s) rebuilt")
+        return dg.MaterializeResult(metadata={**table_metadata(frame), "delta_version": version, "scope": scope.describe(),
+                                              "continued": True, "rebuilt_portfolios": rebuild.len()})
 
 
 @dg.asset(
     key=silver_key("portfolio_state"),
-    deps=[silver_key("positions"), silver_key("realized_pnl"), silver_key("cash_ledger")] + [bronze_key(k) for k in ("fx_rates", "instruments", "portfolios")],
+    deps=[silver_key("positions"), silver_key("realized_pnl"), silver_key("cash_balances")]
+    + [bronze_key(k) for k in ("fx_rates", "instruments", "portfolios")],
     group_name=GROUP,
     kinds={"polars", "delta"},
     description="One row per portfolio: total value (NAV), cash, long/short market value, "
     "unrealised and realised P&L, weights, status and the moment the state describes.",
 )
 def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource, settings: PipelineSettings):
-    with lake.writer_lock(silver_table("portfolio_state")):
+    """The state of the scope's portfolios from their positions, cash balances and realised
+    P&L. When the accepted trades only gained rows since the last build, the realised total
+    is the stored one plus the new trades' realised rows (``carry_realized``) rather than
+    every realised row summed again."""
+    # the ledger's lock too: a carried total adds the realised rows of the trades added since
+    # the recorded version, so the trades and realised rows must not move between plan and read
+    with lake.writer_lock(silver_table("portfolio_state")), lake.writer_lock(LEDGER_LOCK):
         moment = current_moment(lake)
         scope = plan_scope(
             lake, [silver_table("portfolio_state")],
-            [silver_table("positions"), silver_table("realized_pnl"), silver_table("cash_ledger")],
+            [silver_table("positions"), silver_table("realized_pnl"), silver_table("cash_balances"), silver_table("trades")],
             [bronze_table(k) for k in ("fx_rates", "instruments", "portfolios")],
             moment=moment, incremental=settings.incremental_state,
         )
         previous = None if scope.full else read_silver(lake, "portfolio_state")
         if scope.empty and previous["as_of"].eq(moment).all():
             return dg.MaterializeResult(metadata=unchanged(scope))
+        fx, instruments = read_bronze(lake, "fx_rates"), read_bronze(lake, "instruments")
+        portfolios = scope.restrict(read_bronze(lake, "portfolios"))
+        new_trades = None if scope.full else rows_since_last_build(
+            lake, silver_table("portfolio_state"), silver_table("trades"), scope.versions[silver_table("trades")],
+            SILVER_SCHEMAS["trades"])
+        realized_columns = ["portfolio_id", "instrument_id", "close_ts", "realized_pnl"]
+        if new_trades is not None:
+            ids = scope.restrict(new_trades)["trade_id"].unique().sort()
+            rows = read_silver(lake, "realized_pnl", realized_columns,
+                               where=scope.where() & pl.col("trade_id").is_in(ids.implode()))
+            totals = scope.restrict(previous).select(
+                "portfolio_id", "realized_pnl", pl.col("last_updated").alias("last_close_ts")).cast(REALIZED_TOTALS_SCHEMA)
+            realized = carry_realized(totals, rows, portfolios, instruments, moment, fx)
+        else:
+            rows, realized = read_silver(lake, "realized_pnl", realized_columns, where=scope.where()), None
         frame = build_portfolio_state(
             read_silver(lake, "positions", where=scope.where()),
-            read_silver(lake, "realized_pnl", ["portfolio_id", "instrument_id", "close_ts", "realized_pnl"], where=scope.where()),
-            scope.restrict(read_bronze(lake, "portfolios")),
+            rows,
+            portfolios,
             moment,
-            read_bronze(lake, "fx_rates"),
-            instruments=read_bronze(lake, "instruments"),
-            cash_ledger=read_silver(lake, "cash_ledger", where=scope.where()),
+            fx,
+            instruments=instruments,
+            cash_ledger=None,
+            balances=read_silver(lake, "cash_balances", where=scope.where()),
+            realized=realized,
         )
         if previous is not None:
             # The other portfolios' state is the same at the later moment of the same day
@@ -495,10 +621,10 @@ def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource, setti
             frame = pl.concat([kept, conform("portfolio_state", frame)]).sort("portfolio_id")
         version = lake.write(
             silver_table("portfolio_state"), conform("portfolio_state", frame), run_id=context.run.run_id,
-            commit_metadata=scope.commit_metadata(),
+            commit_metadata={**scope.commit_metadata(), "continued": str(new_trades is not None).lower()},
         )
         meta = {**table_metadata(frame), "delta_version": version, "scope": scope.describe()}
         return dg.MaterializeResult(metadata={**meta, "total_nav": float(frame["total_value"].sum() or 0.0)})
 
 
-STATE_ASSETS = [ledger, cash_ledger, positions, daily_valuations, portfolio_state]
+STATE_ASSETS = [ledger, cash_ledger, cash_balances, positions, daily_valuations, portfolio_state]

@@ -36,11 +36,16 @@ def test_the_bench_file_buys_and_sells_held_instruments_within_the_day(tmp_path,
     figures = json.loads(out.read_text())
     for spread in ("1", "2"):
         apply = figures["apply"][spread]
-        assert apply["success"] and apply["portfolios"] == int(spread) and apply["compute_s"] > 0
+        assert apply["success"] and apply["portfolios"] == int(spread) and apply["rebuild_s"] > 0
         assert apply["trades_replayed"] > apply["trades"] == 300
-        continued = apply["continued"]  # every touched portfolio continued or replayed, both timed
-        assert continued["portfolios"] == int(spread) and 0 <= continued["replayed"] <= int(spread)
-        assert continued["continue_s"] > 0 and continued["replay_s"] >= 0
+        carried = apply["carried"]  # every touched portfolio carried forward or replayed, both timed
+        assert carried["portfolios"] == int(spread) and 0 <= carried["replayed"] <= int(spread)
+        assert carried["carry_s"] > 0 and carried["replay_s"] >= 0
+        assert apply["compute_s"] == carried["compute_s"]
+        assert abs(carried["compute_s"] - carried["carry_s"] - carried["replay_s"]) < 2e-4
+        # the file's trades are on the state's date: its valuation row is recomputed, none rebuilt
+        assert carried["valuation_rows_recomputed"] == int(spread) - carried["replayed"]
+        assert carried["valuations_rebuilt"] == 0
     assert set(figures["goals"]) == {"apply_compute_under_0.5_s"}
     # the files were applied: the book now holds their trades
     trades_now = read_silver(lake, "trades", ["trade_id"])

@@ -83,6 +83,48 @@ def test_the_sensor_in_dagster_skips_then_requests(tmp_path, tiny_landing):
         assert json.loads(context.cursor)["done"]
 
 
+def _materialized(result, key: str) -> dict:
+    """The metadata values of the materialisation of ``key`` in a run."""
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+def test_last_day_trades_are_carried_through_every_state_table(tmp_path, tiny_landing):
+    """The trades of the book's last price date land as their own file after a full run: the
+    ledger replays only their books, the cash ledger appends their entries, the balances and
+    realised totals are carried, the valuations recompute that date's row alone, and the
+    tables equal one full run over every file."""
+    source = tmp_path / "landing"
+    shutil.copytree(tiny_landing, source)
+    last = sorted((source / "trades").iterdir())[-1]
+    trades = pl.read_csv(last, infer_schema=False)
+    last_day = trades.filter(pl.col("trade_ts").str.slice(0, 10) == trades["trade_ts"].str.slice(0, 10).max())
+    assert last_day.height >= 5
+    trades.filter(~pl.col("trade_id").is_in(last_day["trade_id"].implode())).write_csv(last)
+    last_day.write_csv(source / "trades" / "trades_last_day.csv")
+    full = tmp_path / "full"
+    shutil.copytree(source, full / "landing")
+    materialize_all(full)
+    split_dir = tmp_path / "split"
+    shutil.copytree(source, split_dir / "landing")
+    (split_dir / "landing" / "trades" / "trades_last_day.csv").unlink()
+    materialize_all(split_dir)
+    shutil.copy(source / "trades" / "trades_last_day.csv", split_dir / "landing" / "trades")
+    result = build_definitions(str(split_dir)).resolve_job_def("intraday").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    for key in ("silver/cash_ledger", "silver/cash_balances", "silver/daily_valuations"):
+        assert _materialized(result, key)["continued"] is True, key
+    assert _materialized(result, "silver/daily_valuations")["rebuilt_portfolios"] == 0
+    lake = resources_for(split_dir)["lake"]
+    assert lake.history("silver/portfolio_state", 1)[0].get("continued") == "true"
+    # a file of a few books: the open lots of the portfolios' other books came from the state
+    held = lake.read("silver/lots").filter(pl.col("status") == "OPEN", pl.col("portfolio_id").is_in(
+        last_day["portfolio_id"].implode()))
+    assert held["instrument_id"].n_unique() > last_day["instrument_id"].n_unique()
+    assert_same_tables(snapshot(split_dir), snapshot(full))
+
+
 @pytest.mark.parametrize("split", ["last_trades_file", "prices_and_trades"])
 def test_intraday_runs_over_a_split_book_equal_one_full_run(tmp_path, tiny_landing, split):
     """The book's last trade file (and, in the second case, its price file too) lands after a

@@ -13,8 +13,9 @@ What is carried, and why it equals a rebuild (up to the order floats are added i
   can raise an earlier sale's disallowed loss, which changes its taxable P&L but not its
   realised P&L, so the earlier rows' total stands.
 - positions and the portfolio state are functions of the open lots, the balances and the
-  realised totals at the moment: they are recomputed from the carried ones
-  (``transforms.positions``, ``transforms.state``).
+  realised totals at the moment: the rows of the books the trades touched, the cash rows and
+  the state are recomputed from the carried ones (``transforms.positions``,
+  ``transforms.state``); the other books' stored rows stand but for their weights.
 - the daily valuations change only on the days from the first new entry's date on
   (holdings and cash are cumulative). ``valuations_on_day`` recomputes the one row of the
   state's date from the positions and balances; a portfolio whose new entries are dated
@@ -32,17 +33,17 @@ import polars as pl
 from transforms.book import Market, to_utc
 from transforms.cash import CASH_BALANCES_SCHEMA, cash_balances, cash_ledger
 from transforms.contract import DAILY_VALUATIONS_SCHEMA, TS
-from transforms.fx import Currencies, as_of_date
+from transforms.fx import Currencies, FxRates, as_of_date
 from transforms.ledger_state import continue_ledger
 from transforms.lots import Ledger
-from transforms.positions import positions as build_positions
+from transforms.positions import positions as build_positions, reweighted
 from transforms.state import portfolio_state, realized_by_portfolio
 from transforms.valuations import QTY_EPS
 
 REALIZED_TOTALS_SCHEMA: dict[str, pl.DataType] = {
     "portfolio_id": pl.String,
     "realized_pnl": pl.Float64,  # base currency, each row at the fx of its close date
-    "last_close_ts": TS,  # or any earlier moment that bounds it (see ``carry_realized``)
+    "last_close_ts": TS,  # or a later moment no later than the last cash entry (``carry_realized``)
 }
 
 
@@ -72,7 +73,7 @@ def carry_realized(
     portfolios: pl.DataFrame,
     instruments: pl.DataFrame,
     as_of: datetime,
-    market: Market,
+    fx_rates: FxRates,
     currencies: Currencies | None = None,
 ) -> pl.DataFrame:
     """``REALIZED_TOTALS_SCHEMA`` rows: the earlier ``totals`` per portfolio plus the new
@@ -83,7 +84,7 @@ def carry_realized(
     close from above: the state takes the latest of the positions' and cash's updates and the
     last close, and a close is a trade whose cash entry carries the same time, so that bound
     changes no state's ``last_updated``."""
-    added = realized_by_portfolio(realized_pnl, portfolios, instruments, as_of, market.fx, currencies=currencies)
+    added = realized_by_portfolio(realized_pnl, portfolios, instruments, as_of, fx_rates, currencies=currencies)
     both = totals.select(list(REALIZED_TOTALS_SCHEMA)).join(added, on="portfolio_id", how="full", coalesce=True,
                                                              suffix="_new")
     return both.select(
@@ -198,13 +199,14 @@ def valuations_on_day(
 class StoredState:
     """What an earlier build stored of some portfolios: the ledger's open lots
     (``LEDGER_STATE_SCHEMA``) and open losses, the cash balances (``CASH_BALANCES_SCHEMA``),
-    the realised totals (``REALIZED_TOTALS_SCHEMA``) and the daily valuation rows of the
-    state's date (``DAILY_VALUATIONS_SCHEMA``)."""
+    the realised totals (``REALIZED_TOTALS_SCHEMA``), the positions (``POSITIONS_SCHEMA``)
+    and the daily valuation rows of the state's date (``DAILY_VALUATIONS_SCHEMA``)."""
 
     ledger_state: pl.DataFrame
     open_losses: pl.DataFrame
     balances: pl.DataFrame
     realized: pl.DataFrame
+    positions: pl.DataFrame
     valuations: pl.DataFrame
 
 
@@ -250,10 +252,16 @@ def continue_book(
     entries = cash_ledger(ledger.accepted_trades, pl.DataFrame(schema=_FLOW_COLUMNS), instruments)
     balances = carry_cash_balances(stored_balances, entries, moment)
     book = Currencies(instruments, ports)
-    realized = carry_realized(stored.realized.filter(mine), ledger.realized_pnl, ports, instruments, moment, market,
+    realized = carry_realized(stored.realized.filter(mine), ledger.realized_pnl, ports, instruments, moment, market.fx,
                               book)
-    pos = build_positions(ledger.lots, entries, market.prices, market.fx, instruments, ports, moment,
-                          balances=balances, currencies=book, lot_codes=ledger.lot_codes)
+    # the books the trades replayed are valued again; the others' rows stand (same lots, and
+    # the same closes and fx on the same date) but for their weights
+    replayed = build_positions(ledger.lots, entries, market.prices, market.fx, instruments, ports, moment,
+                               balances=balances, currencies=book, lot_codes=ledger.lot_codes)
+    pair = ["portfolio_id", "instrument_id"]
+    others = stored.positions.filter(mine, pl.col("position_type") != "CASH").join(
+        trades.select(pl.col(c).cast(pl.String) for c in pair).unique(), on=pair, how="anti")
+    pos = reweighted(pl.concat([others, replayed]))
     state = portfolio_state(pos, ledger.realized_pnl, ports, moment, market.fx, instruments=instruments,
                             cash_ledger=entries, balances=balances, realized=realized, currencies=book)
     last_day = last_business_day(market, day)

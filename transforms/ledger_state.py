@@ -17,9 +17,11 @@ with a trade at or before its book's last event is replayed whole instead (``rep
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import polars as pl
 
-from transforms.contract import LEDGER_BOOKS_SCHEMA
+from transforms.contract import LEDGER_BOOKS_SCHEMA, LOTS_SCHEMA
 from transforms.lots import Ledger, build_ledger
 
 BOOK_KEY = ["portfolio_id", "instrument_id", "position_type"]
@@ -46,15 +48,41 @@ def continue_ledger(
     ``LEDGER_OPEN_LOSSES_SCHEMA``: those of an earlier build, at least of the trades'
     portfolios), for portfolios that ``replay_needed`` does not name.
 
-    Output: a ``Ledger`` whose lots are the seeded lots as they are now plus the new lots, and
-    whose realised rows, accepted and rejected trades are the new ones; ``loss_updates`` the
-    earlier realised rows whose disallowed loss changed; its ``state`` and ``open_losses``
-    are the new ones of those portfolios (they replace the earlier rows of the portfolios)
-    and its ``books`` cover the books it replayed (merge them into the earlier ones with
-    ``merge_books``)."""
-    ids = trades.get_column("portfolio_id").cast(pl.String).unique().implode()
+    Only the books of the (portfolio, instrument) pairs the trades name are replayed, from
+    their open lots and open losses: a book's lots and the wash-sale rule (the same
+    instrument) never look at another instrument, and a portfolio holds thousands of lots
+    in books a file does not touch.
+
+    Output: a ``Ledger`` whose lots are those of the replayed books (the seeded ones as they
+    are now, and the new ones; ``open_lots(state)`` gives every open lot), whose realised
+    rows, accepted and rejected trades are the new ones; ``loss_updates`` the earlier realised
+    rows whose disallowed loss changed; its ``state`` and ``open_losses`` are every one of
+    the trades' portfolios (they replace their earlier rows: the other books' rows pass
+    through) and its ``books`` cover the books it replayed (merge them into the earlier ones
+    with ``merge_books``)."""
+    pairs = trades.select(pl.col("portfolio_id").cast(pl.String), pl.col("instrument_id").cast(pl.String)).unique()
+    ids = pairs.get_column("portfolio_id").implode()
     mine = pl.col("portfolio_id").is_in(ids)
-    return build_ledger(trades, portfolios, seed=state.filter(mine), open_losses=open_losses.filter(mine))
+    state, open_losses = state.filter(mine), open_losses.filter(mine)
+    pair = ["portfolio_id", "instrument_id"]
+    ledger = build_ledger(trades, portfolios, seed=state.join(pairs, on=pair, how="semi"),
+                          open_losses=open_losses.join(pairs, on=pair, how="semi"))
+    others = (state.join(pairs, on=pair, how="anti"), open_losses.join(pairs, on=pair, how="anti"))
+    return replace(
+        ledger,
+        state=pl.concat([others[0], ledger.state.select(others[0].columns)]),
+        open_losses=pl.concat([others[1], ledger.open_losses.select(others[1].columns)]),
+    )
+
+
+def open_lots(state: pl.DataFrame) -> pl.DataFrame:
+    """The ``LOTS_SCHEMA`` rows of the open lots a ledger ``state`` holds, as the ledger
+    writes them: status OPEN, no close, ``tax_basis = cost_basis + wash_sale_adjustment``."""
+    return state.with_columns(
+        (pl.col("cost_basis") + pl.col("wash_sale_adjustment")).alias("tax_basis"),
+        pl.lit("OPEN").alias("status"),
+        pl.lit(None, LOTS_SCHEMA["closed_ts"]).alias("closed_ts"),
+    ).select(list(LOTS_SCHEMA)).cast(LOTS_SCHEMA)
 
 
 def merge_books(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:

@@ -50,6 +50,14 @@ def _with_weights(rows: pl.LazyFrame) -> pl.LazyFrame:
     return rows.with_columns(pl.when(nav != 0).then(pl.col("market_value") / nav).otherwise(None).alias("weight"))
 
 
+def reweighted(positions: AnyFrame) -> pl.DataFrame:
+    """``positions`` (``POSITIONS_SCHEMA`` rows, whole portfolios) in the output order with
+    every ``weight`` recomputed: for rows of one portfolio built at different times (the
+    books a new trade changed beside the stored rows of the others), whose NAV moved."""
+    ordered = positions.lazy().sort("portfolio_id", "position_type", "instrument_id")
+    return _with_weights(ordered).select([pl.col(c).cast(t) for c, t in POSITIONS_SCHEMA.items()]).collect()
+
+
 def positions(
     lots: AnyFrame,
     cash_ledger: AnyFrame,

@@ -20,6 +20,7 @@ from transforms.continued_state import (
     valuations_on_day,
 )
 from transforms.fx import Currencies
+from transforms.ledger_state import open_lots
 from transforms.lots import build_ledger
 from transforms.sample_book import generate_book
 
@@ -49,6 +50,7 @@ def _stored(inputs: BookInputs, as_of: datetime) -> StoredState:
         open_losses=ledger.open_losses,
         balances=cash_balances(book.cash_ledger, as_of),
         realized=book.portfolio_state.select("portfolio_id", "realized_pnl", pl.col("last_updated").alias("last_close_ts")),
+        positions=book.positions,
         valuations=book.daily_valuations,
     )
 
@@ -63,8 +65,8 @@ def _assert_same_state(continued, whole, touched: pl.Series, as_of: datetime) ->
     assert_frame_equal(continued.positions, whole.positions.filter(mine), **TOL)
     assert_frame_equal(continued.portfolio_state, whole.portfolio_state.filter(mine), **TOL)
     assert_frame_equal(continued.balances, cash_balances(whole.cash_ledger, as_of).filter(mine), **TOL)
-    open_lots = continued.ledger.lots.filter(pl.col("status") == "OPEN").sort("lot_id")
-    assert_frame_equal(open_lots, whole.lots.filter(mine, pl.col("status") == "OPEN").sort("lot_id"))
+    open_now = open_lots(continued.ledger.state).sort("lot_id")
+    assert_frame_equal(open_now, whole.lots.filter(mine, pl.col("status") == "OPEN").sort("lot_id"))
 
 
 def test_last_day_trades_applied_to_the_stored_state_equal_one_build(tiny):

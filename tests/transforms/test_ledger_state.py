@@ -15,7 +15,7 @@ from polars.testing import assert_frame_equal
 from test_lots import FAST, book, pf, random_books_named
 
 from transforms.contract import LEDGER_OPEN_LOSSES_SCHEMA, LEDGER_STATE_SCHEMA
-from transforms.ledger_state import continue_ledger, merge_books, replay_needed
+from transforms.ledger_state import continue_ledger, merge_books, open_lots, replay_needed
 from transforms.lots import build_ledger
 
 
@@ -45,9 +45,11 @@ class Applied:
         cont = continue_ledger(batch.filter(keep), self.portfolios, self.state, self.open_losses)
         full = build_ledger(self.all_trades.filter(~keep), self.portfolios.filter(~keep))
         touched = set(cont.lots["portfolio_id"]) | set(batch["portfolio_id"])
+        # every open lot of a continued portfolio comes from its state (its other books' lots
+        # are not replayed), the lots the new trades closed from the replayed books
         self.lots = pl.concat([
             self.lots.filter(keep & ~(pl.col("portfolio_id").is_in(list(touched)) & (pl.col("status") == "OPEN"))),
-            cont.lots, full.lots,
+            open_lots(cont.state), cont.lots.filter(pl.col("status") == "CLOSED"), full.lots,
         ])
         key = ["portfolio_id", "trade_id", "lot_id"]
         updates = cont.loss_updates.select(*key, "disallowed_loss", "taxable_pnl")
