@@ -9,6 +9,7 @@ back to the exact bronze input.
 
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -279,6 +280,11 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
     state, losses = read_silver(lake, "ledger_state", where=where), read_silver(lake, "ledger_open_losses", where=where)
     read_at = time.perf_counter()
     result = continue_ledger(new, portfolios, state, losses)
+    # the scope's portfolios without a new row (none, as a rule: the scope is the portfolios
+    # the new bronze rows name) keep their state, which the scope's writes replace
+    idle = ~pl.col("portfolio_id").is_in(new["portfolio_id"].unique().implode())
+    result = replace(result, state=pl.concat([result.state, state.filter(idle)]),
+                     open_losses=pl.concat([result.open_losses, losses.filter(idle)]))
     computed_at = time.perf_counter()
     tables = dict(_ledger_tables(result, context.run.run_id))
     run_id, meta = context.run.run_id, {**scope.commit_metadata(), "continued": "true"}

@@ -80,9 +80,13 @@ def bench_trades(positions: pl.DataFrame, moment, portfolios: int, trades: int, 
     position: BUYs (70%) of a held instrument, SELLs (30%) of at most 1% of the holding (so no
     file oversells), at the position's last price, settling two days later. Timed as a new
     file's trades are, after the trades already known: over a minute from 1 ms after ``after``
-    (the book's last trade) or from an hour before ``moment``, whichever is later, and never
-    past ``moment`` (so within the date the state describes). Ids ``B<tag>-<n>``: unique per
-    file."""
+    (the book's last trade) or from an hour before ``moment``, whichever is later, and before
+    ``moment`` (so within the date the state describes, leaving that last instant free for a
+    later file). Ids ``B<tag>-<n>``: unique per file.
+
+    A book whose last trade is already at ``moment`` leaves no time for a later trade of the
+    same date: the file's trades then fall at ``moment`` itself, and the intraday path must
+    replay the books they touch (a warning says so): benchmark a fresh copy of the book."""
     rng = np.random.default_rng(seed)
     held = positions.filter(pl.col("position_type") == "LONG").sort("portfolio_id", "instrument_id")
     chosen = held["portfolio_id"].unique().sort().head(portfolios)
@@ -98,7 +102,10 @@ def bench_trades(positions: pl.DataFrame, moment, portfolios: int, trades: int, 
     if after is not None:
         start = min(max(start, after + timedelta(milliseconds=1)), moment)
     span_us = int((min(start + timedelta(minutes=1), moment) - start).total_seconds() * 1e6)
-    offsets = np.sort(rng.integers(0, span_us + 1, trades))
+    if span_us == 0:
+        _say(f"warning: the book's last trade is at the state's moment {moment.isoformat()}: this file's "
+             "trades cannot come after it within the date, so its books will be replayed")
+    offsets = np.sort(rng.integers(0, max(span_us, 1), trades))
     return pl.DataFrame(
         {
             "trade_id": [f"B{tag}-{n:06d}" for n in range(trades)],

@@ -36,6 +36,7 @@ from transforms.contract import DAILY_VALUATIONS_SCHEMA, TS
 from transforms.fx import Currencies, FxRates, as_of_date
 from transforms.ledger_state import continue_ledger
 from transforms.lots import Ledger
+from transforms.ordering import ordered_sum
 from transforms.positions import positions as build_positions, reweighted
 from transforms.state import portfolio_state, realized_by_portfolio
 from transforms.valuations import QTY_EPS
@@ -147,7 +148,8 @@ def valuations_on_day(
     ``day``'s fx, ``pending_cash = cash - settled_cash``; ``nav = cash + long + short``;
     ``net_flows`` (external flows, which trades do not change) are the stored row's. A
     holding with no close at all is valued there at the last trade price, which only the
-    trades know: its portfolio is in ``unpriced``. Sorted by portfolio_id."""
+    trades know, and an amount in a currency with no rate is left null there: such a
+    portfolio is in ``unpriced``. Sorted by portfolio_id."""
     day_no = int(pl.Series([day], dtype=pl.Date).to_physical()[0])
     ids = before["portfolio_id"]
     held = (
@@ -162,22 +164,24 @@ def valuations_on_day(
     rate = currencies.base_per_local(market.fx, p, currencies.instrument_codes(held["instrument_id"]), quoted)
     quantity = held["quantity"].to_numpy()
     value = quantity * (close * rate)
-    unpriced = held.filter(pl.Series(np.isnan(close)))["portfolio_id"].unique().sort()
-    market_values = (
-        held.with_columns(pl.Series("value", value).fill_nan(None), pl.Series("stale", ~np.isnan(close) & (quoted < day_no)))
+    cash_rate = currencies.balance_rates(market.fx, balances, day)
+    # no close (valued at the last trade price) or no rate (a value the valuations leave null)
+    unpriced = pl.concat([held.filter(pl.Series(np.isnan(value)))["portfolio_id"],
+                          balances.filter(pl.Series(np.isnan(cash_rate)))["portfolio_id"]]).unique().sort()
+    market_values = (  # summed in row order (``ordered_sum``): the same bits on every run
+        held.with_columns(pl.Series("value", value), pl.Series("stale", ~np.isnan(close) & (quoted < day_no)))
         .group_by("portfolio_id")
         .agg(
-            pl.col("value").filter(pl.col("quantity") > 0).sum().alias("long_market_value"),
-            pl.col("value").filter(pl.col("quantity") < 0).sum().alias("short_market_value"),
+            ordered_sum(pl.col("value").filter(pl.col("quantity") > 0)).alias("long_market_value"),
+            ordered_sum(pl.col("value").filter(pl.col("quantity") < 0)).alias("short_market_value"),
             pl.col("stale").sum().cast(pl.Int64).alias("stale_prices"),
         )
     )
-    cash_rate = pl.Series("rate", currencies.balance_rates(market.fx, balances, day)).fill_nan(None)
     cash = (
-        balances.with_columns(cash_rate)
+        balances.with_columns(pl.Series("rate", cash_rate))
         .group_by("portfolio_id")
-        .agg((pl.col("total_cash") * pl.col("rate")).sum().alias("cash"),
-             (pl.col("settled_cash") * pl.col("rate")).sum().alias("settled_cash"))
+        .agg(ordered_sum(pl.col("total_cash") * pl.col("rate")).alias("cash"),
+             ordered_sum(pl.col("settled_cash") * pl.col("rate")).alias("settled_cash"))
     )
     rows = (
         before.select("portfolio_id", "base_currency", "net_flows")
