@@ -258,9 +258,8 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
 
     Writes, each recording the scope: the new accepted trades and rejections appended; the
     scope's OPEN lots replaced by those of the continued state, the lots the new trades closed
-    appended; earlier
-    realised rows whose disallowed loss a new BUY raised replaced, new ones appended; the
-    scope's state, open losses and books replaced. Only appends and predicate overwrites:
+    appended; earlier realised rows whose disallowed loss a new BUY raised replaced, new ones
+    appended; the scope's state, open losses and books replaced. Only appends and predicate overwrites:
     delta-rs MERGE and DELETE rewrite string columns as ``string_view``, which PyArrow cannot
     filter (delta-io/delta-rs#4579), and the warehouse reads the tables through PyArrow.
     A build stopped between two commits leaves the tables with different recorded inputs, so
