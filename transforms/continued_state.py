@@ -32,7 +32,7 @@ import polars as pl
 
 from transforms.book import Market, to_utc
 from transforms.cash import CASH_BALANCES_SCHEMA, cash_balances, cash_ledger
-from transforms.contract import DAILY_VALUATIONS_SCHEMA, TS
+from transforms.contract import DAILY_VALUATIONS_SCHEMA, LANDING_SCHEMAS, TS
 from transforms.fx import Currencies, FxRates, as_of_date
 from transforms.ledger_state import continue_ledger
 from transforms.lots import Ledger
@@ -253,7 +253,7 @@ def continue_book(
     mine = pl.col("portfolio_id").is_in(touched.implode())
     ports, stored_balances = portfolios.filter(mine), stored.balances.filter(mine)
     ledger = continue_ledger(trades, ports, stored.ledger_state, stored.open_losses)
-    entries = cash_ledger(ledger.accepted_trades, pl.DataFrame(schema=_FLOW_COLUMNS), instruments)
+    entries = cash_ledger(ledger.accepted_trades, pl.DataFrame(schema=LANDING_SCHEMAS["cash_flows"]), instruments)
     balances = carry_cash_balances(stored_balances, entries, moment)
     book = Currencies(instruments, ports)
     realized = carry_realized(stored.realized.filter(mine), ledger.realized_pnl, ports, instruments, moment, market.fx,
@@ -277,6 +277,3 @@ def continue_book(
         rebuild_valuations=pl.concat([rebuild, unpriced]).unique().sort(),
     )
 
-
-_FLOW_COLUMNS = {"portfolio_id": pl.String, "flow_id": pl.String, "type": pl.String, "instrument_id": pl.String,
-                 "ts": TS, "currency": pl.String, "amount": pl.Float64}
