@@ -5,9 +5,14 @@ A file is picked up only when it is complete:
 - a writer that renames into place writes ``*.tmp`` / ``*.part`` (or a dot-file) first, which
   are never looked at (``assets.ingest.landing_candidates``);
 - every file under its final name, renamed into place or not, must show the same size and
-  modification time at two looks, one sensor tick apart (``stable_files``): a file still being
-  written changes between looks and waits (a renamed file is complete at the first look, but
-  from the landing folder alone it cannot be told from one written in place).
+  modification time at two looks (``stable_files``): a file still being written changes between
+  looks and waits (a renamed file is complete at the first look, but from the landing folder
+  alone it cannot be told from one written in place). The looks are the previous tick's and
+  this tick's; when this tick finds a file the previous one had not seen as it is now, it looks
+  again ``SETTLE_SECONDS`` later (``landing_requests``' ``settle_s``), so a file landed between
+  ticks is picked up by the first tick after it rather than the second, 5 s later. A writer
+  that pauses longer than that in the middle of a file it writes in place must write it under
+  a temporary name instead.
 
 A complete file whose content (sha256) is already in the kind's ingestion log is not launched
 again; otherwise the sensor asks for one run per file, keyed by ``<path>@<sha256>``: Dagster
@@ -28,12 +33,15 @@ tick is younger than its ``minimum_interval_seconds``. With an interval of exact
 sensor was skipped on every loop that came round a few milliseconds early: half of its ticks
 came 10 s apart (measured on the daemon's tick history), and a file waits two ticks (one look,
 then the look that finds it stable). An interval below the loop's (``TICK_SECONDS``) makes the
-sensor tick on every loop, every 5 s.
+sensor tick on every loop, every 5 s, and the second look within the tick means a file waits
+one tick, not two.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -47,6 +55,8 @@ from transforms.validation import sha256_of
 WATCHED_KINDS = ("trades", "prices")
 # below the daemon's 5 s loop, so that every loop ticks (module docstring)
 TICK_SECONDS = 1
+# the pause between a tick's two looks at a file it sees for the first time (module docstring)
+SETTLE_SECONDS = 1.0
 
 
 def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[str, list[int]]:
@@ -71,15 +81,24 @@ def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
     return {path: sha for path, (sha, _) in last_logged(log).items()}
 
 
-def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str, str]]) -> tuple[list[dg.RunRequest], dict]:
+def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str, str]], settle_s: float = 0.0,
+                     sleep: Callable[[float], None] = time.sleep) -> tuple[list[dg.RunRequest], dict]:
     """One tick of the sensor, without Dagster's context: (run requests, new cursor).
 
     ``cursor`` is the previous tick's (``{}`` at first); ``logged`` maps kind -> {path: sha256}
-    of the files already ingested. See the module docstring for the rules."""
+    of the files already ingested. With ``settle_s`` > 0, files this look finds new or changed
+    since the previous tick's are looked at once more after ``sleep(settle_s)``, and those the
+    two looks agree on are complete too (0: only the previous tick's look counts). See the
+    module docstring for the rules."""
     current = look_at(landing_dir)
+    complete = stable_files(cursor.get("looks", {}), current)
+    if settle_s > 0 and len(complete) < len(current):
+        sleep(settle_s)
+        first, current = current, look_at(landing_dir)
+        complete = sorted(set(stable_files(cursor.get("looks", {}), current)) | set(stable_files(first, current)))
     done = {path: entry for path, entry in cursor.get("done", {}).items() if path in current}
     requests = []
-    for path in stable_files(cursor.get("looks", {}), current):
+    for path in complete:
         look = current[path]
         if done.get(path, [None, None])[:2] == look:
             continue
@@ -97,13 +116,13 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
     job=intraday,
     minimum_interval_seconds=TICK_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="New, complete files in landing/trades and landing/prices (stable over two looks, or renamed into "
-    "place) launch the intraday job, one run per file keyed by path and content hash.",
+    description="New, complete files in landing/trades and landing/prices (stable over two looks, a second apart "
+    "or a tick apart; or renamed into place) launch the intraday job, one run per file keyed by path and content hash.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: PipelineSettings):
     cursor = json.loads(context.cursor) if context.cursor else {}
     logged = {kind: _logged(lake, kind) for kind in WATCHED_KINDS}
-    requests, cursor = landing_requests(settings.landing_dir, cursor, logged)
+    requests, cursor = landing_requests(settings.landing_dir, cursor, logged, SETTLE_SECONDS)
     context.update_cursor(json.dumps(cursor, sort_keys=True))
     if not requests:
         return dg.SkipReason("no new complete file in landing/trades or landing/prices")

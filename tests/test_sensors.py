@@ -69,18 +69,44 @@ def test_one_run_per_complete_file_and_content(tmp_path):
     assert set(look_at(landing)) == {"trades/t1.csv", "prices/p.csv"}
 
 
-def test_the_sensor_in_dagster_skips_then_requests(tmp_path, tiny_landing):
+def test_a_tick_looks_twice_at_a_file_it_has_not_seen_before(tmp_path):
+    landing = tmp_path / "landing"
+    _write(landing / "trades" / "t1.csv", "trade_id\nT1\n", 1_000)
+    paused = []
+    requests, cursor = landing_requests(landing, {}, {}, settle_s=0.5, sleep=paused.append)
+    assert paused == [0.5] and [r.tags["portfolio/source_file"] for r in requests] == ["trades/t1.csv"]
+    # nothing new: no pause
+    assert landing_requests(landing, cursor, {}, settle_s=0.5, sleep=paused.append)[0] == [] and paused == [0.5]
+
+    # a writer still appending, between ticks and during the pause: never complete while it
+    # goes on, and complete at the first tick whose two looks agree
+    growing = landing / "trades" / "t2.csv"
+    _write(growing, "trade_id\n", 2_000)
+
+    def append(_seconds: float = 0) -> None:
+        with growing.open("a") as f:
+            f.write("T\n")
+    for _ in range(3):
+        append()
+        requests, cursor = landing_requests(landing, cursor, {}, settle_s=0.5, sleep=append)
+        assert requests == []
+    requests, cursor = landing_requests(landing, cursor, {}, settle_s=0.5, sleep=lambda _: None)
+    assert [r.tags["portfolio/source_file"] for r in requests] == ["trades/t2.csv"]
+    assert growing.read_text() == "trade_id\n" + "T\n" * 6
+
+
+def test_the_sensor_in_dagster_requests_each_file_once(tmp_path, tiny_landing):
     shutil.copytree(tiny_landing, tmp_path / "landing")
     resources = resources_for(tmp_path)
     with dg.build_sensor_context(resources=resources) as context:
-        first = landing_sensor(context)
-        assert isinstance(first, dg.SkipReason)
-        cursor = context.cursor
-    with dg.build_sensor_context(cursor=cursor, resources=resources) as context:
+        # the files were written before this tick: its second look agrees with its first
         requests = landing_sensor(context)
         kinds = {r.tags["portfolio/source_file"].split("/")[0] for r in requests}
         assert kinds == {"trades", "prices"} and len({r.run_key for r in requests}) == len(requests)
-        assert json.loads(context.cursor)["done"]
+        cursor = context.cursor
+        assert json.loads(cursor)["done"]
+    with dg.build_sensor_context(cursor=cursor, resources=resources) as context:
+        assert isinstance(landing_sensor(context), dg.SkipReason)
 
 
 def _materialized(result, key: str) -> dict:
