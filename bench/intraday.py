@@ -31,8 +31,11 @@ Figures, measured in one process (wall times, ``time.perf_counter``):
 - ``daemon``: ``files`` small files (``daemon_trades`` trades each over a few portfolios)
   renamed into ``landing/trades`` one after another, each after the previous one's run
   ended, with ``dagster-daemon`` running the project's sensor and instance settings
-  (orchestration/dagster.yaml): latency from the rename to the end of the run that
-  published its state and events (the run's end time in the instance), p50, p95 and each.
+  (orchestration/dagster.yaml): latency from the rename to the end of the intraday run that
+  published its state and events (the run's end time in the instance), p50, p95 and each, and
+  its parts (``parts_p50_s`` / ``parts_p95_s``: the sensor's wait until it asked for the run,
+  the run queue, the run worker's start-up, the run); and ``warehouse``: from the rename to the
+  end of the first ``publish_warehouse`` run that started after that intraday run.
 - ``goals``: apply compute < 0.5 s (the 1,000-portfolio file) and daemon p95 < 10 s.
 
 Run: ``portfolio bench intraday --data-dir DIR``. Results: ``bench/results/intraday.json``.
@@ -286,8 +289,11 @@ def _daemon_env(data_dir: Path, home: Path) -> dict:
 
 
 def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: float = 600.0) -> dict:
-    """Land ``files`` files one after another under a running ``dagster-daemon``; the latency
-    of each from its rename to the end of its run."""
+    """Land ``files`` files one after another under a running ``dagster-daemon``; for each, the
+    latency from its rename to the end of its intraday run (its state and events published),
+    split into the wait for the sensor to ask for the run, the run queue, the run worker's
+    start-up and the run itself; and to the end of the first ``publish_warehouse`` run that
+    started after it (the warehouse republished)."""
     import dagster as dg
 
     lake = resources_for(data_dir)["lake"]
@@ -299,7 +305,8 @@ def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: 
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    latencies, statuses = [], []
+    landed_at, runs, statuses = [], [], []
+    warehouse_runs: list = []
     try:
         os.environ["DAGSTER_HOME"] = str(home)
         instance = dg.DagsterInstance.get()
@@ -316,12 +323,12 @@ def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: 
                 statuses.append("TIMEOUT")
                 _say(f"  file {n + 1}/{files}: no finished run after {timeout_s:.0f} s (see {home / 'daemon.log'})")
                 break
-            stats = instance.get_run_stats(run.run_id)
-            latency = stats.end_time - landed
-            latencies.append(latency)
+            landed_at.append(landed)
+            runs.append(_run_times(instance, run.run_id))
             statuses.append(run.status.value)
-            _say(f"  file {n + 1}/{files}: {run.status.value} {latency:.2f} s after landing "
-                 f"(run {stats.end_time - stats.launch_time:.2f} s from launch)")
+            _say(f"  file {n + 1}/{files}: {run.status.value} {runs[-1]['end'] - landed:.2f} s after landing "
+                 f"(run {runs[-1]['end'] - runs[-1]['start']:.2f} s)")
+        warehouse_runs = _wait_for_warehouse(instance, runs[-1]["end"] if runs else None, time.time() + timeout_s)
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         try:
@@ -329,12 +336,56 @@ def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: 
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
         log.close()
-    values = np.array(latencies) if latencies else np.array([np.nan])
+    latencies = [r["end"] - landed for r, landed in zip(runs, landed_at)]
+    # the warehouse of each file: the first publish run started after its intraday run ended
+    published = []
+    for r, landed in zip(runs, landed_at):
+        after = [w for w in warehouse_runs if w["start"] >= r["end"]]
+        published.append(min(after, key=lambda w: w["start"])["end"] - landed if after else None)
+    parts = {
+        "sensor_s": [r["created"] - landed for r, landed in zip(runs, landed_at)],
+        "queue_s": [r["launch"] - r["created"] for r in runs],
+        "worker_start_s": [r["start"] - r["launch"] for r in runs],
+        "run_s": [r["end"] - r["start"] for r in runs],
+    }
     return {
         "files": files, "trades_per_file": trades, "statuses": statuses,
-        "p50_s": round(float(np.percentile(values, 50)), 3), "p95_s": round(float(np.percentile(values, 95)), 3),
-        "latencies_s": [round(v, 3) for v in latencies], "dagster_home": str(home),
+        **_percentiles(latencies),
+        "latencies_s": [round(v, 3) for v in latencies],
+        "parts_p50_s": {k: _percentiles(v)["p50_s"] for k, v in parts.items()},
+        "parts_p95_s": {k: _percentiles(v)["p95_s"] for k, v in parts.items()},
+        "warehouse": {**_percentiles([v for v in published if v is not None]),
+                      "latencies_s": [None if v is None else round(v, 3) for v in published],
+                      "publish_runs": len(warehouse_runs)},
+        "dagster_home": str(home),
     }
+
+
+def _percentiles(values: list[float]) -> dict:
+    values = np.array(values) if values else np.array([np.nan])
+    return {"p50_s": round(float(np.percentile(values, 50)), 3), "p95_s": round(float(np.percentile(values, 95)), 3)}
+
+
+def _run_times(instance, run_id: str) -> dict:
+    """A run's times (epoch seconds): created (the sensor asked for it), launched (dequeued),
+    started (its worker process began) and ended."""
+    stats = instance.get_run_stats(run_id)
+    created = instance.get_run_record_by_id(run_id).create_timestamp.timestamp()
+    return {"created": created, "launch": stats.launch_time, "start": stats.start_time, "end": stats.end_time}
+
+
+def _wait_for_warehouse(instance, after: float | None, deadline: float) -> list[dict]:
+    """The times of the publish_warehouse runs, once one that started after ``after`` finished
+    (or at ``deadline``)."""
+    import dagster as dg
+
+    done = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+    while True:
+        runs = [r for r in instance.get_runs(dg.RunsFilter(job_name="publish_warehouse")) if r.status in done]
+        times = [_run_times(instance, r.run_id) for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
+        if after is None or any(t["start"] and t["start"] >= after for t in times) or time.time() > deadline:
+            return [t for t in times if t["start"]]
+        time.sleep(0.5)
 
 
 def _wait_for_run(instance, source_file: str, deadline: float):

@@ -51,21 +51,39 @@ rebalance_calendar = dg.ScheduleDefinition(
 )
 
 # The intraday path (orchestration.sensors.landing_sensor launches it per new trade or price file):
-# ingest, the state, drift and the rebalancing stage, then the warehouse; the analytics that need
-# a whole day (returns, risk, attribution) wait for the daily refresh. In one process (no
-# subprocess per step: most of a small run is start-up), retried twice when it fails, since a
-# sensor never relaunches a run key that failed.
+# ingest, the state, drift and the rebalancing stage, then the event outbox; the analytics that
+# need a whole day (returns, risk, attribution) wait for the daily refresh, and the warehouse is
+# republished by a run of its own after this one (below). In one process (no subprocess per
+# step: most of a small run is start-up), retried twice when it fails, since a sensor never
+# relaunches a run key that failed.
 intraday = dg.define_asset_job(
     INTRADAY_JOB,
-    selection=(dg.AssetSelection.assets(dg.AssetKey(["bronze", "trades"]), dg.AssetKey(["bronze", "prices"]))
-               | dg.AssetSelection.groups("state", "rebalancing", "publish")
+    selection=(dg.AssetSelection.assets(dg.AssetKey(["bronze", "trades"]), dg.AssetKey(["bronze", "prices"]),
+                                        dg.AssetKey(["publish", "outbox"]))
+               | dg.AssetSelection.groups("state", "rebalancing")
                | dg.AssetSelection.assets(*(dg.AssetKey(["gold", name]) for name in ("drift", "drift_summary", "drift_history",
                                                                                    "drift_alerts")))),
     executor_def=dg.in_process_executor,
     tags={"dagster/max_retries": "2", LAKE_WRITER_TAG: "intraday"},
     description="A new trade or price file: ingest it, update the state, drift and rebalancing recommendations, "
-    "and republish the warehouse.",
+    "and publish their events (the warehouse follows in a publish_warehouse run).",
 )
 
-JOBS = [daily_refresh, rebalance, intraday]
+# Runs of publish_warehouse carry this tag; the instance runs one at a time.
+WAREHOUSE_TAG = "portfolio/warehouse_publisher"
+
+# The warehouse alone, republished after every intraday or rebalance run that succeeds
+# (orchestration.sensors.warehouse_after_runs). Outside those runs, so that the next landing
+# file's state and events do not wait for the analysts' copy: the warehouse only reads the lake
+# (each table at one version), so it is no lake writer and may run beside the next intraday run.
+publish_warehouse = dg.define_asset_job(
+    "publish_warehouse",
+    selection=dg.AssetSelection.assets(dg.AssetKey(["publish", "warehouse"])),
+    executor_def=dg.in_process_executor,
+    tags={"dagster/max_retries": "1", WAREHOUSE_TAG: "publish_warehouse"},
+    description="Bring warehouse.duckdb up to the lake's current versions (only the changed portfolios' rows) "
+    "and swap it in; launched after each intraday and rebalance run.",
+)
+
+JOBS = [daily_refresh, rebalance, intraday, publish_warehouse]
 SCHEDULES = [daily_post_close, rebalance_calendar]

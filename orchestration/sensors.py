@@ -1,4 +1,6 @@
-"""The intraday path's sensor: new trade and price files in ``landing/`` launch the ``intraday`` job.
+"""The intraday path's sensors: new trade and price files in ``landing/`` launch the ``intraday``
+job (``landing_sensor``), and each successful intraday or rebalance run is followed by a
+``publish_warehouse`` run (``warehouse_after_runs``).
 
 A file is picked up only when it is complete:
 
@@ -48,7 +50,7 @@ import dagster as dg
 
 from assets.ingest import ingestion_log_table, landing_candidates, last_logged
 from assets.resources import LakeResource, PipelineSettings
-from orchestration.jobs import LAKE_WRITER_TAG, intraday
+from orchestration.jobs import LAKE_WRITER_TAG, intraday, publish_warehouse, rebalance
 from transforms import contract
 from transforms.validation import sha256_of
 
@@ -129,4 +131,28 @@ def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, sett
     return requests
 
 
-SENSORS = [landing_sensor]
+# the after_run tag of a publish_warehouse run: the run whose success launched it
+AFTER_RUN_TAG = "portfolio/after_run"
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[intraday, rebalance],
+    request_job=publish_warehouse,
+    minimum_interval_seconds=TICK_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Republish the warehouse after each successful intraday or rebalance run (one publish_warehouse "
+    "run; none while one is still queued, since that one will read the lake as it is when it starts).",
+)
+def warehouse_after_runs(context: dg.RunStatusSensorContext):
+    waiting = context.instance.get_runs(
+        dg.RunsFilter(job_name=publish_warehouse.name,
+                      statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]), limit=1)
+    if waiting:
+        return dg.SkipReason(f"publish_warehouse run {waiting[0].run_id} is still queued: it will publish the changes "
+                             f"of run {context.dagster_run.run_id} too")
+    return dg.RunRequest(run_key=f"after:{context.dagster_run.run_id}",
+                         tags={AFTER_RUN_TAG: context.dagster_run.run_id})
+
+
+SENSORS = [landing_sensor, warehouse_after_runs]

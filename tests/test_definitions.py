@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import dagster as dg
 
 from orchestration.definitions import build_definitions, defs
@@ -59,8 +61,53 @@ def test_intraday_job_and_landing_sensor():
         assert LAKE_WRITER_TAG in defs.resolve_job_def(name).tags
     keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
     assert {"bronze/trades", "bronze/prices", "silver/lots", "silver/portfolio_state", "gold/drift_summary",
-            "gold/recommendations", "publish/warehouse"} <= keys
-    assert "gold/risk" not in keys and "bronze/instruments" not in keys
+            "gold/recommendations", "publish/outbox"} <= keys
+    assert "gold/risk" not in keys and "bronze/instruments" not in keys and "publish/warehouse" not in keys
+
+
+def test_the_warehouse_is_published_by_a_run_of_its_own_after_each_intraday_or_rebalance_run():
+    import yaml
+
+    from orchestration.jobs import LAKE_WRITER_TAG, WAREHOUSE_TAG
+
+    job = defs.resolve_job_def("publish_warehouse")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"publish/warehouse"}
+    # it reads the lake only: no lake writer, so the next intraday run need not wait for it
+    assert WAREHOUSE_TAG in job.tags and LAKE_WRITER_TAG not in job.tags
+    limits = yaml.safe_load(open("orchestration/dagster.yaml"))["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": WAREHOUSE_TAG, "limit": 1} in limits
+    sensor = defs.resolve_sensor_def("warehouse_after_runs")
+    assert sensor.job_name == "publish_warehouse" and sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_warehouse_sensor_asks_once_per_run_and_not_while_a_publish_run_waits():
+    from orchestration.sensors import AFTER_RUN_TAG, warehouse_after_runs
+
+    @dg.op
+    def nothing():
+        pass
+
+    @dg.job
+    def finished():
+        nothing()
+
+    instance = dg.DagsterInstance.ephemeral()
+    run = finished.execute_in_process(instance=instance)
+
+    def evaluate():
+        return warehouse_after_runs(dg.build_run_status_sensor_context(
+            sensor_name=warehouse_after_runs.name, dagster_event=run.get_run_success_event(),
+            dagster_instance=instance, dagster_run=run.dagster_run))
+
+    request = evaluate()
+    assert isinstance(request, dg.RunRequest)
+    # keyed by the run it follows: the daemon never launches two for one run
+    assert request.run_key == f"after:{run.run_id}" and request.tags == {AFTER_RUN_TAG: run.run_id}
+    # a publish run not started yet (a queued one needs a code location to be created)
+    instance.add_run(dg.DagsterRun(job_name="publish_warehouse", run_id=str(uuid.uuid4()),
+                                   status=dg.DagsterRunStatus.NOT_STARTED))
+    skipped = evaluate()
+    assert isinstance(skipped, dg.SkipReason) and "still queued" in skipped.skip_message
 
 
 def test_rebalance_job_and_calendar_schedule():

@@ -17,7 +17,8 @@ from polars.testing import assert_frame_equal
 from assets.resources import resources_for
 from assets.state import SILVER_SCHEMAS, read_silver
 from orchestration.checks import ASSET_CHECKS
-from orchestration.definitions import ALL_ASSETS
+from orchestration.definitions import ALL_ASSETS, build_definitions
+from orchestration.sensors import warehouse_after_runs
 from transforms import contract
 
 VOLATILE = {"run_id", "ingested_at", "quarantined_at"}
@@ -27,6 +28,22 @@ def materialize_all(data_dir: Path) -> dg.ExecuteInProcessResult:
     result = dg.materialize([*ALL_ASSETS, *ASSET_CHECKS], resources=resources_for(data_dir), instance=dg.DagsterInstance.ephemeral())
     assert result.success
     return result
+
+
+def run_intraday_then_publish(data_dir: Path) -> tuple[dg.ExecuteInProcessResult, dg.ExecuteInProcessResult]:
+    """An intraday run, then the publish_warehouse run the ``warehouse_after_runs`` sensor asks
+    for after it (both asserted successful), as the daemon launches them: (intraday, publish)."""
+    defs, instance = build_definitions(str(data_dir)), dg.DagsterInstance.ephemeral()
+    intraday = defs.resolve_job_def("intraday").execute_in_process(instance=instance)
+    assert intraday.success
+    context = dg.build_run_status_sensor_context(sensor_name=warehouse_after_runs.name,
+                                                 dagster_event=intraday.get_run_success_event(),
+                                                 dagster_instance=instance, dagster_run=intraday.dagster_run)
+    request = warehouse_after_runs(context)
+    assert isinstance(request, dg.RunRequest), request
+    published = defs.resolve_job_def("publish_warehouse").execute_in_process(instance=instance, tags=request.tags)
+    assert published.success
+    return intraday, published
 
 
 def snapshot(data_dir: Path) -> dict[str, pl.DataFrame]:

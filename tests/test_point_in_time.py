@@ -33,8 +33,7 @@ from assets.publish import warehouse
 from assets.resources import TABLE_CONFIGURATION, code_version, resources_for
 from assets.state import read_book_inputs
 from orchestration.cli import write_landing
-from orchestration.definitions import build_definitions
-from test_pipeline import materialize_all
+from test_pipeline import materialize_all, run_intraday_then_publish
 from transforms import contract
 from transforms.book import BookInputs, build_book
 from transforms.outbox import OUTBOX_SCHEMA
@@ -104,10 +103,7 @@ def history(tmp_path_factory, tiny_book) -> History:
         run_ids, middle = [], None
         for kind in ("trades", "prices"):  # one intraday run per file, as the sensor launches them
             write_landing({kind: later[kind]}, data / "landing", {"prices"})
-            result = build_definitions(str(data)).resolve_job_def("intraday").execute_in_process(
-                instance=dg.DagsterInstance.ephemeral()
-            )
-            assert result.success
+            result, _ = run_intraday_then_publish(data)
             run_ids.append(result.run_id)
             middle = lake.version("silver/portfolio_state") if middle is None else middle
         fetched += len(pending.fetchall())

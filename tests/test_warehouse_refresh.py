@@ -33,8 +33,7 @@ from polars.testing import assert_frame_equal
 
 from assets.publish import refresh_warehouse, warehouse_tables
 from assets.resources import LakeResource, WarehouseResource, resources_for
-from orchestration.definitions import build_definitions
-from test_pipeline import materialize_all
+from test_pipeline import materialize_all, run_intraday_then_publish
 from transforms.changes import CHANGED_KEY, encode_portfolios
 
 # the per-portfolio tables the intraday job rewrites by predicate (its state and drift)
@@ -73,10 +72,8 @@ def book(tmp_path_factory, tiny_landing) -> Book:
     runs = []
     for pid in touched:
         trades.filter(pl.col("portfolio_id") == pid).write_csv(data / "landing" / "trades" / f"late_{pid}.csv")
-        result = build_definitions(str(data)).resolve_job_def("intraday").execute_in_process(
-            instance=dg.DagsterInstance.ephemeral())
-        assert result.success
-        runs.append(_warehouse_metadata(result))
+        _, published = run_intraday_then_publish(data)
+        runs.append(_warehouse_metadata(published))
     return Book(data, touched, tuple(runs))
 
 
