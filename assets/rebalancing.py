@@ -81,6 +81,7 @@ from transforms.rebalance_triggers import (
     cash_flow_triggers,
     correlation_triggers,
     drift_triggers,
+    held_returns_matrix,
     manual_triggers,
     parse_policies,
     rebalance_decisions,
@@ -199,9 +200,8 @@ def _triggers(lake: LakeResource, policies, config: RebalanceRequest, scope: Sco
     weights = positions.filter(pl.col("position_type") != "CASH").select("portfolio_id", "instrument_id", "weight")
     returns = instrument_returns(prices, read_bronze(lake, "fx_rates"), read_bronze(lake, "instruments"), [contract.BASE_CURRENCY])
     if returns.height:
-        wide = returns.pivot(on="instrument_id", index="date", values="daily_return").sort("date")
-        ids_ = [c for c in wide.columns if c != "date"]
-        frames.append(correlation_triggers(weights, wide.select(ids_).to_numpy().astype(float), ids_, policies, now))
+        matrix, ids_ = held_returns_matrix(returns, weights)
+        frames.append(correlation_triggers(weights, matrix, ids_, policies, now))
     return scope.restrict(all_triggers(*frames))  # the gold tables read above hold every portfolio
 
 

@@ -52,7 +52,8 @@ rebalance_calendar = dg.ScheduleDefinition(
 
 # The intraday path (orchestration.sensors.landing_sensor launches it per new trade or price file):
 # ingest, the state, drift and the rebalancing stage, then the event outbox; the analytics that
-# need a whole day (returns, risk, attribution) wait for the daily refresh, and the warehouse is
+# need a whole day (returns, risk, attribution) and execution quality wait for the daily
+# refresh or the next rebalance run, and the warehouse is
 # republished by a run of its own after this one (below). In one process (no subprocess per
 # step: most of a small run is start-up), retried twice when it fails, since a sensor never
 # relaunches a run key that failed.
@@ -62,7 +63,10 @@ intraday = dg.define_asset_job(
                                         dg.AssetKey(["publish", "outbox"]))
                | dg.AssetSelection.groups("state", "rebalancing")
                | dg.AssetSelection.assets(*(dg.AssetKey(["gold", name]) for name in ("drift", "drift_summary", "drift_history",
-                                                                                   "drift_alerts")))),
+                                                                                   "drift_alerts"))))
+    # execution quality matches every order of every rebalance run against the trades since:
+    # seconds on a large book, and no event needs it, so the daily and rebalance runs keep it
+    - dg.AssetSelection.assets(dg.AssetKey(["gold", "execution_quality"]), dg.AssetKey(["gold", "execution_summary"])),
     executor_def=dg.in_process_executor,
     tags={"dagster/max_retries": "2", LAKE_WRITER_TAG: "intraday"},
     description="A new trade or price file: ingest it, update the state, drift and rebalancing recommendations, "

@@ -63,6 +63,7 @@ def test_intraday_job_and_landing_sensor():
     assert {"bronze/trades", "bronze/prices", "silver/lots", "silver/portfolio_state", "gold/drift_summary",
             "gold/recommendations", "publish/outbox"} <= keys
     assert "gold/risk" not in keys and "bronze/instruments" not in keys and "publish/warehouse" not in keys
+    assert "gold/execution_quality" not in keys and "gold/execution_summary" not in keys
 
 
 def test_the_warehouse_is_published_by_a_run_of_its_own_after_each_intraday_or_rebalance_run():

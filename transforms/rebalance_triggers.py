@@ -502,6 +502,25 @@ def volatility_triggers(
     return _finish(stats.select("portfolio_id", "value", "threshold", note.alias("note")), "volatility_regime", now)
 
 
+def held_returns_matrix(returns: pl.DataFrame, weights: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The ``returns`` argument of ``correlation_triggers`` and its instrument ids, built for the
+    instruments ``weights`` holds only.
+
+    Inputs: ``returns`` (instrument_id, date, daily_return: long, one row per instrument and
+    day) and ``weights`` (instrument_id, ...). Output: a ``T x N`` float matrix, one row per
+    date of ``returns`` (every instrument's dates, in order: the correlation windows are the
+    last rows of that calendar, held or not) and one column per held instrument with returns,
+    NaN where it has none that day. Equal to pivoting every instrument and taking the held
+    columns, without pivoting the instruments nobody holds (seconds on a large universe)."""
+    held = returns.filter(pl.col("instrument_id").is_in(weights["instrument_id"].unique().implode()))
+    wide = (returns.select(pl.col("date").unique())
+            .join(held.pivot(on="instrument_id", index="date", values="daily_return"), on="date", how="left")
+            .sort("date"))
+    ids = [c for c in wide.columns if c != "date"]
+    # (a frame without columns converts to 0 rows)
+    return (wide.select(ids).to_numpy().astype(float) if ids else np.empty((wide.height, 0))), ids
+
+
 def _correlation(x: np.ndarray) -> np.ndarray:
     """Pearson correlation of the columns of a finite ``x`` whose columns all vary."""
     z = x - x.mean(axis=0)

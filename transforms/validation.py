@@ -501,7 +501,11 @@ def _unique_issues(kind: str, rows: pl.DataFrame, existing_keys: pl.DataFrame | 
     parts = [within]
     if existing_keys is not None and existing_keys.height:
         dtypes = contract.LANDING_SCHEMAS[kind]
-        known = existing_keys.select([pl.col(k).cast(dtypes[k]) for k in keys]).unique()
+        # only the existing keys whose first part the file holds can match: filtering the
+        # table's keys (millions) by that before anything else costs a scan, not a hash of them all
+        lead = rows[keys[0]].cast(dtypes[keys[0]]).implode()
+        known = (existing_keys.lazy().select([pl.col(k).cast(dtypes[k]) for k in keys])
+                 .filter(pl.col(keys[0]).is_in(lead, nulls_equal=True)).collect())
         parts.append(
             rows.lazy()
             .select(keys + [_ROW])

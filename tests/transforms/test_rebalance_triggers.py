@@ -29,6 +29,7 @@ from transforms.rebalance_triggers import (
     calendar_triggers,
     cash_flow_triggers,
     correlation_triggers,
+    held_returns_matrix,
     drift_triggers,
     manual_triggers,
     parse_policies,
@@ -339,6 +340,30 @@ def test_correlation_change_by_hand():
     assert_frame_equal(correlation_triggers(weights, longer, ids, policies, NOW), out)
     # fewer rows than the long window: nothing measured
     assert correlation_triggers(weights, x[1:], ids, policies, NOW).height == 0
+
+
+def test_the_held_returns_matrix_equals_the_held_columns_of_every_instrument_pivoted():
+    # Z is held by nobody and alone has a return on the 6th: that date stays a row (a gap for
+    # X and Y), so the windows end on the same rows as in the whole pivot
+    days = [date(2026, 1, d) for d in range(1, 7)]
+    returns = pl.DataFrame({
+        "instrument_id": ["X"] * 5 + ["Y"] * 5 + ["Z"] * 6,
+        "date": days[:5] + days[:5] + days,
+        "daily_return": [0.0, 0.0, 1.0, 0.0, -1.0, 1.0, -1.0, 1.0, 0.0, -1.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+    })
+    weights = pl.DataFrame({"portfolio_id": ["A", "A", "A"], "instrument_id": ["Y", "X", "CASH:USD"], "weight": [0.5, 0.4, 0.1]})
+    matrix, ids = held_returns_matrix(returns, weights)
+    whole = returns.pivot(on="instrument_id", index="date", values="daily_return").sort("date")
+    assert sorted(ids) == ["X", "Y"] and matrix.shape == (6, 2)
+    np.testing.assert_array_equal(matrix, whole.select(ids).to_numpy().astype(float))
+    assert np.isnan(matrix[-1]).all()
+    policies = parse_policies({"default": {"corr_short_window": 3, "corr_long_window": 5}})
+    all_ids = [c for c in whole.columns if c != "date"]
+    assert_frame_equal(correlation_triggers(weights, matrix, ids, policies, NOW),
+                       correlation_triggers(weights, whole.select(all_ids).to_numpy().astype(float), all_ids, policies, NOW))
+    # nobody holds an instrument with returns: no column, every date a row
+    matrix, ids = held_returns_matrix(returns, weights.filter(pl.col("instrument_id") == "CASH:USD"))
+    assert ids == [] and matrix.shape == (6, 0)
 
 
 def _distance_by_pairs(x: np.ndarray, ids: list[str], holdings: dict[str, float], short: int, long: int) -> float | None:
