@@ -53,10 +53,9 @@ rebalance_calendar = dg.ScheduleDefinition(
 # The intraday path (orchestration.sensors.landing_sensor launches it per new trade or price file):
 # ingest, the state, drift and the rebalancing stage, then the event outbox; the analytics that
 # need a whole day (returns, risk, attribution) and execution quality wait for the daily
-# refresh or the next rebalance run, and the warehouse is
-# republished by a run of its own after this one (below). In one process (no subprocess per
-# step: most of a small run is start-up), retried twice when it fails, since a sensor never
-# relaunches a run key that failed.
+# refresh or the next rebalance run, and the warehouse is republished by a run of its own after
+# this one (below). In one process (no subprocess per step: most of a small run is start-up),
+# retried twice when it fails, since a sensor never relaunches a run key that failed.
 intraday = dg.define_asset_job(
     INTRADAY_JOB,
     selection=(dg.AssetSelection.assets(dg.AssetKey(["bronze", "trades"]), dg.AssetKey(["bronze", "prices"]),
