@@ -1,0 +1,257 @@
+"""The run launcher of the instance (``orchestration/dagster.yaml``): runs execute in worker
+processes that keep the code loaded from one run to the next.
+
+Why: Dagster's ``DefaultRunLauncher`` asks the code server to spawn a fresh Python for each run
+(``multiprocessing`` "spawn"), which imports the code location (Dagster, Polars, DuckDB, cvxpy,
+SciPy and the project: 6.7 s on an idle 2-core machine, 10-12 s while another run computes)
+before the run's first step. An intraday file's whole budget is a few seconds. Starting the
+next process ahead of time is not enough: its import then competes for the cores with the run
+in progress (on 2 cores, intraday runs took 36-41 s instead of 25 s). So ``WarmRunLauncher``
+keeps ``workers`` processes per code location (``orchestration.run_worker``), each of which
+loads the code once and then executes runs one after another, the way Celery workers execute
+Dagster steps; a run finds one idle, and more are started only when more runs run at once.
+
+Each run is executed exactly as ``dagster api execute_run`` executes it (the worker calls that
+command); what a worker does not share between runs:
+- Code changes: a worker reports the modification times of the project files it imported; an
+  idle one whose files changed since (an edit under ``make ui``) is ended and the run gets a
+  fresh worker, so a run never executes stale code.
+- A run that did not succeed ends its worker (nothing it left behind reaches the next run), and
+  so does the ``max_runs``-th run (the memory runs kept is given back).
+- Termination: the run is marked CANCELING; the worker's Dagster run cancellation thread sees
+  it and interrupts the run, whichever process asked (the daemon or the webserver).
+- Run monitoring: ``check_run_worker_health`` reports whether the run's worker (its pid is the
+  run's ``portfolio/run_worker_pid`` tag) is alive and still on that run. One host only: the
+  launcher and its workers share a machine, as ``dagster-daemon`` and the default launcher's
+  code servers do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import _check as check
+from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._core.origin import RepositoryPythonOrigin
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import ConfigurableClass, serialize_value
+from dagster._serdes.config_class import ConfigurableClassData
+
+# The run tag holding the pid of the run's worker process.
+WORKER_PID_TAG = "portfolio/run_worker_pid"
+DEFAULT_WORKERS = 2  # an intraday run and the warehouse run it triggers each find one idle
+DEFAULT_MAX_RUNS = 100
+
+
+class _Worker:
+    """One ``orchestration.run_worker`` process of one code location: ``loading`` its code,
+    ``idle``, running one run (``current`` is its id) or ``ended``."""
+
+    def __init__(self, origin: RepositoryPythonOrigin, max_runs: int, on_change):
+        cwd = getattr(origin.code_pointer, "working_directory", None) or None
+        self.process = subprocess.Popen(
+            [origin.executable_path or sys.executable, "-m", "orchestration.run_worker", "--max-runs", str(max_runs)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd, text=True,
+        )
+        self.started = time.time()
+        self.state = "loading"
+        self.current: str | None = None
+        self.files: dict[str, int] = {}
+        self.error: str | None = None
+        self._on_change = on_change
+        self.process.stdin.write(serialize_value(origin) + "\n")
+        self.process.stdin.flush()
+        # follows the worker's reports, and reaps the process when it exits (no zombie workers)
+        threading.Thread(target=self._follow, daemon=True, name=f"run-worker-{self.process.pid}").start()
+
+    def _follow(self) -> None:
+        for line in self.process.stdout:
+            try:
+                report = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.files = report.get("files") or self.files
+            self.error = report.get("error", self.error)
+            if "ready" in report and self.state == "loading":
+                self.state = "idle"
+            elif "done" in report and report["done"] == self.current:
+                self.current, self.state = None, "idle"
+            self._on_change(self)
+        self.process.wait()
+        self.state = "ended"
+        self._on_change(self)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.state != "ended" and self.process.poll() is None
+
+    def stale(self) -> bool:
+        """True when a source file the worker imported changed or vanished since it did."""
+        for path, mtime_ns in self.files.items():
+            try:
+                if os.stat(path).st_mtime_ns != mtime_ns:
+                    return True
+            except OSError:
+                return True
+        return False
+
+    def run(self, run_id: str, args: ExecuteRunArgs) -> None:
+        self.current, self.state = run_id, "running"
+        self.process.stdin.write(serialize_value(args) + "\n")
+        self.process.stdin.flush()
+
+    def end(self) -> None:
+        """End the worker once it is idle: end of input makes it exit."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+
+
+class WarmRunLauncher(RunLauncher, ConfigurableClass):
+    """Launch each run in a worker process that already holds the run's code location
+    (module docstring). Config: ``workers``, the workers kept per code location (more are
+    started while more runs run at once, and ended once idle); ``max_runs``, the runs a worker
+    executes before it is replaced."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None, workers: int = DEFAULT_WORKERS,
+                 max_runs: int = DEFAULT_MAX_RUNS):
+        self._inst_data = inst_data
+        self._workers = check.int_param(workers, "workers")
+        self._max_runs = check.int_param(max_runs, "max_runs")
+        self._pools: dict[str, tuple[RepositoryPythonOrigin, list[_Worker]]] = {}
+        self._running: dict[str, _Worker] = {}  # run id -> its worker
+        self._lock = threading.RLock()
+        self._closed = False
+        super().__init__()
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict:
+        from dagster import Field, IntSource
+
+        return {"workers": Field(IntSource, is_required=False, default_value=DEFAULT_WORKERS),
+                "max_runs": Field(IntSource, is_required=False, default_value=DEFAULT_MAX_RUNS)}
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> WarmRunLauncher:
+        return cls(inst_data=inst_data, **config_value)
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        origin = check.not_none(run.job_code_origin, f"run {run.run_id} has no code origin")
+        with self._lock:
+            worker, why = self._take(origin.repository_origin)
+            worker.run(run.run_id, ExecuteRunArgs(job_origin=origin, run_id=run.run_id,
+                                                  instance_ref=self._instance.get_ref()))
+            self._running = {run_id: w for run_id, w in self._running.items() if w.alive() and w.current == run_id}
+            self._running[run.run_id] = worker
+        self._instance.add_run_tags(run.run_id, {WORKER_PID_TAG: str(worker.pid)})
+        self._instance.report_engine_event(f"Run handed to run worker pid {worker.pid} ({why}).", run, cls=self.__class__)
+
+    def _take(self, origin: RepositoryPythonOrigin) -> tuple[_Worker, str]:
+        """A worker of ``origin`` for a run, and how it was chosen: an idle one whose code is
+        current (stale ones are ended), else one still loading, else a new one; the pool is
+        then topped up to ``workers``."""
+        _, pool = self._pools.setdefault(serialize_value(origin), (origin, []))
+        pool[:] = [w for w in pool if w.alive()]
+        stale = [w for w in pool if w.state == "idle" and w.stale()]
+        for worker in stale:
+            worker.end()
+            pool.remove(worker)
+        idle = [w for w in pool if w.state == "idle"]
+        loading = [w for w in pool if w.state == "loading"]
+        if idle:
+            worker = idle[0]
+            why = f"warm: its code loaded {time.time() - worker.started:.1f} s before"
+        elif loading:
+            worker = loading[0]
+            why = f"its code still loading since {time.time() - worker.started:.1f} s"
+        else:
+            worker = _Worker(origin, self._max_runs, self._changed)
+            pool.append(worker)
+            why = "a new worker: none idle"
+        if stale:
+            why += f"; {len(stale)} worker(s) ended: code changed since they loaded it"
+        self._top_up(origin, pool)
+        return worker, why
+
+    def _top_up(self, origin: RepositoryPythonOrigin, pool: list[_Worker]) -> None:
+        while not self._closed and len(pool) < self._workers:
+            pool.append(_Worker(origin, self._max_runs, self._changed))
+
+    def _changed(self, worker: _Worker) -> None:
+        """A worker's state changed: replace an ended one, end idle ones beyond ``workers``."""
+        with self._lock:
+            for origin, pool in self._pools.values():
+                if worker not in pool:
+                    continue
+                if worker.state == "ended":
+                    pool.remove(worker)
+                    self._top_up(origin, pool)
+                elif worker.state == "idle" and len(pool) > self._workers:
+                    pool.remove(worker)
+                    worker.end()
+
+    def terminate(self, run_id: str) -> bool:
+        check.str_param(run_id, "run_id")
+        if not self.has_instance:
+            return False
+        run = self._instance.get_run_by_id(run_id)
+        if not run or run.is_finished:
+            return False
+        # the worker's cancellation thread interrupts the run once it sees CANCELING; a worker
+        # of this launcher is interrupted now
+        self._instance.report_run_canceling(run)
+        worker = self._running.get(run_id)
+        if worker is not None and worker.alive() and worker.current == run_id:
+            os.kill(worker.pid, signal.SIGINT)
+        return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        pid = run.tags.get(WORKER_PID_TAG)
+        if pid is None:
+            return CheckRunHealthResult(WorkerStatus.NOT_FOUND, "the run has no worker pid tag")
+        worker = self._running.get(run.run_id)
+        if worker is not None:
+            code = worker.process.poll()
+            if code is not None:
+                return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker pid {pid} exited with code {code}",
+                                            run_worker_id=pid)
+            if worker.current != run.run_id:
+                return CheckRunHealthResult(WorkerStatus.SUCCESS, f"run worker pid {pid} finished the run",
+                                            run_worker_id=pid)
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=pid)
+        try:  # launched by another process (the webserver asks about the daemon's workers)
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker pid {pid} is gone", run_worker_id=pid)
+        except PermissionError:
+            pass
+        return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=pid)
+
+    def dispose(self) -> None:
+        with self._lock:
+            self._closed = True
+            for _, pool in self._pools.values():
+                for worker in pool:
+                    worker.end()
+            self._pools.clear()
