@@ -40,6 +40,21 @@ TABLE_CONFIGURATION = {
     "delta.deletedFileRetentionDuration": "interval 3650 days",
 }
 COMMIT_RETRIES = 5
+# Tables with this column are written in its order, in files of at most CLUSTER_FILE_BYTES, so
+# each file holds a few portfolios and its statistics name them: a predicate write replacing a
+# few portfolios then rewrites a few small files. With delta-rs's default (100 MiB files, rows in
+# any order) every write of five portfolios' open lots rewrote a file of the standard book's
+# 22M-row lot table: 2.2-2.5 s, against 0.45-0.6 s in 4 MiB files in portfolio order.
+CLUSTER_COLUMN = "portfolio_id"
+CLUSTER_FILE_BYTES = 4 << 20
+
+
+def clustered(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` in ``CLUSTER_COLUMN`` order (a stable sort, skipped when already in order), the
+    order ``LakeResource.write`` writes rows in; unchanged without that column."""
+    if CLUSTER_COLUMN in frame.columns and not frame[CLUSTER_COLUMN].is_sorted():
+        return frame.sort(CLUSTER_COLUMN, maintain_order=True)
+    return frame
 
 
 def data_dir_from_env(data_dir: str | os.PathLike | None = None) -> Path:
@@ -159,10 +174,12 @@ class LakeResource(dg.ConfigurableResource):
         match it too); a column the table lacks is added (null in the rows kept), so a table
         that keeps every run's rows takes a new column without a rebuild. No predicate and
         ``mode="overwrite"``: replace the whole table, schema included. ``mode="append"``: add rows. Retries optimistic-concurrency conflicts.
+        Rows with a ``CLUSTER_COLUMN`` are written in its order (a DataFrame is sorted, stably; a
+        stream must come in that order) in files of at most ``CLUSTER_FILE_BYTES``.
         """
         custom = {"run_id": run_id or "", "code_version": code_version()}
         custom.update(commit_metadata or {})
-        table = frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
+        table = clustered(frame).to_arrow() if isinstance(frame, pl.DataFrame) else frame
         uri = self.uri(name)
         exists = self.exists(name)
         if not exists and "://" not in uri:
@@ -171,6 +188,8 @@ class LakeResource(dg.ConfigurableResource):
             "mode": mode,
             "commit_properties": CommitProperties(custom_metadata=custom),
         }
+        if CLUSTER_COLUMN in table.schema.names:
+            kwargs["target_file_size"] = CLUSTER_FILE_BYTES
         if not exists:
             kwargs["configuration"] = TABLE_CONFIGURATION
         elif predicate is not None and mode == "overwrite":

@@ -25,6 +25,7 @@ from transforms.changes import (
     FORMAT_KEY,
     INPUTS_KEY,
     MOMENT_KEY,
+    NEUTRAL_OPERATIONS,
     changed_portfolios,
     encode_portfolios,
     format_inputs,
@@ -103,14 +104,28 @@ def write_in_scope(lake: LakeResource, table: str, frame: pl.DataFrame, scope: S
     return lake.write(table, frame, predicate=scope.predicate(), run_id=run_id, commit_metadata=scope.commit_metadata())
 
 
+# How far back ``last_build`` looks past maintenance commits
+MAINTENANCE_LOOKBACK = 100
+
+
+def last_build(lake: LakeResource, table: str) -> dict | None:
+    """The commit info of ``table``'s last build: its newest commit that changed rows, past the
+    maintenance commits after it (``NEUTRAL_OPERATIONS``: OPTIMIZE compacts or re-clusters
+    files and records no build); None when it has none within ``MAINTENANCE_LOOKBACK``."""
+    commits = lake.history(table, 1)
+    if commits and commits[0].get("operation") in NEUTRAL_OPERATIONS:
+        commits = lake.history(table, MAINTENANCE_LOOKBACK)
+    return next((c for c in commits if c.get("operation") not in NEUTRAL_OPERATIONS), None)
+
+
 def rows_since_last_build(lake: LakeResource, output: str, source: str, until: int | None,
                           schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
     """The rows lake table ``source`` gained after the version ``output``'s last commit
     recorded reading, up to version ``until`` (``LakeResource.rows_added``), with the columns
     and types of ``schema``; None when they cannot be told: no recorded version, or some
     commit in between rewrote rows (a rebuild), so the caller rebuilds instead."""
-    last = lake.history(output, 1)
-    since = parse_inputs(last[0].get(INPUTS_KEY)).get(source) if last else None
+    last = last_build(lake, output)
+    since = parse_inputs(last.get(INPUTS_KEY)).get(source) if last else None
     if since is None or until is None or since < 0:
         return None
     rows = lake.rows_added(source, since, until)
@@ -156,19 +171,19 @@ def plan_scope(
         return everything("a full rebuild was asked for")
     changed: set[str] = set()
     for output in outputs:
-        last = lake.history(output, 1)
+        last = last_build(lake, output)
         if not last:
             return everything(f"{output} has no previous build")
-        if last[0].get(FORMAT_KEY) != FORMAT:
+        if last.get(FORMAT_KEY) != FORMAT:
             return everything(f"{output} was last built without the change log")
-        recorded = parse_inputs(last[0].get(INPUTS_KEY))
+        recorded = parse_inputs(last.get(INPUTS_KEY))
         if any(t not in recorded for t in tables):
             return everything(f"{output}'s last build recorded no version of some input")
         for t in global_inputs:
             if recorded[t] != (versions[t] if versions[t] is not None else -1):
                 return everything(f"{t} changed")
         if moment is not None:
-            before = last[0].get(MOMENT_KEY)
+            before = last.get(MOMENT_KEY)
             if before is None:
                 return everything(f"{output}'s last build recorded no moment")
             before = datetime.fromisoformat(before)

@@ -19,8 +19,8 @@ import pyarrow.dataset as ds
 
 from assets.ingest import bronze_schema_of, bronze_table, in_predicate
 from assets.metadata import markdown_preview, table_metadata
-from assets.resources import LakeResource, PipelineSettings
-from assets.scope import Scope, plan_scope, rows_since_last_build, write_in_scope
+from assets.resources import LakeResource, PipelineSettings, clustered
+from assets.scope import Scope, last_build, plan_scope, rows_since_last_build, write_in_scope
 from transforms.changes import INPUTS_KEY, parse_inputs
 from transforms.ledger_state import continue_ledger, merge_books, open_lots, replay_needed
 from transforms import contract
@@ -224,8 +224,8 @@ def _recorded_inputs(lake: LakeResource) -> set[str | None]:
     """The input versions each ledger table's last commit recorded (None: none), distinct."""
     recorded = set()
     for name in LEDGER_OUTPUTS:
-        last = lake.history(silver_table(name), 1)
-        recorded.add(last[0].get(INPUTS_KEY) if last else None)
+        last = last_build(lake, silver_table(name))
+        recorded.add(last.get(INPUTS_KEY) if last else None)
     return recorded
 
 
@@ -366,7 +366,8 @@ def _sharded_ledger(context: dg.AssetExecutionContext, lake: LakeResource, setti
         built = map_shards(build, shards, settings.shard_workers)
         for number, (ids, result) in enumerate(zip(shards, built)):
             for name, frame in _ledger_tables(result, context.run.run_id):
-                frame = conform(name, frame)
+                # shards come in portfolio order: each in that order makes the stream clustered
+                frame = clustered(conform(name, frame))
                 folder = Path(staging) / name
                 folder.mkdir(exist_ok=True)
                 frame.write_parquet(folder / f"{number:05d}.parquet")
@@ -377,7 +378,7 @@ def _sharded_ledger(context: dg.AssetExecutionContext, lake: LakeResource, setti
         for name in LEDGER_OUTPUTS:
             folder = Path(staging) / name
             data = (
-                ds.dataset(folder, format="parquet").scanner().to_reader()
+                ds.dataset(sorted(str(f) for f in folder.iterdir()), format="parquet").scanner().to_reader()
                 if folder.is_dir()
                 else pl.DataFrame(schema=SILVER_SCHEMAS[name])
             )

@@ -35,15 +35,12 @@ import polars as pl
 from assets.analytics import gold_key, gold_table, read_gold
 from assets.publish import ingestion_log_frame
 from assets.resources import LakeResource, PipelineSettings
-from assets.scope import portfolio_filter
+from assets.scope import last_build, portfolio_filter
 from assets.state import SILVER_SCHEMAS, read_silver, silver_key, silver_table
-from transforms.changes import NEUTRAL_OPERATIONS, changed_portfolios
+from transforms.changes import changed_portfolios
 
 NAV_TOLERANCE = 0.01  # one cent, in the base currency
 QUANTITY_TOLERANCE = 1e-6
-# Commits looked back through for the latest one that changed data: neutral commits (OPTIMIZE,
-# VACUUM) come in short runs; past this many the check simply covers every portfolio.
-HISTORY_LOOKBACK = 10
 LISTED_PORTFOLIOS = 20
 
 
@@ -76,14 +73,11 @@ class CheckScope:
 
 
 def latest_change(lake: LakeResource, table: str) -> frozenset[str] | None:
-    """The portfolios the latest data-changing commit of lake ``table`` replaced, ``None`` when
-    it rewrote every portfolio (no ``CHANGED_KEY``), when the table has no history, or when the
-    last ``HISTORY_LOOKBACK`` commits all changed no data. Rule in the module docstring."""
-    for commit in lake.history(table, HISTORY_LOOKBACK):  # newest first
-        if commit.get("operation") in NEUTRAL_OPERATIONS:
-            continue
-        return changed_portfolios([commit])
-    return None
+    """The portfolios the latest data-changing commit of lake ``table`` (``assets.scope.last_build``)
+    replaced, ``None`` when it rewrote every portfolio (no ``CHANGED_KEY``) or when there is none.
+    Rule in the module docstring."""
+    last = last_build(lake, table)
+    return None if last is None else changed_portfolios([last])
 
 
 def check_scope(lake: LakeResource, tables: list[str]) -> CheckScope:
