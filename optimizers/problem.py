@@ -406,18 +406,27 @@ class RebalanceProblem:
 
 
 class ProblemCache:
-    """Compiled problems by shape, so that each shape is built (and compiled) once per run."""
+    """Compiled problems by shape, so that each shape is built (and compiled) once. With
+    ``capacity``, the least recently used shapes beyond it are dropped (a cache kept by a
+    long-lived process stays bounded). Every solve sets every parameter of its problem, so a
+    problem serves any number of portfolios, and runs, one at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self.problems: dict[Shape, RebalanceProblem] = {}
+        self.capacity = capacity
         self.builds = 0
         self.compile_seconds: dict[Shape, float] = {}  # by ``warm``
 
     def get(self, shape: Shape) -> RebalanceProblem:
-        problem = self.problems.get(shape)
+        problem = self.problems.pop(shape, None)
         if problem is None:
-            problem = self.problems[shape] = RebalanceProblem(shape)
+            problem = RebalanceProblem(shape)
             self.builds += 1
+        self.problems[shape] = problem  # the most recently used last
+        while self.capacity is not None and len(self.problems) > self.capacity:
+            dropped = next(iter(self.problems))
+            del self.problems[dropped]
+            self.compile_seconds.pop(dropped, None)
         return problem
 
     def warm(self, inputs: Iterable[RebalanceInputs], solver: str = SOLVERS[0]) -> int:

@@ -325,7 +325,8 @@ def test_rebalancing_is_published_and_keeps_its_rules(built):
         assert one("""SELECT count(*) FROM lot_sales s JOIN lots l USING (portfolio_id, lot_id)
                       WHERE s.quantity > l.quantity + 1e-6""") == 0
         runs = con.execute("SELECT portfolios, rebalanced, shapes_compiled FROM rebalance_runs").fetchall()
-        assert len(runs) >= 1 and all(r[1] <= r[0] and r[2] >= 1 for r in runs)
+        # shapes this process had compiled before are reused (assets.rebalancing.PROBLEMS): 0 is fine
+        assert len(runs) >= 1 and all(r[1] <= r[0] and r[2] is not None and r[2] >= 0 for r in runs)
 
 
 def test_a_manual_request_names_portfolios(built):

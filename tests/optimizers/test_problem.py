@@ -272,3 +272,16 @@ def test_bad_inputs_are_refused(change, message):
     x = make_inputs(n=12, seed=0, **change)
     with pytest.raises(ValueError, match=message):
         solve(x)
+
+
+def test_a_bounded_cache_drops_the_least_recently_used_shape():
+    books = [make_inputs(n=10, seed=0), make_inputs(n=20, seed=2, tax=True), make_inputs(n=10, seed=3, sleeves=2)]
+    shapes = [shape_of(x) for x in books]
+    cache = ProblemCache(capacity=2)
+    assert cache.warm(books[:2]) == 2
+    cache.get(shapes[0])  # used again: the second shape is now the oldest
+    assert cache.warm(books[2:]) == 1 and set(cache.problems) == {shapes[0], shapes[2]}
+    assert set(cache.compile_seconds) <= set(cache.problems) and cache.builds == 3
+    # a dropped shape is built again when needed, and solves as a fresh one does
+    np.testing.assert_allclose(solve(books[1], cache).weights, solve(books[1], ProblemCache()).weights, atol=1e-6)
+    assert cache.builds == 4 and len(cache.problems) == 2
