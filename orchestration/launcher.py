@@ -63,6 +63,7 @@ class _Worker:
         )
         self.started = time.time()
         self.state = "loading"
+        self.loaded = False  # it reported ready once
         self.current: str | None = None
         self.files: dict[str, int] = {}
         self.error: str | None = None
@@ -80,8 +81,10 @@ class _Worker:
                 continue
             self.files = report.get("files") or self.files
             self.error = report.get("error", self.error)
-            if "ready" in report and self.state == "loading":
-                self.state = "idle"
+            if "ready" in report:
+                self.loaded = True
+                if self.state == "loading":
+                    self.state = "idle"
             elif "done" in report and report["done"] == self.current:
                 self.current, self.state = None, "idle"
             self._on_change(self)
@@ -106,10 +109,16 @@ class _Worker:
                 return True
         return False
 
-    def run(self, run_id: str, args: ExecuteRunArgs) -> None:
+    def run(self, run_id: str, args: ExecuteRunArgs) -> bool:
+        """Hand the worker run ``run_id``; False when it is gone (its input closed)."""
         self.current, self.state = run_id, "running"
-        self.process.stdin.write(serialize_value(args) + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(serialize_value(args) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.current = None
+            return False
+        return True
 
     def end(self) -> None:
         """End the worker once it is idle: end of input makes it exit."""
@@ -154,10 +163,14 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
         origin = check.not_none(run.job_code_origin, f"run {run.run_id} has no code origin")
+        args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
         with self._lock:
             worker, why = self._take(origin.repository_origin)
-            worker.run(run.run_id, ExecuteRunArgs(job_origin=origin, run_id=run.run_id,
-                                                  instance_ref=self._instance.get_ref()))
+            if not worker.run(run.run_id, args):  # it exited in between: a fresh one
+                worker = _Worker(origin.repository_origin, self._max_runs, self._changed)
+                self._pools[serialize_value(origin.repository_origin)][1].append(worker)
+                why = "a new worker: the one chosen had exited"
+                check.invariant(worker.run(run.run_id, args), f"run worker pid {worker.pid} exited at once")
             self._running = {run_id: w for run_id, w in self._running.items() if w.alive() and w.current == run_id}
             self._running[run.run_id] = worker
         self._instance.add_run_tags(run.run_id, {WORKER_PID_TAG: str(worker.pid)})
@@ -202,7 +215,8 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                     continue
                 if worker.state == "ended":
                     pool.remove(worker)
-                    self._top_up(origin, pool)
+                    if worker.loaded:  # one that never loaded is not replaced in a loop
+                        self._top_up(origin, pool)
                 elif worker.state == "idle" and len(pool) > self._workers:
                     pool.remove(worker)
                     worker.end()

@@ -20,6 +20,7 @@ channel); everything else the process prints, runs included, goes to stderr.
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -70,6 +71,7 @@ def execute(run_json: str) -> tuple[str, int, bool]:
     code = 0
     with DagsterInstance.from_ref(args.instance_ref) as instance:
         watcher, stop_watching = start_run_cancellation_thread(instance, args.run_id)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             execute_run_command.main([run_json], prog_name="dagster api execute_run", standalone_mode=False)
         except SystemExit as stop:
@@ -77,6 +79,9 @@ def execute(run_json: str) -> tuple[str, int, bool]:
         except KeyboardInterrupt:
             code = 1
         finally:
+            # an interrupt for this run that comes after it ended (the launcher's and the
+            # cancellation thread's both) must not end the worker before it reports
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             stop_watching.set()
             watcher.join()
         run = instance.get_run_by_id(args.run_id)
