@@ -31,7 +31,10 @@ Figures, measured in one process (wall times, ``time.perf_counter``):
 - ``daemon``: ``files`` small files (``daemon_trades`` trades each over a few portfolios)
   renamed into ``landing/trades`` one after another, each after the previous one's run
   ended, with ``dagster-daemon`` running the project's sensor and instance settings
-  (orchestration/dagster.yaml): latency from the rename to the end of the intraday run that
+  (orchestration/dagster.yaml) against the code location served apart by
+  ``dagster code-server start``, as ``dagster dev`` (``make ui``) serves it (a daemon given
+  workspace.yaml itself starts a code server of its own and restarts it every 60 s, a fresh
+  import beside the runs each time): latency from the rename to the end of the intraday run that
   published its state and events (the run's end time in the instance), p50, p95 and each, and
   its parts (``parts_p50_s`` / ``parts_p95_s``: the sensor's wait until it asked for the run,
   the run queue, the run worker's start-up, the run); and ``warehouse``: from the rename to the
@@ -288,12 +291,48 @@ def _daemon_env(data_dir: Path, home: Path) -> dict:
     return env
 
 
+def _serve_code(home: Path, env: dict, log, timeout_s: float = 180.0) -> tuple[subprocess.Popen, Path]:
+    """Start ``dagster code-server start`` for the project's code location on a socket in
+    ``home``, wait until it answers, and write the workspace file naming it; (the server
+    process, the workspace file)."""
+    bin_dir = Path(sys.executable).parent
+    socket = home / "code.sock"
+    server = subprocess.Popen(
+        [str(bin_dir / "dagster"), "code-server", "start", "-m", "orchestration.definitions", "-a", "defs",
+         "-d", str(ROOT), "--socket", str(socket), "--location-name", "portfolio"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.time() + timeout_s
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"the code server exited with code {server.returncode} (see {home / 'daemon.log'})")
+        check = subprocess.run([str(bin_dir / "dagster"), "api", "grpc-health-check", "--socket", str(socket)],
+                               env=env, capture_output=True)
+        if socket.exists() and check.returncode == 0:
+            break
+        if time.time() > deadline:
+            raise RuntimeError(f"the code server did not answer within {timeout_s:.0f} s (see {home / 'daemon.log'})")
+        time.sleep(1)
+    workspace = home / "workspace.yaml"
+    workspace.write_text(f"load_from:\n  - grpc_server:\n      socket: {socket}\n      location_name: portfolio\n")
+    return server, workspace
+
+
+def _stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: float = 600.0) -> dict:
-    """Land ``files`` files one after another under a running ``dagster-daemon``; for each, the
-    latency from its rename to the end of its intraday run (its state and events published),
-    split into the wait for the sensor to ask for the run, the run queue, the run worker's
-    start-up and the run itself; and to the end of the first ``publish_warehouse`` run that
-    started after it (the warehouse republished)."""
+    """Land ``files`` files one after another under a running ``dagster-daemon`` (the code
+    location served apart, as ``dagster dev`` serves it); for each, the latency from its
+    rename to the end of its intraday run (its state and events published), split into the
+    wait for the sensor to ask for the run, the run queue, the run worker's start-up and the
+    run itself; and to the end of the first ``publish_warehouse`` run that started after it
+    (the warehouse republished)."""
     import dagster as dg
 
     lake = resources_for(data_dir)["lake"]
@@ -301,8 +340,9 @@ def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: 
     shutil.copy(ROOT / "orchestration" / "dagster.yaml", home / "dagster.yaml")
     env = _daemon_env(data_dir, home)
     log = open(home / "daemon.log", "w")
+    server, workspace = _serve_code(home, env, log)
     daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     landed_at, runs, statuses = [], [], []
@@ -330,11 +370,8 @@ def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: 
                  f"(run {runs[-1]['end'] - runs[-1]['start']:.2f} s)")
         warehouse_runs = _wait_for_warehouse(instance, runs[-1]["end"] if runs else None, time.time() + timeout_s)
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        _stop(daemon)
+        _stop(server)
         log.close()
     latencies = [r["end"] - landed for r, landed in zip(runs, landed_at)]
     # the warehouse of each file: the first publish run started after its intraday run ended
