@@ -165,10 +165,10 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         origin = check.not_none(run.job_code_origin, f"run {run.run_id} has no code origin")
         args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
         with self._lock:
-            worker, why = self._take(origin.repository_origin)
+            pool = self._pool(origin.repository_origin)
+            worker, why = self._take(origin.repository_origin, pool)
             if not worker.run(run.run_id, args):  # it exited in between: a fresh one
-                worker = _Worker(origin.repository_origin, self._max_runs, self._changed)
-                self._pools[serialize_value(origin.repository_origin)][1].append(worker)
+                worker = self._spawn(origin.repository_origin, pool)
                 why = "a new worker: the one chosen had exited"
                 check.invariant(worker.run(run.run_id, args), f"run worker pid {worker.pid} exited at once")
             self._running = {run_id: w for run_id, w in self._running.items() if w.alive() and w.current == run_id}
@@ -176,11 +176,20 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.add_run_tags(run.run_id, {WORKER_PID_TAG: str(worker.pid)})
         self._instance.report_engine_event(f"Run handed to run worker pid {worker.pid} ({why}).", run, cls=self.__class__)
 
-    def _take(self, origin: RepositoryPythonOrigin) -> tuple[_Worker, str]:
-        """A worker of ``origin`` for a run, and how it was chosen: an idle one whose code is
-        current (stale ones are ended), else one still loading, else a new one; the pool is
-        then topped up to ``workers``."""
-        _, pool = self._pools.setdefault(serialize_value(origin), (origin, []))
+    def _pool(self, origin: RepositoryPythonOrigin) -> list[_Worker]:
+        """The workers of code location ``origin``."""
+        return self._pools.setdefault(serialize_value(origin), (origin, []))[1]
+
+    def _spawn(self, origin: RepositoryPythonOrigin, pool: list[_Worker]) -> _Worker:
+        """A new worker of ``origin``, added to ``pool``."""
+        worker = _Worker(origin, self._max_runs, self._changed)
+        pool.append(worker)
+        return worker
+
+    def _take(self, origin: RepositoryPythonOrigin, pool: list[_Worker]) -> tuple[_Worker, str]:
+        """A worker of ``origin`` (from its ``pool``) for a run, and how it was chosen: an idle
+        one whose code is current (stale ones are ended), else one still loading, else a new
+        one; the pool is then topped up to ``workers``."""
         pool[:] = [w for w in pool if w.alive()]
         stale = [w for w in pool if w.state == "idle" and w.stale()]
         for worker in stale:
@@ -195,8 +204,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             worker = loading[0]
             why = f"its code still loading since {time.time() - worker.started:.1f} s"
         else:
-            worker = _Worker(origin, self._max_runs, self._changed)
-            pool.append(worker)
+            worker = self._spawn(origin, pool)
             why = "a new worker: none idle"
         if stale:
             why += f"; {len(stale)} worker(s) ended: code changed since they loaded it"
@@ -205,7 +213,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     def _top_up(self, origin: RepositoryPythonOrigin, pool: list[_Worker]) -> None:
         while not self._closed and len(pool) < self._workers:
-            pool.append(_Worker(origin, self._max_runs, self._changed))
+            self._spawn(origin, pool)
 
     def _changed(self, worker: _Worker) -> None:
         """A worker's state changed: replace an ended one, end idle ones beyond ``workers``."""

@@ -116,6 +116,19 @@ def _materialized(result, key: str) -> dict:
     return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
 
 
+def _full_and_held_back(tmp_path, source, held: str):
+    """Two data folders over the landing files in ``source``: ``full`` built over all of them,
+    ``split`` built over all but trade file ``held`` (landed afterwards by the caller)."""
+    full = tmp_path / "full"
+    shutil.copytree(source, full / "landing")
+    materialize_all(full)
+    split_dir = tmp_path / "split"
+    shutil.copytree(source, split_dir / "landing")
+    (split_dir / "landing" / "trades" / held).unlink()
+    materialize_all(split_dir)
+    return full, split_dir
+
+
 def test_last_day_trades_are_carried_through_every_state_table(tmp_path, tiny_landing):
     """The trades of the book's last price date land as their own file after a full run: the
     ledger replays only their books, the cash ledger appends their entries, the balances and
@@ -131,13 +144,7 @@ def test_last_day_trades_are_carried_through_every_state_table(tmp_path, tiny_la
     assert last_day.height >= 5
     trades.filter(~pl.col("trade_id").is_in(last_day["trade_id"].implode())).write_csv(last)
     last_day.write_csv(source / "trades" / "trades_last_day.csv")
-    full = tmp_path / "full"
-    shutil.copytree(source, full / "landing")
-    materialize_all(full)
-    split_dir = tmp_path / "split"
-    shutil.copytree(source, split_dir / "landing")
-    (split_dir / "landing" / "trades" / "trades_last_day.csv").unlink()
-    materialize_all(split_dir)
+    full, split_dir = _full_and_held_back(tmp_path, source, "trades_last_day.csv")
     lake = resources_for(split_dir)["lake"]
     for table in ("lots", "realized_pnl", "ledger_state", "ledger_books", "positions", "daily_valuations"):
         DeltaTable(lake.uri(f"silver/{table}")).optimize.z_order(["portfolio_id"])
@@ -257,14 +264,7 @@ def test_a_file_of_trades_before_the_last_ones_replays_their_portfolio(tmp_path,
     pid = trades["portfolio_id"].max()
     trades.filter(pl.col("portfolio_id") != pid).write_csv(first)
     trades.filter(pl.col("portfolio_id") == pid).write_csv(source / "trades" / "zz_early.csv")
-    full = tmp_path / "full"
-    shutil.copytree(source, full / "landing")
-    materialize_all(full)
-
-    split_dir = tmp_path / "split"
-    shutil.copytree(source, split_dir / "landing")
-    (split_dir / "landing" / "trades" / "zz_early.csv").unlink()
-    materialize_all(split_dir)
+    full, split_dir = _full_and_held_back(tmp_path, source, "zz_early.csv")
     shutil.copy(source / "trades" / "zz_early.csv", split_dir / "landing" / "trades" / "zz_early.csv")
     result = build_definitions(str(split_dir)).resolve_job_def("intraday").execute_in_process(
         instance=dg.DagsterInstance.ephemeral()
