@@ -89,7 +89,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset  # noqa: F401  (pa.dataset)
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
 from assets.analytics import ANALYTICS_TABLES, GOLD_SCHEMAS, gold_key, gold_table
 from assets.rebalancing import SCHEMAS as REBALANCING_SCHEMAS
@@ -431,10 +430,7 @@ class _Source:
 
     def __init__(self, lake: LakeResource, table: str):
         self.table = table
-        try:
-            self.delta: DeltaTable | None = DeltaTable(lake.uri(table))
-        except TableNotFoundError:
-            self.delta = None
+        self.delta: DeltaTable | None = lake.table(table)
         self.table_id = self.delta.metadata().id if self.delta is not None else None
         self.version = self.delta.version() if self.delta is not None else -1
         self._dataset = None

@@ -29,6 +29,7 @@ import pyarrow.dataset  # noqa: F401  (pa.dataset)
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from assets.table_handles import current_table
 from transforms.shards import SHARD_WORKERS
 
 DEFAULT_DATA_DIR = "data"
@@ -130,7 +131,12 @@ class LakeResource(dg.ConfigurableResource):
         return str(Path(self.root) / name)
 
     def exists(self, name: str) -> bool:
-        return DeltaTable.is_deltatable(self.uri(name))
+        return self.table(name) is not None
+
+    def table(self, name: str) -> DeltaTable | None:
+        """Table ``name`` at its latest version (a handle the process keeps while it is current:
+        ``assets.table_handles``), or None when it does not exist."""
+        return current_table(self.uri(name))
 
     def read(
         self,
@@ -140,22 +146,28 @@ class LakeResource(dg.ConfigurableResource):
         version: int | None = None,
     ) -> pl.DataFrame:
         """Read a table (or one ``version`` of it); a missing table reads as empty ``schema``."""
-        if not self.exists(name):
+        table = self.table(name)
+        if table is None:
             if schema is None:
                 raise TableNotFoundError(f"no Delta table at {self.uri(name)}")
             frame = pl.DataFrame(schema=schema)
             return frame.select(columns) if columns else frame
-        frame = pl.read_delta(self.uri(name), version=version, columns=columns)
+        if version is None:
+            frame = pl.read_delta(table, columns=columns)
+        else:
+            frame = pl.read_delta(self.uri(name), version=version, columns=columns)
         if schema is not None:
             wanted = [c for c in schema if columns is None or c in columns]
             frame = frame.select(wanted).cast({c: schema[c] for c in wanted})
         return frame
 
     def version(self, name: str) -> int | None:
-        return DeltaTable(self.uri(name)).version() if self.exists(name) else None
+        table = self.table(name)
+        return None if table is None else table.version()
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
-        return DeltaTable(self.uri(name)).history(limit) if self.exists(name) else []
+        table = self.table(name)
+        return [] if table is None else table.history(limit)
 
     def write(
         self,
@@ -205,7 +217,7 @@ class LakeResource(dg.ConfigurableResource):
                 if attempt == COMMIT_RETRIES - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        return DeltaTable(uri).version()
+        return self.table(name).version()
 
     def rows_added(self, name: str, since: int, until: int) -> pl.DataFrame | None:
         """The rows table ``name`` gained from version ``since`` to ``until``, read from the data
@@ -228,11 +240,12 @@ class LakeResource(dg.ConfigurableResource):
     def scan(self, name: str, schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
         """A lazy scan of the table (filters and column choices are pushed down to the files);
         a missing table scans as empty ``schema``."""
-        if not self.exists(name):
+        table = self.table(name)
+        if table is None:
             if schema is None:
                 raise TableNotFoundError(f"no Delta table at {self.uri(name)}")
             return pl.LazyFrame(schema=schema)
-        return pl.scan_delta(self.uri(name))
+        return pl.scan_delta(table)
 
     @contextlib.contextmanager
     def writer_lock(self, name: str) -> Iterator[None]:
@@ -261,7 +274,10 @@ class LakeResource(dg.ConfigurableResource):
     def dataset(self, name: str) -> pa.dataset.Dataset:
         """The table as an Arrow dataset, which DuckDB scans batch by batch (DuckDB's own delta
         extension is downloaded at run time, so it is not used)."""
-        return DeltaTable(self.uri(name)).to_pyarrow_dataset()
+        table = self.table(name)
+        if table is None:
+            raise TableNotFoundError(f"no Delta table at {self.uri(name)}")
+        return table.to_pyarrow_dataset()
 
 
 class WarehouseResource(dg.ConfigurableResource):
