@@ -32,7 +32,7 @@ from assets.analytics import gold_key, gold_table, read_gold
 from assets.ingest import in_predicate
 from assets.metadata import table_metadata
 from assets.resources import LakeResource, PipelineSettings
-from assets.scope import INTRADAY_JOB, Scope, plan_scope
+from assets.scope import INTRADAY_JOB, Scope, in_values, plan_scope
 from assets.state import (
     bronze_key,
     current_moment,
@@ -487,8 +487,7 @@ def execution_quality(context: dg.AssetExecutionContext, lake: LakeResource):
         first = intended["created_at"].min()
         # only the ordered portfolios' trades can fill (fills match within a portfolio): the
         # filter prunes the files of the others, where the time alone scanned every trade
-        ordered = intended["portfolio_id"].unique().implode()
-        trades = read_silver(lake, "trades", where=pl.col("portfolio_id").is_in(ordered) & (pl.col("trade_ts") >= first))
+        trades = read_silver(lake, "trades", where=in_values("portfolio_id", intended["portfolio_id"]) & (pl.col("trade_ts") >= first))
         quality = build_execution_quality(intended, execution_fills(intended, trades))
     else:
         quality = pl.DataFrame(schema=contract.EXECUTION_QUALITY_SCHEMA)

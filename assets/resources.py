@@ -210,8 +210,11 @@ class LakeResource(dg.ConfigurableResource):
         elif mode == "overwrite":
             kwargs["schema_mode"] = "overwrite"
         for attempt in range(COMMIT_RETRIES):
+            # through the kept handle (assets.table_handles), which delta-rs moves to the version
+            # it commits: neither the write nor the next read opens the table again
+            target = (self.table(name) if exists else None) or uri
             try:
-                write_deltalake(uri, table, **kwargs)
+                write_deltalake(target, table, **kwargs)
                 break
             except CommitFailedError:
                 if attempt == COMMIT_RETRIES - 1:
@@ -232,7 +235,9 @@ class LakeResource(dg.ConfigurableResource):
         if any((c.get("operationMetrics") or {}).get("num_removed_files", 1) != 0 for c in commits):
             return None
         before = set(DeltaTable(self.uri(name), version=since).file_uris())
-        added = [f for f in DeltaTable(self.uri(name), version=until).file_uris() if f not in before]
+        latest = self.table(name)
+        at_until = latest if latest is not None and latest.version() == until else DeltaTable(self.uri(name), version=until)
+        added = [f for f in at_until.file_uris() if f not in before]
         if not added:
             return pl.DataFrame()
         return pl.concat([pl.read_parquet(f) for f in added], how="diagonal_relaxed")

@@ -11,6 +11,7 @@ replaced, so the assets after it do the same.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -36,9 +37,19 @@ from transforms.changes import (
 INTRADAY_JOB = "intraday"
 
 
+def in_values(column: str, values: Iterable[str]) -> pl.Expr:
+    """The row filter ``column IN values`` (strings), as one list literal.
+
+    Why not ``is_in(series.implode())``: Polars pushes a list literal down to a Delta scan's
+    file statistics and skips the files that cannot match, but not a Series literal. Reading
+    five portfolios' realised P&L of the standard book (438 files) took 0.85 s with the Series,
+    0.04 s with the list."""
+    return pl.col(column).is_in(pl.lit(sorted(set(values)), dtype=pl.List(pl.String)))
+
+
 def portfolio_filter(portfolios: frozenset[str] | None, column: str = "portfolio_id") -> pl.Expr | None:
     """The row filter keeping ``portfolios``' rows (``None``: every portfolio, no filter)."""
-    return None if portfolios is None else pl.col(column).is_in(pl.Series(sorted(portfolios), dtype=pl.String).implode())
+    return None if portfolios is None else in_values(column, portfolios)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 from assets.ingest import bronze_schema_of, bronze_table, in_predicate
 from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource, PipelineSettings, clustered
-from assets.scope import Scope, last_build, plan_scope, rows_since_last_build, write_in_scope
+from assets.scope import Scope, in_values, last_build, plan_scope, rows_since_last_build, write_in_scope
 from transforms.changes import INPUTS_KEY, parse_inputs
 from transforms.ledger_state import continue_ledger, merge_books, open_lots, replay_needed
 from transforms import contract
@@ -304,7 +304,7 @@ def _continued_ledger(context: dg.AssetExecutionContext, lake: LakeResource, sco
     if updates.height:  # earlier realised rows whose disallowed loss a new BUY raised
         key = ["portfolio_id", "trade_id", "lot_id"]
         sales = updates["trade_id"].unique().sort().to_list()
-        earlier = read_silver(lake, "realized_pnl", where=where & pl.col("trade_id").is_in(sales)).update(
+        earlier = read_silver(lake, "realized_pnl", where=where & in_values("trade_id", sales)).update(
             updates.select(*key, "disallowed_loss", "taxable_pnl"), on=key
         )
         lake.write(silver_table("realized_pnl"), earlier, run_id=run_id,
@@ -547,13 +547,13 @@ def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource, sett
         stored = read_silver(lake, "daily_valuations", where=scope.where() & (pl.col("date") == last_day)) \
             if last_day is not None else pl.DataFrame(schema=SILVER_SCHEMAS["daily_valuations"])
         on_day, rebuild = valuation_changes(scope.restrict(entries), stored, moment.date(), last_day)
-        valued = pl.col("portfolio_id").is_in(on_day["portfolio_id"].implode())
+        valued = in_values("portfolio_id", on_day["portfolio_id"])
         rows, unpriced = valuations_on_day(
             read_silver(lake, "positions", where=valued), read_silver(lake, "cash_balances", where=valued), on_day,
             market, Currencies(inputs["instruments"], portfolios), last_day or moment.date(),
         )
         rebuild = pl.concat([rebuild, unpriced]).unique().sort()
-        again = rebuilt(pl.col("portfolio_id").is_in(rebuild.implode())) if rebuild.len() else rows.clear()
+        again = rebuilt(in_values("portfolio_id", rebuild)) if rebuild.len() else rows.clear()
         frame = conform("daily_valuations", pl.concat([rows, again]))
         parts = [f"({in_predicate('portfolio_id', rows['portfolio_id'].to_list())} AND date = '{last_day}')"] if rows.height else []
         parts += [in_predicate("portfolio_id", rebuild.to_list())] if rebuild.len() else []
@@ -603,7 +603,7 @@ def portfolio_state(context: dg.AssetExecutionContext, lake: LakeResource, setti
         if new_trades is not None:
             ids = scope.restrict(new_trades)["trade_id"].unique().sort()
             rows = read_silver(lake, "realized_pnl", realized_columns,
-                               where=scope.where() & pl.col("trade_id").is_in(ids.implode()))
+                               where=scope.where() & in_values("trade_id", ids))
             totals = scope.restrict(previous).select(
                 "portfolio_id", "realized_pnl", pl.col("last_updated").alias("last_close_ts")).cast(REALIZED_TOTALS_SCHEMA)
             realized = carry_realized(totals, rows, portfolios, instruments, moment, fx)

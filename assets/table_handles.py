@@ -12,8 +12,11 @@ do it) starts a new ``…0.json``; its inode and change time are the table's ide
 each use. Both checks are one ``stat`` each. Object-store tables (``s3://…``) are opened afresh
 each time: a listing there costs what an open costs.
 
-Handles are never updated in place (``update_incremental``): a scan on another thread may be
-reading one, so a stale handle is replaced by a fresh one.
+A stale handle is replaced by a fresh one, never updated in place (``update_incremental``),
+since a frame read from it may be in use. The one change in place is a write:
+``LakeResource.write`` commits through the table's handle, and delta-rs moves it to the version
+committed. A lazy scan of the table still to be collected would then read that version; the
+pipeline collects its scans before it writes.
 """
 
 from __future__ import annotations

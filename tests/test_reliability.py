@@ -73,8 +73,10 @@ sys.stdout.buffer.write(b"CHILD READY\n"); sys.stdout.flush()
 order = json.loads(sys.stdin.readline())
 real_write = resources.write_deltalake
 
-def is_table(uri, table):
-    return bool(table) and str(uri).replace("\\", "/").endswith("/lake/" + table)
+def is_table(target, table):
+    # the lake writes through a table's handle once it exists (assets.table_handles), else its path
+    uri = str(getattr(target, "table_uri", target)).replace("\\", "/").rstrip("/")
+    return bool(table) and uri.endswith("/lake/" + table)
 
 def write_with_hooks(uri, *args, **kwargs):
     held = [t for t in order["hold_before"] if is_table(uri, t)]

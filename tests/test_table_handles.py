@@ -32,9 +32,12 @@ def test_a_handle_is_reused_until_a_commit_then_replaced(tmp_path):
     assert lake.scan("silver/t").select(pl.len()).collect().item() == 9
     assert [c["version"] for c in lake.history("silver/t")] == [1, 0]
 
-    # a write through the resource returns the new version and leaves a current handle
+    # a write through the resource commits through the handle, which moves to the new version
+    handle = lake.table("silver/t")
     assert lake.write("silver/t", _frame(2, 20), run_id="r2", mode="append") == 2
+    assert lake.table("silver/t") is handle and handle.version() == 2
     assert lake.read("silver/t").height == 11
+    assert lake.history("silver/t", 1)[0]["run_id"] == "r2"
 
 
 def test_a_commit_by_another_process_is_seen(tmp_path):
