@@ -29,7 +29,8 @@ import polars as pl
 import yaml
 
 from assets.analytics import gold_key, gold_table, read_gold
-from assets.ingest import in_predicate
+from assets.ingest import bronze_table, in_predicate
+from assets.memo import derived
 from assets.metadata import table_metadata
 from assets.resources import LakeResource, PipelineSettings
 from assets.scope import INTRADAY_JOB, Scope, in_values, plan_scope
@@ -202,7 +203,7 @@ def _triggers(lake: LakeResource, policies, config: RebalanceRequest, scope: Sco
     ).with_columns((pl.col("amount") * pl.col("fx_rate")).alias("amount_base"))
     frames.append(cash_flow_triggers(flows, navs, since, policies, now))
     weights = positions.filter(pl.col("position_type") != "CASH").select("portfolio_id", "instrument_id", "weight")
-    returns = instrument_returns(prices, read_bronze(lake, "fx_rates"), read_bronze(lake, "instruments"), [contract.BASE_CURRENCY])
+    returns = _returns(lake, [contract.BASE_CURRENCY])
     if returns.height:
         matrix, ids_ = held_returns_matrix(returns, weights)
         frames.append(correlation_triggers(weights, matrix, ids_, policies, now))
@@ -248,11 +249,33 @@ REBALANCING_TABLES = {
 }
 
 
-def _quotes(prices: pl.DataFrame, instruments: pl.DataFrame) -> pl.DataFrame:
+# The bronze tables the market frames below are derived from (kept while unchanged: assets.memo).
+MARKET_TABLES = [bronze_table(k) for k in ("prices", "fx_rates", "instruments")]
+
+
+def _returns(lake: LakeResource, bases: list[str]) -> pl.DataFrame:
+    """``transforms.market_returns.instrument_returns`` of the bronze prices in each of ``bases``."""
+    bases = sorted(set(bases))
+    return derived(lake, MARKET_TABLES, ("instrument_returns", *bases), lambda: instrument_returns(
+        read_bronze(lake, "prices"), read_bronze(lake, "fx_rates"), read_bronze(lake, "instruments"), bases))
+
+
+def _snapshot(lake: LakeResource, bases: list[str]) -> pl.DataFrame:
+    """``optimizers.inputs.market_snapshot`` in each of ``bases``."""
+    bases = sorted(set(bases))
+    return derived(lake, MARKET_TABLES, ("market_snapshot", *bases),
+                   lambda: market_snapshot(_returns(lake, bases), read_bronze(lake, "prices")))
+
+
+def _quotes(lake: LakeResource) -> pl.DataFrame:
     """Per instrument: the last local close, its currency and the mean volume of the last 20 days (shares)."""
-    last = prices.sort("instrument_id", "date").group_by("instrument_id").agg(
-        pl.col("close").last().alias("price"), pl.col("volume").cast(pl.Float64).drop_nulls().tail(20).mean().alias("adv"))
-    return last.join(instruments.select("instrument_id", "currency"), on="instrument_id", how="left")
+    def compute() -> pl.DataFrame:
+        prices = read_bronze(lake, "prices")
+        last = prices.sort("instrument_id", "date").group_by("instrument_id").agg(
+            pl.col("close").last().alias("price"), pl.col("volume").cast(pl.Float64).drop_nulls().tail(20).mean().alias("adv"))
+        return last.join(read_bronze(lake, "instruments").select("instrument_id", "currency"), on="instrument_id", how="left")
+
+    return derived(lake, MARKET_TABLES, ("quotes",), compute)
 
 
 def _tax_inputs(lake: LakeResource, taxable: list[str], positions: pl.DataFrame, lots: pl.DataFrame, navs: pl.DataFrame,
@@ -336,12 +359,12 @@ def _rebalance(context: dg.AssetExecutionContext, lake: LakeResource, settings: 
     portfolios = read_bronze(lake, "portfolios").filter(pl.col("portfolio_id").is_in(ids))
     positions = read_silver(lake, "positions", where=pl.col("portfolio_id").is_in(ids))
     lots = read_silver(lake, "lots", where=(pl.col("status") == "OPEN") & pl.col("portfolio_id").is_in(ids))
-    instruments, prices, fx = read_bronze(lake, "instruments"), read_bronze(lake, "prices"), read_bronze(lake, "fx_rates")
+    instruments = read_bronze(lake, "instruments")
     targets, _ = targets_in_force(read_bronze(lake, "targets"), as_of)
     targets = targets.filter(pl.col("portfolio_id").is_in(ids)).with_columns(pl.col("strategy_id").fill_null(UNASSIGNED))
-    models = risk_models(read_gold(lake, "risk_model"))
+    models = derived(lake, [gold_table("risk_model")], ("risk_models",), lambda: risk_models(read_gold(lake, "risk_model")))
     bases = sorted(set(portfolios["base_currency"].to_list()))
-    snapshot = market_snapshot(instrument_returns(prices, fx, instruments, bases), prices) if bases else None
+    snapshot = _snapshot(lake, bases) if bases else None
     snapshot_of = {key[0]: part for key, part in snapshot.partition_by("base_currency", as_dict=True).items()} if bases else {}
     holdings, navs = sleeve_holdings(positions, lots), _navs(positions)
     cash = positions.filter(pl.col("position_type") == "CASH").group_by("portfolio_id").agg(pl.col("weight").sum())
@@ -404,7 +427,7 @@ def _rebalance(context: dg.AssetExecutionContext, lake: LakeResource, settings: 
     trades = pl.concat([o.trades.with_columns(pl.lit(o.portfolio_id).alias("portfolio_id")) for o in outcomes if o.trades.height]
                        or [pl.DataFrame(schema={"instrument_id": pl.String, "quantity": pl.Float64, "unit_value": pl.Float64,
                                                 "portfolio_id": pl.String})])
-    quotes = _quotes(prices, instruments)
+    quotes = _quotes(lake)
     netted = net_orders(
         trades.join(quotes, on="instrument_id", how="left").select(
             pl.lit(run_id).alias("run_id"), "portfolio_id", "instrument_id", "quantity", "price", "currency", "adv"))

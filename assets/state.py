@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow.dataset as ds
 
 from assets.ingest import bronze_schema_of, bronze_table, in_predicate
+from assets.memo import derived
 from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource, PipelineSettings, clustered
 from assets.scope import Scope, in_values, last_build, plan_scope, rows_since_last_build, write_in_scope
@@ -77,11 +78,19 @@ def bronze_key(kind: str) -> dg.AssetKey:
     return dg.AssetKey(["bronze", kind])
 
 
+# Reference tables read whole by most steps of every run: the process keeps each read while the
+# table is unchanged (assets.memo). The trades are not: a full read of them is a full build's.
+KEPT_BRONZE = frozenset({"prices", "fx_rates", "instruments", "portfolios", "targets", "benchmarks"})
+
+
 def read_bronze(lake: LakeResource, kind: str, where: pl.Expr | None = None) -> pl.DataFrame:
     """Bronze table ``kind`` (typed by its contract), only rows ``where`` if given (pushed
-    down to the Delta scan)."""
+    down to the Delta scan). A whole ``KEPT_BRONZE`` table is read once while unchanged."""
     if where is None:
-        return lake.read(bronze_table(kind), bronze_schema_of(kind))
+        def read() -> pl.DataFrame:
+            return lake.read(bronze_table(kind), bronze_schema_of(kind))
+
+        return derived(lake, [bronze_table(kind)], ("bronze", kind), read) if kind in KEPT_BRONZE else read()
     schema = bronze_schema_of(kind)
     return lake.scan(bronze_table(kind), schema).filter(where).select(list(schema)).cast(schema).collect()
 
@@ -542,7 +551,8 @@ def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource, sett
         if entries is None:
             return dg.MaterializeResult(metadata=write_scoped(context, lake, "daily_valuations", rebuilt(scope.where()), scope))
         moment = current_moment(lake)
-        market = Market(price_table(inputs["prices"]), usd_table(inputs["fx_rates"]))
+        market = derived(lake, [bronze_table(k) for k in ("prices", "fx_rates")], ("market",),
+                         lambda: Market(price_table(inputs["prices"]), usd_table(inputs["fx_rates"])))
         last_day = last_business_day(market, moment.date())
         stored = read_silver(lake, "daily_valuations", where=scope.where() & (pl.col("date") == last_day)) \
             if last_day is not None else pl.DataFrame(schema=SILVER_SCHEMAS["daily_valuations"])

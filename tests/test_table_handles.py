@@ -1,6 +1,7 @@
 """The process's open Delta tables (``assets.table_handles``): reused while current, replaced
 after any commit (by this lake resource or another writer) and when the table is deleted and
-created again under the same path; bounded."""
+created again under the same path; bounded. And the values derived from them
+(``assets.memo``), kept while those tables are unchanged."""
 
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import polars as pl
 from deltalake import write_deltalake
 
 from assets import table_handles
+from assets.memo import derived
 from assets.resources import LakeResource
 
 
@@ -78,3 +80,30 @@ def test_handles_are_bounded(tmp_path, monkeypatch):
     kept = [uri for uri in table_handles._handles if uri.startswith(str(tmp_path))]
     assert kept == [lake.uri(f"silver/t{n}") for n in (2, 3, 4)]
     assert lake.read("silver/t0").height == 1  # a dropped handle is opened again
+
+
+def test_a_derived_value_is_kept_while_its_tables_are_unchanged(tmp_path):
+    lake = LakeResource(root=str(tmp_path))
+    lake.write("bronze/a", _frame(3), run_id="r1")
+    lake.write("bronze/b", _frame(2), run_id="r1")
+    calls = []
+
+    def total() -> int:
+        calls.append(1)
+        return int(lake.read("bronze/a")["x"].sum() + lake.read("bronze/b")["x"].sum())
+
+    assert derived(lake, ["bronze/a", "bronze/b"], "total", total) == 3 + 1
+    assert derived(lake, ["bronze/a", "bronze/b"], "total", total) == 4 and len(calls) == 1
+    # another key is another value
+    assert derived(lake, ["bronze/a"], ("total", "a only"), lambda: -1) == -1
+    # a commit to either table, by anyone, is seen
+    write_deltalake(lake.uri("bronze/b"), _frame(1, 10).to_arrow(), mode="append")
+    assert derived(lake, ["bronze/a", "bronze/b"], "total", total) == 14 and len(calls) == 2
+    # deleted and created again at the same version: a new table id
+    shutil.rmtree(lake.uri("bronze/a"))
+    write_deltalake(lake.uri("bronze/a"), _frame(1, 100).to_arrow())
+    assert lake.version("bronze/a") == 0
+    assert derived(lake, ["bronze/a", "bronze/b"], "total", total) == 100 + 11 and len(calls) == 3
+    # a missing table is part of the stamp too
+    shutil.rmtree(lake.uri("bronze/a"))
+    assert derived(lake, ["bronze/a"], "missing", lambda: "none") == "none"
