@@ -16,6 +16,10 @@ published table, in one transaction with its ``_sources`` rows:
   names the portfolios written, not those dropped): the rows of those portfolios are deleted
   and read again from the lake (a scan filtered on ``portfolio_id``), inserted in
   ``order_by`` order;
+- a one-source table whose lake commits since the recorded version only added data files (an
+  append, or a predicate write that matched no row, as the outbox and the rebalancing tables
+  get each run's rows): the rows those files hold are inserted (``LakeResource.rows_added``);
+  the outbox took 10.5 s to copy whole on the standard book;
 - otherwise (a commit without change log, a whole rewrite, the version went back, the Delta
   table was created anew (new id) or is gone, the columns changed, a union whose sources
   changed, a table new to the file): replaced whole, sorted by ``WarehouseTable.order_by``.
@@ -464,7 +468,8 @@ def _plan(
     in_file: bool,
 ) -> tuple[str, list[str], str]:
     """What to do with ``spec``'s table in a file that records ``recorded``: ``("skip", [], why)``,
-    ``("portfolios", ids, why)`` or ``("whole", [], why)`` (rules in the module docstring)."""
+    ``("append", [], why)``, ``("portfolios", ids, why)`` or ``("whole", [], why)`` (rules in the
+    module docstring)."""
     if not in_file:
         return "whole", [], "not in the file yet"
     before = {name: recorded.get((spec.name, name)) for name in spec.sources}
@@ -474,8 +479,8 @@ def _plan(
     if not moved:
         return "skip", [], "unchanged"
     steps = ", ".join(f"{name}@{before[name][1]}->{s.version}" for name, s in moved.items())
-    if not spec.per_portfolio:
-        return "whole", [], f"changed: {steps}" + ("" if spec.union is not None else " (no portfolio_id)")
+    if spec.union is not None:
+        return "whole", [], f"changed: {steps}"
     (name, source), = sources.items()
     old_id, old_version = before[name]
     if source.delta is None:
@@ -491,12 +496,18 @@ def _plan(
     whole = next((c for c in sorted(commits, key=lambda c: c["version"]) if _rewrites_whole(c)), None)
     if whole is not None:
         return "whole", [], f"{name} was rewritten whole at version {whole['version']}"
-    try:
-        changed = changed_portfolios(commits)
-    except ValueError as error:
-        return "whole", [], f"{name}: {error}"
-    if changed is None:
-        return "whole", [], f"{name}: a commit records no changed portfolios ({steps})"
+    if all(_only_adds(c) for c in commits):
+        action = "append"
+    elif not spec.per_portfolio:
+        return "whole", [], f"changed: {steps} (no portfolio_id)"
+    else:
+        try:
+            changed = changed_portfolios(commits)
+        except ValueError as error:
+            return "whole", [], f"{name}: {error}"
+        if changed is None:
+            return "whole", [], f"{name}: a commit records no changed portfolios ({steps})"
+        action = "portfolios"
     con.register("_probe", source.dataset)
     try:
         same_columns = _describe(con, "_probe") == _describe(con, f'"{spec.name}"')
@@ -504,7 +515,24 @@ def _plan(
         con.unregister("_probe")
     if not same_columns:
         return "whole", [], f"{name}: the columns changed"
-    return "portfolios", sorted(changed), steps
+    return (action, [], f"rows added: {steps}") if action == "append" else (action, sorted(changed), steps)
+
+
+def _only_adds(commit: dict) -> bool:
+    """Whether a Delta commit only added data files (an append, or a predicate write that
+    matched no row: the outbox and the rebalancing tables add each run's rows that way)."""
+    return (commit.get("operationMetrics") or {}).get("num_removed_files", 1) == 0
+
+
+def _append(con: duckdb.DuckDBPyConnection, lake: LakeResource, spec: WarehouseTable, source: _Source, since: int) -> int:
+    """Insert the rows lake table ``source`` gained from version ``since`` to the pinned one
+    (``LakeResource.rows_added``: read from the data files those commits added); how many."""
+    rows = lake.rows_added(source.table, since, source.version)
+    if rows is None:  # checked by _plan from the same commits; a table rewritten since cannot reach here
+        raise RuntimeError(f"{source.table}: a commit after version {since} removed files")
+    if rows.height:
+        _from_incoming(con, rows.to_arrow(), f'INSERT INTO "{spec.name}" BY NAME SELECT * FROM _incoming{_order(spec)}')
+    return rows.height
 
 
 def _replace_whole(con: duckdb.DuckDBPyConnection, lake: LakeResource, spec: WarehouseTable, sources: dict[str, _Source]) -> None:
@@ -563,8 +591,8 @@ def refresh_warehouse(
     from the versions its ``_warehouse._sources`` records; else every table written whole),
     then drop and re-run the views and macros (``statements``, default ``WAREHOUSE_STATEMENTS``).
 
-    Returns, per published table: ``action`` (``skipped``, ``portfolios replaced`` or
-    ``replaced whole``), ``why``, ``portfolio_count`` and ``portfolios`` (the ids replaced, the
+    Returns, per published table: ``action`` (``skipped``, ``rows appended``, ``portfolios
+    replaced`` or ``replaced whole``), ``why``, ``portfolio_count`` and ``portfolios`` (the ids replaced, the
     first ``_IDS_SHOWN``), ``rows`` (after) and ``seconds``. Each table changes in one
     transaction with its ``_sources`` rows, so a file interrupted half-way is consistent table
     by table and the next refresh resumes from it.
@@ -604,6 +632,9 @@ def refresh_warehouse(
             elif action == "portfolios":
                 (source,) = sources.values()
                 _replace_portfolios(con, spec, source, ids)
+            elif action == "append":
+                (source,) = sources.values()
+                _append(con, lake, spec, source, recorded[(spec.name, source.table)][1])
             if action != "skip":
                 _record(con, spec.name, sources)
             con.execute("COMMIT")
@@ -611,7 +642,8 @@ def refresh_warehouse(
             con.execute("ROLLBACK")
             raise
         report[spec.name] = {
-            "action": {"skip": "skipped", "portfolios": "portfolios replaced", "whole": "replaced whole"}[action],
+            "action": {"skip": "skipped", "portfolios": "portfolios replaced", "append": "rows appended",
+                       "whole": "replaced whole"}[action],
             "why": why,
             "portfolio_count": len(ids),
             "portfolios": ids[:_IDS_SHOWN],

@@ -143,10 +143,16 @@ def test_intraday_refreshes_equal_a_full_build_and_replace_only_the_touched_port
     # full run's copy, the second on the full run's file, which missed both late files
     for run, expected in ((first, [book.touched[0]]), (second, sorted(book.touched))):
         actions = _actions(run["tables"])
+        # a table whose commits since only added rows gets those rows; one that replaced rows
+        # gets the touched portfolios' rows again
         for name in PER_PORTFOLIO:
-            assert actions[name] == ("portfolios replaced", expected), (name, actions[name])
+            assert actions[name] in (("portfolios replaced", expected), ("rows appended", [])), (name, actions[name])
+        for name in ("trades", "cash_ledger"):  # appended to by the continued ledger and cash
+            assert actions[name] == ("rows appended", []), name
+        for name in ("positions", "lots", "daily_valuations"):  # replaced by portfolio
+            assert actions[name] == ("portfolios replaced", expected), name
         replaced = {name for name, (action, _) in actions.items() if action == "portfolios replaced"}
-        assert replaced == set(PER_PORTFOLIO)  # no other table is touched portfolio by portfolio
+        assert replaced <= set(PER_PORTFOLIO)  # no other table is touched portfolio by portfolio
         assert all(ids == [] for action, ids in actions.values() if action != "portfolios replaced")
         # untouched by the intraday job: reference data and the daily analytics
         for name in ("prices", "instruments", "portfolios", "returns_daily", "performance", "risk", "attribution"):
@@ -154,7 +160,9 @@ def test_intraday_refreshes_equal_a_full_build_and_replace_only_the_touched_port
         # a whole overwrite whose change log names only the scope (the others' as_of moves)
         assert actions["portfolio_state"][0] == "replaced whole"
         assert "rewritten whole" in run["tables"]["portfolio_state"]["why"]
-        assert actions["outbox"][0] == "replaced whole"  # its commits carry no change log
+        # each run adds its events (and rebalancing rows) under its own run id
+        for name in ("outbox", "recommendations", "orders", "rebalance_runs"):
+            assert actions[name] == ("rows appended", []), name
         assert run["dagster/row_count"] == sum(entry["rows"] for entry in run["tables"].values())
     _assert_same(book.data / "warehouse.duckdb", _full_build(book.data, tmp_path / "full"))
     assert {spec.name for spec in warehouse_tables()} == set(first["tables"])
