@@ -6,21 +6,19 @@ A file is picked up only when it is complete:
 
 - a writer that renames into place writes ``*.tmp`` / ``*.part`` (or a dot-file) first, which
   are never looked at (``assets.ingest.landing_candidates``);
-- every file under its final name, renamed into place or not, must show the same size and
-  modification time at two looks (``stable_files``): a file still being written changes between
-  looks and waits (a renamed file is complete at the first look, but from the landing folder
-  alone it cannot be told from one written in place). The looks are the previous tick's and
-  this tick's; when this tick finds a file the previous one had not seen as it is now, it looks
-  again ``SETTLE_SECONDS`` later (``landing_requests``' ``settle_s``), so a file landed between
-  ticks is picked up by the first tick after it rather than the second, 5 s later. A writer
-  that pauses longer than that in the middle of a file it writes in place must write it under
-  a temporary name instead.
+- every file under its final name, renamed into place or not, must be seen unchanged (size and
+  modification time) for ``SETTLE_SECONDS`` between two looks (``settled``): a file still being
+  written changes between looks and waits (a renamed file is complete at once, but from the
+  landing folder alone it cannot be told from one written in place). Each look records, per
+  file, since when it has been seen as it is; the looks are the previous ticks' (in the cursor)
+  and this tick's. A writer that pauses longer than ``SETTLE_SECONDS`` in the middle of a file
+  it writes in place must write it under a temporary name instead.
 
 A complete file whose content (sha256) is already in the kind's ingestion log is not launched
 again; otherwise the sensor asks for one run per file, keyed by ``<path>@<sha256>``: Dagster
 never launches a run key twice, so the same content landed twice (or seen again after a restart)
 runs once, and a changed file (new content, new key) runs again. The cursor is JSON:
-``{"looks": {path: [size, mtime_ns]}, "done": {path: [size, mtime_ns, sha256]}}``, the last look
+``{"looks": {path: [size, mtime_ns, since]}, "done": {path: [size, mtime_ns, sha256]}}``, the last look
 and the files already dealt with (so an unchanged file is not hashed again every tick); it holds
 only files present at the last look, so it does not grow with the landing history.
 
@@ -33,10 +31,14 @@ Tick period: ``dagster-daemon`` evaluates sensors in a loop that comes round eve
 soonest (Dagster's ``MIN_INTERVAL_LOOP_TIME``, not configurable), and skips a sensor whose last
 tick is younger than its ``minimum_interval_seconds``. With an interval of exactly 5 s the
 sensor was skipped on every loop that came round a few milliseconds early: half of its ticks
-came 10 s apart (measured on the daemon's tick history), and a file waits two ticks (one look,
-then the look that finds it stable). An interval below the loop's (``TICK_SECONDS``) makes the
-sensor tick on every loop, every 5 s, and the second look within the tick means a file waits
-one tick, not two.
+came 10 s apart (measured on the daemon's tick history). An interval below the loop's
+(``TICK_SECONDS``) makes the sensor tick on every loop. A tick that looked once and returned
+left a file landed just after it waiting for the next tick: 2.5 s on average, 5 s at worst, on
+top of its settling. So each tick watches: it looks every ``POLL_SECONDS`` for
+``WATCH_SECONDS`` (below the loop's 5 s, so the next tick starts about a second after it ends)
+and returns as soon as a file is complete, which is then ``SETTLE_SECONDS`` and at most a poll
+after it was first seen. The instance evaluates sensors on threads
+(``orchestration/dagster.yaml``), so the warehouse sensor does not wait behind the watch.
 """
 
 from __future__ import annotations
@@ -57,8 +59,15 @@ from transforms.validation import sha256_of
 WATCHED_KINDS = ("trades", "prices")
 # below the daemon's 5 s loop, so that every loop ticks (module docstring)
 TICK_SECONDS = 1
-# the pause between a tick's two looks at a file it sees for the first time (module docstring)
+# how long a file must be seen unchanged before it is complete (module docstring)
 SETTLE_SECONDS = 1.0
+# how long one tick watches the landing folder, and how often it looks meanwhile: the daemon
+# starts a tick every 5 s at the soonest, so a tick that returned at once left a new file
+# waiting 2.5 s on average for the next one (module docstring)
+WATCH_SECONDS = 4.0
+POLL_SECONDS = 0.25
+# the shortest pause between two looks of one tick
+MIN_LOOK_GAP = 0.05
 
 
 def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[str, list[int]]:
@@ -71,10 +80,10 @@ def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[s
     return out
 
 
-def stable_files(previous: dict[str, list[int]], current: dict[str, list[int]]) -> list[str]:
-    """The paths whose (size, mtime) are the same at both looks, sorted: complete files. A file
-    seen for the first time, or changed since the previous look, is not (yet) stable."""
-    return sorted(path for path, seen in current.items() if previous.get(path) == seen)
+def settled(looks: dict[str, list], now: float, settle_s: float) -> list[str]:
+    """The complete files of ``looks`` (``{path: [size, mtime_ns, since]}``), sorted: those an
+    earlier look saw as they are now (``since < now``), at least ``settle_s`` before ``now``."""
+    return sorted(path for path, (_, _, since) in looks.items() if since < now and now - since >= settle_s)
 
 
 def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
@@ -83,35 +92,61 @@ def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
     return {path: sha for path, (sha, _) in last_logged(log).items()}
 
 
+def _look(landing_dir: Path, previous: dict[str, list], now: float) -> dict[str, list]:
+    """``look_at`` with, per file, ``since``: when it was first seen as it is (carried from
+    ``previous`` while size and mtime are unchanged, else ``now``). A cursor written before
+    ``since`` was kept has ``[size, mtime_ns]``: seen long ago (0)."""
+    out = {}
+    for path, look in look_at(landing_dir).items():
+        before = previous.get(path)
+        same = before is not None and list(before[:2]) == look
+        out[path] = [*look, (before[2] if len(before) > 2 else 0.0) if same else now]
+    return out
+
+
 def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str, str]], settle_s: float = 0.0,
-                     sleep: Callable[[float], None] = time.sleep) -> tuple[list[dg.RunRequest], dict]:
+                     sleep: Callable[[float], None] = time.sleep, watch_s: float = 0.0,
+                     clock: Callable[[], float] = time.time) -> tuple[list[dg.RunRequest], dict]:
     """One tick of the sensor, without Dagster's context: (run requests, new cursor).
 
     ``cursor`` is the previous tick's (``{}`` at first); ``logged`` maps kind -> {path: sha256}
-    of the files already ingested. With ``settle_s`` > 0, files this look finds new or changed
-    since the previous tick's are looked at once more after ``sleep(settle_s)``, and those the
-    two looks agree on are complete too (0: only the previous tick's look counts). See the
-    module docstring for the rules."""
-    current = look_at(landing_dir)
-    complete = stable_files(cursor.get("looks", {}), current)
-    if settle_s > 0 and len(complete) < len(current):
-        sleep(settle_s)
-        first, current = current, look_at(landing_dir)
-        complete = sorted(set(stable_files(cursor.get("looks", {}), current)) | set(stable_files(first, current)))
-    done = {path: entry for path, entry in cursor.get("done", {}).items() if path in current}
-    requests = []
-    for path in complete:
-        look = current[path]
-        if done.get(path, [None, None])[:2] == look:
-            continue
-        sha = sha256_of((landing_dir / path).read_bytes())
-        done[path] = [*look, sha]
-        kind = path.split("/", 1)[0]
-        if logged.get(kind, {}).get(path) == sha:
-            continue
-        requests.append(dg.RunRequest(run_key=f"{path}@{sha}",
-                                      tags={"portfolio/source_file": path, "portfolio/sha256": sha, LAKE_WRITER_TAG: "intraday"}))
-    return requests, {"looks": current, "done": done}
+    of the files already ingested. A file is complete once a look has seen it unchanged (size
+    and modification time) for ``settle_s`` since an earlier look (``settled``; with 0, any
+    earlier look, as the previous tick's). The tick looks again every ``POLL_SECONDS`` (or
+    when the next file would have settled, if sooner) for ``watch_s``, and at least until the
+    files its first look found new or changed have had ``settle_s``; it returns as soon as a
+    complete file is to be asked for. ``sleep`` and ``clock`` (wall-clock seconds: the cursor
+    keeps them across ticks and processes) are for tests. See the module docstring for the rules."""
+    started = clock()
+    looks = _look(landing_dir, cursor.get("looks", {}), started)
+    waiting_at_first = any(since == started for _, _, since in looks.values())
+    until = started + max(watch_s, settle_s if waiting_at_first else 0.0)
+    done = {path: entry for path, entry in cursor.get("done", {}).items() if path in looks}
+    requests: list[dg.RunRequest] = []
+    now = started  # the time of the last look
+    while True:
+        complete = settled(looks, now, settle_s)
+        for path in complete:
+            look = looks[path][:2]
+            if done.get(path, [None, None])[:2] == look:
+                continue
+            sha = sha256_of((landing_dir / path).read_bytes())
+            done[path] = [*look, sha]
+            kind = path.split("/", 1)[0]
+            if logged.get(kind, {}).get(path) == sha:
+                continue
+            requests.append(dg.RunRequest(run_key=f"{path}@{sha}", tags={
+                "portfolio/source_file": path, "portfolio/sha256": sha, LAKE_WRITER_TAG: "intraday"}))
+        if requests or now >= until:
+            break
+        # look again when the next waiting file would have settled, or at the next poll
+        ready = [since + settle_s for path, (_, _, since) in looks.items() if path not in complete]
+        wake = min([*ready, now + POLL_SECONDS] if watch_s > 0 else ready or [until], default=until)
+        sleep(max(min(wake, until) - now, MIN_LOOK_GAP))
+        now = clock()
+        looks = _look(landing_dir, looks, now)
+        done = {path: entry for path, entry in done.items() if path in looks}
+    return requests, {"looks": looks, "done": done}
 
 
 @dg.sensor(
@@ -124,7 +159,7 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: PipelineSettings):
     cursor = json.loads(context.cursor) if context.cursor else {}
     logged = {kind: _logged(lake, kind) for kind in WATCHED_KINDS}
-    requests, cursor = landing_requests(settings.landing_dir, cursor, logged, SETTLE_SECONDS)
+    requests, cursor = landing_requests(settings.landing_dir, cursor, logged, SETTLE_SECONDS, watch_s=WATCH_SECONDS)
     context.update_cursor(json.dumps(cursor, sort_keys=True))
     if not requests:
         return dg.SkipReason("no new complete file in landing/trades or landing/prices")

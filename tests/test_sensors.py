@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 
 from assets.resources import resources_for
 from orchestration.definitions import build_definitions
-from orchestration.sensors import landing_requests, landing_sensor, look_at, stable_files
+from orchestration.sensors import POLL_SECONDS, landing_requests, landing_sensor, look_at, settled
 from assets.analytics import read_gold
 from test_pipeline import assert_same_tables, materialize_all, snapshot
 from transforms.validation import sha256_of
@@ -27,11 +27,28 @@ def _write(path, text: str, mtime_ns: int | None = None) -> None:
         os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
-def test_a_file_is_stable_when_two_looks_agree():
-    assert stable_files({}, {"trades/a.csv": [10, 1]}) == []
-    assert stable_files({"trades/a.csv": [10, 1]}, {"trades/a.csv": [10, 1]}) == ["trades/a.csv"]
-    assert stable_files({"trades/a.csv": [10, 1]}, {"trades/a.csv": [20, 2]}) == []  # still growing
-    assert stable_files({"trades/a.csv": [10, 1]}, {"trades/a.csv": [10, 2]}) == []  # rewritten
+def test_a_file_is_complete_when_seen_unchanged_for_the_settle_time_since_an_earlier_look():
+    looks = {"trades/a.csv": [10, 1, 100.0]}  # seen as it is since t = 100
+    assert settled(looks, 100.0, 0.0) == []  # this look is the first: no earlier one agrees
+    assert settled(looks, 100.1, 0.0) == ["trades/a.csv"]
+    assert settled(looks, 100.5, 1.0) == []  # unchanged, but not for long enough
+    assert settled(looks, 101.0, 1.0) == ["trades/a.csv"]
+
+
+class FakeClock:
+    """A wall clock that moves only when slept on; ``on_sleep`` runs at each pause (a writer)."""
+
+    def __init__(self, on_sleep=None):
+        self.now, self.pauses, self.on_sleep = 1_000.0, [], on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(round(seconds, 6))
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep()
 
 
 def test_one_run_per_complete_file_and_content(tmp_path):
@@ -73,27 +90,61 @@ def test_one_run_per_complete_file_and_content(tmp_path):
 def test_a_tick_looks_twice_at_a_file_it_has_not_seen_before(tmp_path):
     landing = tmp_path / "landing"
     _write(landing / "trades" / "t1.csv", "trade_id\nT1\n", 1_000)
-    paused = []
-    requests, cursor = landing_requests(landing, {}, {}, settle_s=0.5, sleep=paused.append)
-    assert paused == [0.5] and [r.tags["portfolio/source_file"] for r in requests] == ["trades/t1.csv"]
+    clock = FakeClock()
+    requests, cursor = landing_requests(landing, {}, {}, settle_s=0.5, sleep=clock.sleep, clock=clock)
+    assert clock.pauses == [0.5] and [r.tags["portfolio/source_file"] for r in requests] == ["trades/t1.csv"]
     # nothing new: no pause
-    assert landing_requests(landing, cursor, {}, settle_s=0.5, sleep=paused.append)[0] == [] and paused == [0.5]
+    assert landing_requests(landing, cursor, {}, settle_s=0.5, sleep=clock.sleep, clock=clock)[0] == []
+    assert clock.pauses == [0.5]
 
     # a writer still appending, between ticks and during the pause: never complete while it
     # goes on, and complete at the first tick whose two looks agree
     growing = landing / "trades" / "t2.csv"
     _write(growing, "trade_id\n", 2_000)
 
-    def append(_seconds: float = 0) -> None:
+    def append() -> None:
         with growing.open("a") as f:
             f.write("T\n")
+    writing = FakeClock(on_sleep=append)
     for _ in range(3):
         append()
-        requests, cursor = landing_requests(landing, cursor, {}, settle_s=0.5, sleep=append)
+        requests, cursor = landing_requests(landing, cursor, {}, settle_s=0.5, sleep=writing.sleep, clock=writing)
         assert requests == []
-    requests, cursor = landing_requests(landing, cursor, {}, settle_s=0.5, sleep=lambda _: None)
+    writing.on_sleep = None
+    requests, cursor = landing_requests(landing, cursor, {}, settle_s=0.5, sleep=writing.sleep, clock=writing)
     assert [r.tags["portfolio/source_file"] for r in requests] == ["trades/t2.csv"]
     assert growing.read_text() == "trade_id\n" + "T\n" * 6
+
+
+def test_a_watching_tick_asks_for_a_file_landed_during_it_once_settled(tmp_path):
+    landing = tmp_path / "landing"
+    _write(landing / "trades" / "old.csv", "trade_id\nT0\n", 1_000)
+    clock = FakeClock()
+    requests, cursor = landing_requests(landing, {}, {}, settle_s=1.0, sleep=clock.sleep, clock=clock)
+    assert len(requests) == 1
+    # the old file is done: a tick that sees nothing new watches for its whole watch, polling,
+    # and asks for nothing
+    clock.pauses.clear()
+    requests, cursor = landing_requests(landing, cursor, {}, settle_s=1.0, watch_s=4.0, sleep=clock.sleep, clock=clock)
+    assert requests == [] and sum(clock.pauses) == 4.0 and max(clock.pauses) <= POLL_SECONDS
+
+    # a file lands 1.1 s into the next tick, written in two parts 0.3 s apart: the tick asks for
+    # it 1 s after the look that saw it whole, and returns at once
+    new = landing / "trades" / "new.csv"
+    writes = {1.1: "trade_id\nT1\n", 1.4: "trade_id\nT1\nT2\n"}
+
+    def writer() -> None:
+        for at, text in list(writes.items()):
+            if clock.now - started >= at:
+                new.write_text(text)
+                del writes[at]
+    clock = FakeClock(on_sleep=writer)
+    started = clock.now
+    requests, cursor = landing_requests(landing, cursor, {}, settle_s=1.0, watch_s=4.0, sleep=clock.sleep, clock=clock)
+    assert [r.tags["portfolio/source_file"] for r in requests] == ["trades/new.csv"]
+    whole_seen = 1.5  # the first poll after the second write
+    assert whole_seen + 1.0 <= clock.now - started <= whole_seen + 1.0 + POLL_SECONDS
+    assert requests[0].tags["portfolio/sha256"] == sha256_of(new.read_bytes())
 
 
 def test_the_sensor_in_dagster_requests_each_file_once(tmp_path, tiny_landing):
