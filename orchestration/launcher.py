@@ -65,6 +65,7 @@ class _Worker:
         self.state = "loading"
         self.loaded = False  # it reported ready once
         self.current: str | None = None
+        self.last_job: str | None = None  # the job of the last run handed to it
         self.files: dict[str, int] = {}
         self.error: str | None = None
         self._on_change = on_change
@@ -111,7 +112,7 @@ class _Worker:
 
     def run(self, run_id: str, args: ExecuteRunArgs) -> bool:
         """Hand the worker run ``run_id``; False when it is gone (its input closed)."""
-        self.current, self.state = run_id, "running"
+        self.current, self.state, self.last_job = run_id, "running", args.job_origin.job_name
         try:
             self.process.stdin.write(serialize_value(args) + "\n")
             self.process.stdin.flush()
@@ -126,6 +127,18 @@ class _Worker:
             self.process.stdin.close()
         except OSError:
             pass
+
+
+def choose_idle(idle: list[_Worker], job_name: str) -> _Worker:
+    """Of the ``idle`` workers, the one for a run of ``job_name``: the first whose last run was
+    of that job, else the first that has run nothing, else the first.
+
+    Why: a worker keeps what its runs computed (table handles, market frames, compiled
+    rebalance problems: assets.table_handles, assets.memo, assets.rebalancing.PROBLEMS). With
+    the first idle worker taken, an intraday run followed its warehouse run onto the other
+    worker now and then and paid for all of it again: 10.1 s against 5.2 s under the daemon."""
+    return next((w for w in idle if w.last_job == job_name), None) or next(
+        (w for w in idle if w.last_job is None), idle[0])
 
 
 class WarmRunLauncher(RunLauncher, ConfigurableClass):
@@ -166,7 +179,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
         with self._lock:
             pool = self._pool(origin.repository_origin)
-            worker, why = self._take(origin.repository_origin, pool)
+            worker, why = self._take(origin.repository_origin, pool, origin.job_name)
             if not worker.run(run.run_id, args):  # it exited in between: a fresh one
                 worker = self._spawn(origin.repository_origin, pool)
                 why = "a new worker: the one chosen had exited"
@@ -186,10 +199,10 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         pool.append(worker)
         return worker
 
-    def _take(self, origin: RepositoryPythonOrigin, pool: list[_Worker]) -> tuple[_Worker, str]:
-        """A worker of ``origin`` (from its ``pool``) for a run, and how it was chosen: an idle
-        one whose code is current (stale ones are ended), else one still loading, else a new
-        one; the pool is then topped up to ``workers``."""
+    def _take(self, origin: RepositoryPythonOrigin, pool: list[_Worker], job_name: str) -> tuple[_Worker, str]:
+        """A worker of ``origin`` (from its ``pool``) for a run of ``job_name``, and how it was
+        chosen: an idle one whose code is current (stale ones are ended; ``choose_idle``), else
+        one still loading, else a new one; the pool is then topped up to ``workers``."""
         pool[:] = [w for w in pool if w.alive()]
         stale = [w for w in pool if w.state == "idle" and w.stale()]
         for worker in stale:
@@ -198,8 +211,9 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         idle = [w for w in pool if w.state == "idle"]
         loading = [w for w in pool if w.state == "loading"]
         if idle:
-            worker = idle[0]
-            why = f"warm: its code loaded {time.time() - worker.started:.1f} s before"
+            worker = choose_idle(idle, job_name)
+            why = f"warm: its code loaded {time.time() - worker.started:.1f} s before, its last run of " \
+                  f"{worker.last_job or 'no job'}"
         elif loading:
             worker = loading[0]
             why = f"its code still loading since {time.time() - worker.started:.1f} s"

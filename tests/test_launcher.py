@@ -13,7 +13,7 @@ from dagster._core.definitions.reconstruct import ReconstructableJob
 
 from dagster._core.launcher import WorkerStatus
 
-from orchestration.launcher import WORKER_PID_TAG, WarmRunLauncher
+from orchestration.launcher import WORKER_PID_TAG, WarmRunLauncher, choose_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = '''
@@ -172,3 +172,15 @@ def test_health_reports_a_worker_killed_under_its_run(instance, jobs_file):
     # from another process's launcher (no handle on the worker): by its pid
     time.sleep(0.5)  # the follower thread has reaped the process
     assert WarmRunLauncher().check_run_worker_health(run).status == WorkerStatus.FAILED
+
+
+def test_an_idle_worker_is_chosen_by_the_job_it_last_ran():
+    class Idle:
+        def __init__(self, name: str, last_job: str | None):
+            self.name, self.last_job = name, last_job
+
+    a, b, fresh = Idle("a", "publish_warehouse"), Idle("b", "intraday"), Idle("fresh", None)
+    assert choose_idle([a, b, fresh], "intraday") is b  # its caches hold the intraday run's data
+    assert choose_idle([a, b, fresh], "publish_warehouse") is a
+    assert choose_idle([a, b, fresh], "rebalance") is fresh  # nobody ran it: one that ran nothing
+    assert choose_idle([a, b], "rebalance") is a  # else the first
