@@ -123,16 +123,18 @@ def read_book_inputs(lake: LakeResource, accepted_trades: bool = False) -> BookI
 
 def current_moment(lake: LakeResource) -> datetime:
     """The moment the current state describes (``transforms.book.moment_of``), from three
-    maxima pushed down to the Delta scans: no table is read whole for it."""
+    maxima pushed down to the Delta scans: no table is read whole for it. Kept while those
+    tables are unchanged (``assets.memo``): a run asks for it seven times."""
 
     def last(table: str, schema: dict[str, pl.DataType], column: str):
         return lake.scan(table, schema).select(pl.col(column).max()).collect().item()
 
-    return moment_of(
-        last(bronze_table("prices"), bronze_schema_of("prices"), "date"),
-        last(silver_table("trades"), SILVER_SCHEMAS["trades"], "trade_ts"),
-        last(bronze_table("cash_flows"), bronze_schema_of("cash_flows"), "ts"),
-    )
+    tables = [bronze_table("prices"), silver_table("trades"), bronze_table("cash_flows")]
+    return derived(lake, tables, ("current_moment",), lambda: moment_of(
+        last(tables[0], bronze_schema_of("prices"), "date"),
+        last(tables[1], SILVER_SCHEMAS["trades"], "trade_ts"),
+        last(tables[2], bronze_schema_of("cash_flows"), "ts"),
+    ))
 
 
 def input_versions(lake: LakeResource, tables: list[str]) -> str:
