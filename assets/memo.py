@@ -14,11 +14,10 @@ so handing the same one to several readers is safe.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
+from assets.lru import LruMap
 from assets.resources import LakeResource
 
 T = TypeVar("T")
@@ -26,8 +25,7 @@ T = TypeVar("T")
 # Values kept; the least recently used beyond it is dropped. A run uses about ten.
 CAPACITY = 32
 
-_lock = threading.Lock()
-_values: OrderedDict[tuple, tuple[tuple, object]] = OrderedDict()
+_values: LruMap[tuple[tuple, object]] = LruMap(CAPACITY)
 
 
 def stamp(lake: LakeResource, tables: Sequence[str]) -> tuple:
@@ -47,16 +45,9 @@ def derived(lake: LakeResource, tables: Sequence[str], key: Hashable, compute: C
     stale at the next call, never a stale value look current."""
     before = stamp(lake, tables)
     entry_key = (lake.root, key)
-    with _lock:
-        entry = _values.get(entry_key)
-        if entry is not None:
-            _values.move_to_end(entry_key)
+    entry = _values.get(entry_key)
     if entry is not None and entry[0] == before:
         return entry[1]  # type: ignore[return-value]
     value = compute()
-    with _lock:
-        _values[entry_key] = (before, value)
-        _values.move_to_end(entry_key)
-        while len(_values) > CAPACITY:
-            _values.popitem(last=False)
+    _values.put(entry_key, (before, value))
     return value

@@ -22,17 +22,16 @@ pipeline collects its scans before it writes.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 
 from deltalake import DeltaTable
+
+from assets.lru import LruMap
 
 # Tables whose handles are kept; the least recently used beyond it is dropped. The pipeline has
 # about 60 tables; tests create many lakes, one per temporary folder.
 CAPACITY = 128
 
-_lock = threading.Lock()
-_handles: OrderedDict[str, tuple[tuple[int, int], DeltaTable]] = OrderedDict()
+_handles: LruMap[tuple[tuple[int, int], DeltaTable]] = LruMap(CAPACITY)
 
 
 def _commit_file(uri: str, version: int) -> str:
@@ -58,20 +57,11 @@ def current_table(uri: str) -> DeltaTable | None:
     identity = _identity(uri)
     if identity is None:
         # no first commit: no table, or one whose early log was cleaned up (not kept)
-        with _lock:
-            _handles.pop(uri, None)
+        _handles.pop(uri)
         return DeltaTable(uri) if DeltaTable.is_deltatable(uri) else None
-    with _lock:
-        entry = _handles.get(uri)
-        if entry is not None:
-            _handles.move_to_end(uri)
+    entry = _handles.get(uri)
     if entry is not None and entry[0] == identity and not os.path.exists(_commit_file(uri, entry[1].version() + 1)):
         return entry[1]
     table = DeltaTable(uri)
-    with _lock:
-        _handles[uri] = (identity, table)
-        _handles.move_to_end(uri)
-        while len(_handles) > CAPACITY:
-            _handles.popitem(last=False)
+    _handles.put(uri, (identity, table))
     return table
-

@@ -20,6 +20,10 @@ command); what a worker does not share between runs:
   so does the ``max_runs``-th run (the memory runs kept is given back).
 - Termination: the run is marked CANCELING; the worker's Dagster run cancellation thread sees
   it and interrupts the run, whichever process asked (the daemon or the webserver).
+- Background jobs (``background_jobs``, the warehouse publish in ``orchestration/dagster.yaml``)
+  run in workers of their own at a lower CPU priority (``background_nice``): on 2 cores a
+  warehouse publish catching up with a large file slowed the next intraday runs from 5 s to
+  9-10 s under the daemon.
 - Run monitoring: ``check_run_worker_health`` reports whether the run's worker (its pid is the
   run's ``portfolio/run_worker_pid`` tag) is alive and still on that run. One host only: the
   launcher and its workers share a machine, as ``dagster-daemon`` and the default launcher's
@@ -47,18 +51,21 @@ from dagster._serdes.config_class import ConfigurableClassData
 
 # The run tag holding the pid of the run's worker process.
 WORKER_PID_TAG = "portfolio/run_worker_pid"
-DEFAULT_WORKERS = 2  # an intraday run and the warehouse run it triggers each find one idle
+DEFAULT_WORKERS = 2  # a run finds one idle while the other is being replaced
 DEFAULT_MAX_RUNS = 100
+DEFAULT_BACKGROUND_NICE = 10
 
 
 class _Worker:
     """One ``orchestration.run_worker`` process of one code location: ``loading`` its code,
     ``idle``, running one run (``current`` is its id) or ``ended``."""
 
-    def __init__(self, origin: RepositoryPythonOrigin, max_runs: int, on_change):
+    def __init__(self, origin: RepositoryPythonOrigin, max_runs: int, on_change, nice: int = 0):
         cwd = getattr(origin.code_pointer, "working_directory", None) or None
+        self.nice = nice
         self.process = subprocess.Popen(
-            [origin.executable_path or sys.executable, "-m", "orchestration.run_worker", "--max-runs", str(max_runs)],
+            [origin.executable_path or sys.executable, "-m", "orchestration.run_worker", "--max-runs", str(max_runs),
+             "--nice", str(nice)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd, text=True,
         )
         self.started = time.time()
@@ -145,14 +152,19 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     """Launch each run in a worker process that already holds the run's code location
     (module docstring). Config: ``workers``, the workers kept per code location (more are
     started while more runs run at once, and ended once idle); ``max_runs``, the runs a worker
-    executes before it is replaced."""
+    executes before it is replaced; ``background_jobs``, jobs whose runs go to workers of their
+    own (one kept) started ``background_nice`` lower in CPU priority."""
 
     def __init__(self, inst_data: ConfigurableClassData | None = None, workers: int = DEFAULT_WORKERS,
-                 max_runs: int = DEFAULT_MAX_RUNS):
+                 max_runs: int = DEFAULT_MAX_RUNS, background_jobs: list[str] | None = None,
+                 background_nice: int = DEFAULT_BACKGROUND_NICE):
         self._inst_data = inst_data
         self._workers = check.int_param(workers, "workers")
         self._max_runs = check.int_param(max_runs, "max_runs")
-        self._pools: dict[str, tuple[RepositoryPythonOrigin, list[_Worker]]] = {}
+        self._background = frozenset(check.opt_list_param(background_jobs, "background_jobs", of_type=str))
+        self._background_nice = check.int_param(background_nice, "background_nice")
+        # by (code location, nice): the location and the workers
+        self._pools: dict[tuple[str, int], tuple[RepositoryPythonOrigin, list[_Worker]]] = {}
         self._running: dict[str, _Worker] = {}  # run id -> its worker
         self._lock = threading.RLock()
         self._closed = False
@@ -164,10 +176,12 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     @classmethod
     def config_type(cls) -> dict:
-        from dagster import Field, IntSource
+        from dagster import Field, IntSource, Noneable, StringSource
 
         return {"workers": Field(IntSource, is_required=False, default_value=DEFAULT_WORKERS),
-                "max_runs": Field(IntSource, is_required=False, default_value=DEFAULT_MAX_RUNS)}
+                "max_runs": Field(IntSource, is_required=False, default_value=DEFAULT_MAX_RUNS),
+                "background_jobs": Field(Noneable([StringSource]), is_required=False, default_value=None),
+                "background_nice": Field(IntSource, is_required=False, default_value=DEFAULT_BACKGROUND_NICE)}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> WarmRunLauncher:
@@ -177,11 +191,12 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         run = context.dagster_run
         origin = check.not_none(run.job_code_origin, f"run {run.run_id} has no code origin")
         args = ExecuteRunArgs(job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
+        nice = self._background_nice if origin.job_name in self._background else 0
         with self._lock:
-            pool = self._pool(origin.repository_origin)
-            worker, why = self._take(origin.repository_origin, pool, origin.job_name)
+            pool = self._pool(origin.repository_origin, nice)
+            worker, why = self._take(origin.repository_origin, pool, origin.job_name, nice)
             if not worker.run(run.run_id, args):  # it exited in between: a fresh one
-                worker = self._spawn(origin.repository_origin, pool)
+                worker = self._spawn(origin.repository_origin, pool, nice)
                 why = "a new worker: the one chosen had exited"
                 check.invariant(worker.run(run.run_id, args), f"run worker pid {worker.pid} exited at once")
             self._running = {run_id: w for run_id, w in self._running.items() if w.alive() and w.current == run_id}
@@ -189,17 +204,22 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.add_run_tags(run.run_id, {WORKER_PID_TAG: str(worker.pid)})
         self._instance.report_engine_event(f"Run handed to run worker pid {worker.pid} ({why}).", run, cls=self.__class__)
 
-    def _pool(self, origin: RepositoryPythonOrigin) -> list[_Worker]:
-        """The workers of code location ``origin``."""
-        return self._pools.setdefault(serialize_value(origin), (origin, []))[1]
+    def _pool(self, origin: RepositoryPythonOrigin, nice: int = 0) -> list[_Worker]:
+        """The workers of code location ``origin`` started ``nice`` lower in priority."""
+        return self._pools.setdefault((serialize_value(origin), nice), (origin, []))[1]
 
-    def _spawn(self, origin: RepositoryPythonOrigin, pool: list[_Worker]) -> _Worker:
+    def _spawn(self, origin: RepositoryPythonOrigin, pool: list[_Worker], nice: int = 0) -> _Worker:
         """A new worker of ``origin``, added to ``pool``."""
-        worker = _Worker(origin, self._max_runs, self._changed)
+        worker = _Worker(origin, self._max_runs, self._changed, nice)
         pool.append(worker)
         return worker
 
-    def _take(self, origin: RepositoryPythonOrigin, pool: list[_Worker], job_name: str) -> tuple[_Worker, str]:
+    def _kept(self, nice: int) -> int:
+        """How many workers a pool keeps: ``workers``, or one for background jobs (``nice`` > 0)."""
+        return 1 if nice else self._workers
+
+    def _take(self, origin: RepositoryPythonOrigin, pool: list[_Worker], job_name: str,
+              nice: int = 0) -> tuple[_Worker, str]:
         """A worker of ``origin`` (from its ``pool``) for a run of ``job_name``, and how it was
         chosen: an idle one whose code is current (stale ones are ended; ``choose_idle``), else
         one still loading, else a new one; the pool is then topped up to ``workers``."""
@@ -218,16 +238,16 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             worker = loading[0]
             why = f"its code still loading since {time.time() - worker.started:.1f} s"
         else:
-            worker = self._spawn(origin, pool)
+            worker = self._spawn(origin, pool, nice)
             why = "a new worker: none idle"
         if stale:
             why += f"; {len(stale)} worker(s) ended: code changed since they loaded it"
-        self._top_up(origin, pool)
+        self._top_up(origin, pool, nice)
         return worker, why
 
-    def _top_up(self, origin: RepositoryPythonOrigin, pool: list[_Worker]) -> None:
-        while not self._closed and len(pool) < self._workers:
-            self._spawn(origin, pool)
+    def _top_up(self, origin: RepositoryPythonOrigin, pool: list[_Worker], nice: int) -> None:
+        while not self._closed and len(pool) < self._kept(nice):
+            self._spawn(origin, pool, nice)
 
     def _changed(self, worker: _Worker) -> None:
         """A worker's state changed: replace an ended one, end idle ones beyond ``workers``."""
@@ -238,8 +258,8 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 if worker.state == "ended":
                     pool.remove(worker)
                     if worker.loaded:  # one that never loaded is not replaced in a loop
-                        self._top_up(origin, pool)
-                elif worker.state == "idle" and len(pool) > self._workers:
+                        self._top_up(origin, pool, worker.nice)
+                elif worker.state == "idle" and len(pool) > self._kept(worker.nice):
                     pool.remove(worker)
                     worker.end()
 

@@ -91,7 +91,11 @@ def execute(run_json: str) -> tuple[str, int, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-runs", type=int, default=100, help="exit after this many runs")
-    max_runs = parser.parse_args(argv).max_runs
+    parser.add_argument("--nice", type=int, default=0, help="lower the worker's CPU priority by this much first")
+    options = parser.parse_args(argv)
+    max_runs = options.max_runs
+    if options.nice:
+        os.nice(options.nice)
     # the protocol's own channel; fd 1 then points at stderr for everything else
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout.flush()

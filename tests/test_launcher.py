@@ -184,3 +184,23 @@ def test_an_idle_worker_is_chosen_by_the_job_it_last_ran():
     assert choose_idle([a, b, fresh], "publish_warehouse") is a
     assert choose_idle([a, b, fresh], "rebalance") is fresh  # nobody ran it: one that ran nothing
     assert choose_idle([a, b], "rebalance") is a  # else the first
+
+
+def test_a_background_job_runs_in_a_worker_of_its_own_at_lower_priority(tmp_path, jobs_file):
+    overrides = {"run_launcher": {"module": "orchestration.launcher", "class": "WarmRunLauncher",
+                                  "config": {"workers": 1, "background_jobs": ["slow"], "background_nice": 7}}}
+    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
+        quick = launch(instance, jobs_file, "quick")
+        assert finished(instance, quick).status == dg.DagsterRunStatus.SUCCESS
+        background = launch(instance, jobs_file, "slow")
+        wait_for(instance, background, {dg.DagsterRunStatus.STARTED})
+        pids = {run_id: int(instance.get_run_by_id(run_id).tags[WORKER_PID_TAG]) for run_id in (quick, background)}
+        assert pids[quick] != pids[background]
+        base = os.getpriority(os.PRIO_PROCESS, pids[quick])
+        assert os.getpriority(os.PRIO_PROCESS, pids[background]) == min(base + 7, 19)
+        instance.run_launcher.terminate(background)
+        assert finished(instance, background).status == dg.DagsterRunStatus.CANCELED
+        # a foreground run still goes to the foreground worker
+        again = launch(instance, jobs_file, "quick")
+        assert finished(instance, again).status == dg.DagsterRunStatus.SUCCESS
+        assert int(instance.get_run_by_id(again).tags[WORKER_PID_TAG]) == pids[quick]

@@ -11,6 +11,7 @@ import polars as pl
 from deltalake import write_deltalake
 
 from assets import table_handles
+from assets.lru import LruMap
 from assets.memo import derived
 from assets.resources import LakeResource
 
@@ -72,12 +73,12 @@ def test_a_table_deleted_and_created_again_is_not_read_from_the_old_handle(tmp_p
 
 
 def test_handles_are_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(table_handles, "CAPACITY", 3)
+    monkeypatch.setattr(table_handles, "_handles", LruMap(3))
     lake = LakeResource(root=str(tmp_path))
     for n in range(5):
         lake.write(f"silver/t{n}", _frame(1), run_id="r")
         lake.table(f"silver/t{n}")
-    kept = [uri for uri in table_handles._handles if uri.startswith(str(tmp_path))]
+    kept = table_handles._handles.keys()
     assert kept == [lake.uri(f"silver/t{n}") for n in (2, 3, 4)]
     assert lake.read("silver/t0").height == 1  # a dropped handle is opened again
 
