@@ -153,8 +153,8 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
     job=intraday,
     minimum_interval_seconds=TICK_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="New, complete files in landing/trades and landing/prices (stable over two looks, a second apart "
-    "or a tick apart; or renamed into place) launch the intraday job, one run per file keyed by path and content hash.",
+    description="New, complete files in landing/trades and landing/prices (seen unchanged for a second; each tick "
+    "watches the folder for 4 s) launch the intraday job, one run per file keyed by path and content hash.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: PipelineSettings):
     cursor = json.loads(context.cursor) if context.cursor else {}
