@@ -272,14 +272,7 @@ def test_a_file_of_one_portfolio_updates_that_portfolio_alone(tmp_path, tiny_lan
     late_name = last.with_name(last.stem + "_late.csv").name
     late.write_csv(source / "trades" / late_name)
 
-    full = tmp_path / "full"
-    shutil.copytree(source, full / "landing")
-    materialize_all(full)
-
-    split_dir = tmp_path / "split"
-    shutil.copytree(source, split_dir / "landing")
-    (split_dir / "landing" / "trades" / late_name).unlink()
-    materialize_all(split_dir)
+    full, split_dir = _full_and_held_back(tmp_path, source, late_name)
     shutil.copy(source / "trades" / late_name, split_dir / "landing" / "trades" / late_name)
     result = build_definitions(str(split_dir)).resolve_job_def("intraday").execute_in_process(
         instance=dg.DagsterInstance.ephemeral()
