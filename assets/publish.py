@@ -98,7 +98,7 @@ from assets.analytics import ANALYTICS_TABLES, GOLD_SCHEMAS, gold_key, gold_tabl
 from assets.rebalancing import SCHEMAS as REBALANCING_SCHEMAS
 from assets.ingest import bronze_schema_of, bronze_table, ingestion_log_table, quarantine_table
 from assets.outbox import OUTBOX_TABLE
-from assets.resources import LakeResource, WarehouseResource
+from assets.resources import LakeResource, WarehouseResource, only_added_files
 from assets.scope import commits_after
 from assets.state import SILVER_SCHEMAS, silver_key, silver_table
 from transforms import contract
@@ -496,8 +496,8 @@ def _plan(
     whole = next((c for c in sorted(commits, key=lambda c: c["version"]) if _rewrites_whole(c)), None)
     if whole is not None:
         return "whole", [], f"{name} was rewritten whole at version {whole['version']}"
-    if all(_only_adds(c) for c in commits):
-        action = "append"
+    if all(only_added_files(c) for c in commits):
+        plan = ("append", [], f"rows added: {steps}")
     elif not spec.per_portfolio:
         return "whole", [], f"changed: {steps} (no portfolio_id)"
     else:
@@ -507,7 +507,7 @@ def _plan(
             return "whole", [], f"{name}: {error}"
         if changed is None:
             return "whole", [], f"{name}: a commit records no changed portfolios ({steps})"
-        action = "portfolios"
+        plan = ("portfolios", sorted(changed), steps)
     con.register("_probe", source.dataset)
     try:
         same_columns = _describe(con, "_probe") == _describe(con, f'"{spec.name}"')
@@ -515,24 +515,17 @@ def _plan(
         con.unregister("_probe")
     if not same_columns:
         return "whole", [], f"{name}: the columns changed"
-    return (action, [], f"rows added: {steps}") if action == "append" else (action, sorted(changed), steps)
+    return plan
 
 
-def _only_adds(commit: dict) -> bool:
-    """Whether a Delta commit only added data files (an append, or a predicate write that
-    matched no row: the outbox and the rebalancing tables add each run's rows that way)."""
-    return (commit.get("operationMetrics") or {}).get("num_removed_files", 1) == 0
-
-
-def _append(con: duckdb.DuckDBPyConnection, lake: LakeResource, spec: WarehouseTable, source: _Source, since: int) -> int:
+def _append(con: duckdb.DuckDBPyConnection, lake: LakeResource, spec: WarehouseTable, source: _Source, since: int) -> None:
     """Insert the rows lake table ``source`` gained from version ``since`` to the pinned one
-    (``LakeResource.rows_added``: read from the data files those commits added); how many."""
+    (``LakeResource.rows_added``: read from the data files those commits added)."""
     rows = lake.rows_added(source.table, since, source.version)
     if rows is None:  # checked by _plan from the same commits; a table rewritten since cannot reach here
         raise RuntimeError(f"{source.table}: a commit after version {since} removed files")
     if rows.height:
         _from_incoming(con, rows.to_arrow(), f'INSERT INTO "{spec.name}" BY NAME SELECT * FROM _incoming{_order(spec)}')
-    return rows.height
 
 
 def _replace_whole(con: duckdb.DuckDBPyConnection, lake: LakeResource, spec: WarehouseTable, sources: dict[str, _Source]) -> None:

@@ -58,6 +58,12 @@ def clustered(frame: pl.DataFrame) -> pl.DataFrame:
     return frame
 
 
+def only_added_files(commit: dict) -> bool:
+    """Whether a Delta commit (a ``history`` entry) only added data files: an append, or a
+    predicate write that matched no row. Its new rows are then exactly its added files' rows."""
+    return (commit.get("operationMetrics") or {}).get("num_removed_files", 1) == 0
+
+
 def data_dir_from_env(data_dir: str | os.PathLike | None = None) -> Path:
     """Resolve the data folder: the argument, else ``$PORTFOLIO_DATA_DIR``, else ``data/``."""
     return Path(data_dir or os.environ.get("PORTFOLIO_DATA_DIR") or DEFAULT_DATA_DIR)
@@ -232,7 +238,7 @@ class LakeResource(dg.ConfigurableResource):
         commits = [c for c in self.history(name, until - since + 1) if since < c.get("version", -1) <= until]
         if len(commits) != until - since:
             return None
-        if any((c.get("operationMetrics") or {}).get("num_removed_files", 1) != 0 for c in commits):
+        if not all(only_added_files(c) for c in commits):
             return None
         before = set(DeltaTable(self.uri(name), version=since).file_uris())
         latest = self.table(name)

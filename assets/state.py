@@ -553,8 +553,10 @@ def daily_valuations(context: dg.AssetExecutionContext, lake: LakeResource, sett
         if entries is None:
             return dg.MaterializeResult(metadata=write_scoped(context, lake, "daily_valuations", rebuilt(scope.where()), scope))
         moment = current_moment(lake)
+        # read inside the computation, after the stamp (assets.memo.derived): never a value from
+        # older prices kept under a newer version
         market = derived(lake, [bronze_table(k) for k in ("prices", "fx_rates")], ("market",),
-                         lambda: Market(price_table(inputs["prices"]), usd_table(inputs["fx_rates"])))
+                         lambda: Market(price_table(read_bronze(lake, "prices")), usd_table(read_bronze(lake, "fx_rates"))))
         last_day = last_business_day(market, moment.date())
         stored = read_silver(lake, "daily_valuations", where=scope.where() & (pl.col("date") == last_day)) \
             if last_day is not None else pl.DataFrame(schema=SILVER_SCHEMAS["daily_valuations"])
