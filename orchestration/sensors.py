@@ -6,19 +6,24 @@ A file is picked up only when it is complete:
 
 - a writer that renames into place writes ``*.tmp`` / ``*.part`` (or a dot-file) first, which
   are never looked at (``assets.ingest.landing_candidates``);
-- every file under its final name, renamed into place or not, must be seen unchanged (size and
-  modification time) for ``SETTLE_SECONDS`` between two looks (``settled``): a file still being
-  written changes between looks and waits (a renamed file is complete at once, but from the
-  landing folder alone it cannot be told from one written in place). Each look records, per
-  file, since when it has been seen as it is; the looks are the previous ticks' (in the cursor)
-  and this tick's. A writer that pauses longer than ``SETTLE_SECONDS`` in the middle of a file
-  it writes in place must write it under a temporary name instead.
+- a file renamed into place is complete once two looks at least ``MIN_LOOK_GAP`` apart have seen
+  it unchanged (size, modification and change times; ``settled``): a rename changes the file's
+  change time (ctime) but not its modification time (mtime), while every write sets both to the
+  same instant, so a file whose ctime is later than its mtime was last touched by something
+  other than a write: the rename (or a ``cp -p`` / ``touch -d`` setting its times once
+  written). Timestamps here are coarse (4 ms): a rename within 4 ms of the last write leaves
+  the two equal, and the file takes the next rule;
+- any other file must be seen unchanged for ``SETTLE_SECONDS`` between two looks: a file still
+  being written changes between looks and waits. Each look records, per file, since when it
+  has been seen as it is; the looks are the previous ticks' (in the cursor) and this tick's. A
+  writer that pauses longer than ``SETTLE_SECONDS`` in the middle of a file it writes in place
+  must write it under a temporary name instead.
 
 A complete file whose content (sha256) is already in the kind's ingestion log is not launched
 again; otherwise the sensor asks for one run per file, keyed by ``<path>@<sha256>``: Dagster
 never launches a run key twice, so the same content landed twice (or seen again after a restart)
 runs once, and a changed file (new content, new key) runs again. The cursor is JSON:
-``{"looks": {path: [size, mtime_ns, since]}, "done": {path: [size, mtime_ns, sha256]}}``, the last look
+``{"looks": {path: [size, mtime_ns, ctime_ns, since]}, "done": {path: [size, mtime_ns, sha256]}}``, the last look
 and the files already dealt with (so an unchanged file is not hashed again every tick); it holds
 only files present at the last look, so it does not grow with the landing history.
 
@@ -66,24 +71,41 @@ SETTLE_SECONDS = 1.0
 # waiting 2.5 s on average for the next one (module docstring)
 WATCH_SECONDS = 4.0
 POLL_SECONDS = 0.25
-# the shortest pause between two looks of one tick
+# the shortest pause between two looks of one tick, and how long a file renamed into place must
+# be seen unchanged
 MIN_LOOK_GAP = 0.05
 
 
 def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[str, list[int]]:
-    """``{path relative to landing_dir: [size, mtime_ns]}`` of the candidate files of ``kinds``."""
+    """``{path relative to landing_dir: [size, mtime_ns, ctime_ns]}`` of the candidate files of
+    ``kinds``."""
     out: dict[str, list[int]] = {}
     for kind in kinds:
         for path in landing_candidates(landing_dir, kind):
             stat = path.stat()
-            out[path.relative_to(landing_dir).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+            out[path.relative_to(landing_dir).as_posix()] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
     return out
 
 
+def renamed(look: list) -> bool:
+    """True when a look (``[size, mtime_ns, ctime_ns, ...]``) shows a file whose last change
+    was not a write (its ctime is later than its mtime): renamed into place (module docstring)."""
+    return look[2] > look[1]
+
+
+def settle_time(look: list, settle_s: float) -> float:
+    """How long a file must be seen unchanged to be complete: ``MIN_LOOK_GAP`` when renamed into
+    place (at most ``settle_s``), else ``settle_s``."""
+    return min(MIN_LOOK_GAP, settle_s) if renamed(look) else settle_s
+
+
 def settled(looks: dict[str, list], now: float, settle_s: float) -> list[str]:
-    """The complete files of ``looks`` (``{path: [size, mtime_ns, since]}``), sorted: those an
-    earlier look saw as they are now (``since < now``), at least ``settle_s`` before ``now``."""
-    return sorted(path for path, (_, _, since) in looks.items() if since < now and now - since >= settle_s)
+    """The complete files of ``looks`` (``{path: [size, mtime_ns, ctime_ns, since]}``), sorted:
+    those an earlier look saw as they are now (``since < now``), at least ``settle_time``
+    before ``now``."""
+    # a microsecond's slack: a look timed for the settle's end must not miss it by a rounding
+    return sorted(path for path, look in looks.items()
+                  if look[3] < now and now - look[3] >= settle_time(look, settle_s) - 1e-6)
 
 
 def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
@@ -94,13 +116,13 @@ def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
 
 def _look(landing_dir: Path, previous: dict[str, list], now: float) -> dict[str, list]:
     """``look_at`` with, per file, ``since``: when it was first seen as it is (carried from
-    ``previous`` while size and mtime are unchanged, else ``now``). A cursor written before
-    ``since`` was kept has ``[size, mtime_ns]``: seen long ago (0)."""
+    ``previous`` while size, mtime and ctime are unchanged, else ``now``)."""
     out = {}
     for path, look in look_at(landing_dir).items():
         before = previous.get(path)
-        same = before is not None and list(before[:2]) == look
-        out[path] = [*look, (before[2] if len(before) > 2 else 0.0) if same else now]
+        # a cursor of an older release holds [size, mtime_ns, since]: its files look new once
+        same = before is not None and len(before) == 4 and list(before[:3]) == look
+        out[path] = [*look, before[3] if same else now]
     return out
 
 
@@ -110,16 +132,17 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
     """One tick of the sensor, without Dagster's context: (run requests, new cursor).
 
     ``cursor`` is the previous tick's (``{}`` at first); ``logged`` maps kind -> {path: sha256}
-    of the files already ingested. A file is complete once a look has seen it unchanged (size
-    and modification time) for ``settle_s`` since an earlier look (``settled``; with 0, any
-    earlier look, as the previous tick's). The tick looks again every ``POLL_SECONDS`` (or
-    when the next file would have settled, if sooner) for ``watch_s``, and at least until the
+    of the files already ingested. A file is complete once a look has seen it unchanged (size,
+    mtime and ctime) for ``settle_s`` since an earlier look, or ``MIN_LOOK_GAP`` when renamed
+    into place (``settled``; with 0, any earlier look, as the previous tick's). The tick looks
+    again every ``POLL_SECONDS`` (or when the next file would have settled, if sooner) for
+    ``watch_s``, and at least until the
     files its first look found new or changed have had ``settle_s``; it returns as soon as a
     complete file is to be asked for. ``sleep`` and ``clock`` (wall-clock seconds: the cursor
     keeps them across ticks and processes) are for tests. See the module docstring for the rules."""
     started = clock()
     looks = _look(landing_dir, cursor.get("looks", {}), started)
-    waiting_at_first = any(since == started for _, _, since in looks.values())
+    waiting_at_first = any(look[3] == started for look in looks.values())
     until = started + max(watch_s, settle_s if waiting_at_first else 0.0)
     done = {path: entry for path, entry in cursor.get("done", {}).items() if path in looks}
     requests: list[dg.RunRequest] = []
@@ -127,7 +150,7 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
     while True:
         complete = settled(looks, now, settle_s)
         for path in complete:
-            look = looks[path][:2]
+            look = looks[path][:2]  # size and mtime: what a done entry records
             if done.get(path, [None, None])[:2] == look:
                 continue
             sha = sha256_of((landing_dir / path).read_bytes())
@@ -140,7 +163,7 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
         if requests or now >= until:
             break
         # look again when the next waiting file would have settled, or at the next poll
-        ready = [since + settle_s for path, (_, _, since) in looks.items() if path not in complete]
+        ready = [look[3] + settle_time(look, settle_s) for path, look in looks.items() if path not in complete]
         wake = min([*ready, now + POLL_SECONDS] if watch_s > 0 else ready or [until], default=until)
         sleep(max(min(wake, until) - now, MIN_LOOK_GAP))
         now = clock()
@@ -153,8 +176,8 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
     job=intraday,
     minimum_interval_seconds=TICK_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="New, complete files in landing/trades and landing/prices (seen unchanged for a second; each tick "
-    "watches the folder for 4 s) launch the intraday job, one run per file keyed by path and content hash.",
+    description="New, complete files in landing/trades and landing/prices (renamed into place, or seen "
+    "unchanged for a second; each tick watches the folder for 4 s) launch the intraday job, one run per file keyed by path and content hash.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: PipelineSettings):
     cursor = json.loads(context.cursor) if context.cursor else {}

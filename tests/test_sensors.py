@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 
 from assets.resources import resources_for
 from orchestration.definitions import build_definitions
-from orchestration.sensors import POLL_SECONDS, landing_requests, landing_sensor, look_at, settled
+from orchestration.sensors import MIN_LOOK_GAP, POLL_SECONDS, landing_requests, landing_sensor, look_at, settled
 from assets.analytics import read_gold
 from test_pipeline import assert_same_tables, materialize_all, snapshot
 from transforms.validation import sha256_of
@@ -28,11 +28,16 @@ def _write(path, text: str, mtime_ns: int | None = None) -> None:
 
 
 def test_a_file_is_complete_when_seen_unchanged_for_the_settle_time_since_an_earlier_look():
-    looks = {"trades/a.csv": [10, 1, 100.0]}  # seen as it is since t = 100
+    looks = {"trades/a.csv": [10, 1, 1, 100.0]}  # last written at mtime 1, seen as it is since t = 100
     assert settled(looks, 100.0, 0.0) == []  # this look is the first: no earlier one agrees
     assert settled(looks, 100.1, 0.0) == ["trades/a.csv"]
     assert settled(looks, 100.5, 1.0) == []  # unchanged, but not for long enough
     assert settled(looks, 101.0, 1.0) == ["trades/a.csv"]
+    # renamed into place after its last write (ctime later than mtime): two looks suffice
+    looks = {"trades/b.csv": [10, 1, 5, 100.0]}
+    assert settled(looks, 100.0, 1.0) == []
+    assert settled(looks, 100.0 + MIN_LOOK_GAP / 2, 1.0) == []
+    assert settled(looks, 100.0 + MIN_LOOK_GAP, 1.0) == ["trades/b.csv"]
 
 
 class FakeClock:
@@ -89,7 +94,7 @@ def test_one_run_per_complete_file_and_content(tmp_path):
 
 def test_a_tick_looks_twice_at_a_file_it_has_not_seen_before(tmp_path):
     landing = tmp_path / "landing"
-    _write(landing / "trades" / "t1.csv", "trade_id\nT1\n", 1_000)
+    _write(landing / "trades" / "t1.csv", "trade_id\nT1\n")  # written in place: it must settle
     clock = FakeClock()
     requests, cursor = landing_requests(landing, {}, {}, settle_s=0.5, sleep=clock.sleep, clock=clock)
     assert clock.pauses == [0.5] and [r.tags["portfolio/source_file"] for r in requests] == ["trades/t1.csv"]
@@ -100,7 +105,7 @@ def test_a_tick_looks_twice_at_a_file_it_has_not_seen_before(tmp_path):
     # a writer still appending, between ticks and during the pause: never complete while it
     # goes on, and complete at the first tick whose two looks agree
     growing = landing / "trades" / "t2.csv"
-    _write(growing, "trade_id\n", 2_000)
+    _write(growing, "trade_id\n")
 
     def append() -> None:
         with growing.open("a") as f:
@@ -145,6 +150,39 @@ def test_a_watching_tick_asks_for_a_file_landed_during_it_once_settled(tmp_path)
     whole_seen = 1.5  # the first poll after the second write
     assert whole_seen + 1.0 <= clock.now - started <= whole_seen + 1.0 + POLL_SECONDS
     assert requests[0].tags["portfolio/sha256"] == sha256_of(new.read_bytes())
+
+
+def test_a_file_renamed_into_place_is_asked_for_after_two_looks_and_one_written_in_place_settles(tmp_path):
+    landing = tmp_path / "landing"
+    (landing / "trades").mkdir(parents=True)
+    clock = FakeClock()
+    _, cursor = landing_requests(landing, {}, {}, settle_s=1.0, sleep=clock.sleep, clock=clock)
+
+    # 0.6 s into a watching tick, one file is renamed into place (written under a temporary
+    # name, its times set in the past as a slow upload's would be) and another is written in place
+    def writer() -> None:
+        if clock.now - started >= 0.6 and not (landing / "trades" / "renamed.csv").exists():
+            part = landing / "trades" / "renamed.csv.part"
+            _write(part, "trade_id\nT1\n", 1_000)
+            part.rename(landing / "trades" / "renamed.csv")
+            _write(landing / "trades" / "in_place.csv", "trade_id\nT2\n")
+    clock = FakeClock(on_sleep=writer)
+    started = clock.now
+    requests, cursor = landing_requests(landing, cursor, {}, settle_s=1.0, watch_s=4.0, sleep=clock.sleep, clock=clock)
+    assert [r.tags["portfolio/source_file"] for r in requests] == ["trades/renamed.csv"]
+    seen = 0.75  # the first poll after the writer
+    assert seen + MIN_LOOK_GAP <= round(clock.now - started, 6) <= seen + POLL_SECONDS
+    # the file written in place is asked for only a full second after it was first seen
+    requests, cursor = landing_requests(landing, cursor, {}, settle_s=1.0, watch_s=4.0, sleep=clock.sleep, clock=clock)
+    assert [r.tags["portfolio/source_file"] for r in requests] == ["trades/in_place.csv"]
+    assert clock.now - started >= seen + 1.0
+    # changing a renamed file (an append) makes it wait the full settle again
+    before = clock.now
+    with (landing / "trades" / "renamed.csv").open("a") as f:
+        f.write("T3\n")
+    requests, cursor = landing_requests(landing, cursor, {}, settle_s=1.0, watch_s=4.0, sleep=clock.sleep, clock=clock)
+    assert [r.tags["portfolio/source_file"] for r in requests] == ["trades/renamed.csv"]
+    assert clock.now - before >= 1.0
 
 
 def test_the_sensor_in_dagster_requests_each_file_once(tmp_path, tiny_landing):
