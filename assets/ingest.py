@@ -25,6 +25,7 @@ from assets.metadata import markdown_preview
 from assets.resources import LakeResource, PipelineSettings
 from transforms import contract
 from transforms.changes import CHANGED_KEY, encode_portfolios
+from transforms.filters import in_values
 from transforms.validation import cross_file_duplicates, sha256_of, validate_file
 
 
@@ -145,8 +146,10 @@ def _ingest_kind(kind: str, lake: LakeResource, landing_dir: Path, run_id: str, 
 
     key_cols = list(contract.UNIQUE_KEYS[kind])
     batch_files = [f.source_file for f in files]
-    existing = lake.read(bronze_table(kind), bronze_schema, key_cols + ["source_file"])
-    existing_keys = existing.filter(~pl.col("source_file").is_in(batch_files)).select(key_cols)
+    # the keys of the table's other files, as a lazy scan: validation reads only those that
+    # could repeat a file's keys (transforms.validation), not the table's millions
+    existing_keys = (lake.scan(bronze_table(kind), bronze_schema)
+                     .filter(~in_values("source_file", batch_files)).select(key_cols))
 
     accepted_parts, quarantine_parts, results = [], [], []
     for i, f in enumerate(files):
@@ -236,7 +239,7 @@ def _ingest_kind(kind: str, lake: LakeResource, landing_dir: Path, run_id: str, 
         "rows_accepted": int(new_log["rows_accepted"].sum() or 0),
         "rows_quarantined": int(new_log["rows_quarantined"].sum() or 0),
         "files_quarantined": int((new_log["status"] == "QUARANTINED").sum()),
-        "table_rows": lake.read(bronze_table(kind), bronze_schema, key_cols[:1]).height,
+        "table_rows": lake.scan(bronze_table(kind), bronze_schema).select(pl.len()).collect().item(),
         "seconds": round(time.perf_counter() - started, 3),
         "log": new_log,
     }

@@ -33,7 +33,8 @@ from assets.ingest import bronze_table, in_predicate
 from assets.memo import derived
 from assets.metadata import table_metadata
 from assets.resources import LakeResource, PipelineSettings
-from assets.scope import INTRADAY_JOB, Scope, in_values, plan_scope
+from assets.scope import INTRADAY_JOB, Scope, plan_scope
+from transforms.filters import in_values
 from assets.state import (
     bronze_key,
     current_moment,

@@ -20,6 +20,7 @@ import polars as pl
 
 from assets.ingest import in_predicate
 from assets.resources import LakeResource
+from transforms.filters import in_values
 from transforms.changes import (
     CHANGED_KEY,
     FORMAT,
@@ -35,16 +36,6 @@ from transforms.changes import (
 
 # The job that decides for the changed portfolios alone (orchestration.jobs.intraday).
 INTRADAY_JOB = "intraday"
-
-
-def in_values(column: str, values: Iterable[str]) -> pl.Expr:
-    """The row filter ``column IN values`` (strings), as one list literal.
-
-    Why not ``is_in(series.implode())``: Polars pushes a list literal down to a Delta scan's
-    file statistics and skips the files that cannot match, but not a Series literal. Reading
-    five portfolios' realised P&L of the standard book (438 files) took 0.85 s with the Series,
-    0.04 s with the list."""
-    return pl.col(column).is_in(pl.lit(sorted(set(values)), dtype=pl.List(pl.String)))
 
 
 def portfolio_filter(portfolios: frozenset[str] | None, column: str = "portfolio_id") -> pl.Expr | None:

@@ -21,7 +21,8 @@ from assets.ingest import bronze_schema_of, bronze_table, in_predicate
 from assets.memo import derived
 from assets.metadata import markdown_preview, table_metadata
 from assets.resources import LakeResource, PipelineSettings, clustered
-from assets.scope import Scope, in_values, last_build, plan_scope, rows_since_last_build, write_in_scope
+from assets.scope import Scope, last_build, plan_scope, rows_since_last_build, write_in_scope
+from transforms.filters import in_values
 from transforms.changes import INPUTS_KEY, parse_inputs
 from transforms.ledger_state import continue_ledger, merge_books, open_lots, replay_needed
 from transforms import contract

@@ -91,6 +91,7 @@ from pandera.config import ValidationDepth, config_context
 from pandera.errors import SchemaErrors
 
 from transforms import contract
+from transforms.filters import in_values
 from transforms.schemas import row_rule_columns, schema_for
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -480,8 +481,10 @@ def _key_text(keys: list[str]) -> tuple[str, pl.Expr]:
     return f"({', '.join(keys)})", pl.format("(" + ", ".join(["{}"] * len(keys)) + ")", *shown)
 
 
-def _unique_issues(kind: str, rows: pl.DataFrame, existing_keys: pl.DataFrame | None) -> pl.DataFrame:
-    """Duplicates of the unique key within ``rows`` (after the first) and against existing keys."""
+def _unique_issues(kind: str, rows: pl.DataFrame, existing_keys: pl.DataFrame | pl.LazyFrame | None) -> pl.DataFrame:
+    """Duplicates of the unique key within ``rows`` (after the first) and against existing keys
+    (a frame, or a lazy scan of the table: only the rows each of whose key parts the file
+    holds are read)."""
     keys = list(contract.UNIQUE_KEYS[kind])
     label, value = _key_text(keys)
     column = pl.lit(keys[0] if len(keys) == 1 else None, pl.String)
@@ -499,13 +502,15 @@ def _unique_issues(kind: str, rows: pl.DataFrame, existing_keys: pl.DataFrame | 
         )
     )
     parts = [within]
-    if existing_keys is not None and existing_keys.height:
+    if existing_keys is not None and rows.height:
         dtypes = contract.LANDING_SCHEMAS[kind]
-        # only the existing keys whose first part the file holds can match: filtering the
-        # table's keys (millions) by that before anything else costs a scan, not a hash of them all
-        lead = rows[keys[0]].cast(dtypes[keys[0]]).implode()
-        known = (existing_keys.lazy().select([pl.col(k).cast(dtypes[k]) for k in keys])
-                 .filter(pl.col(keys[0]).is_in(lead, nulls_equal=True)).collect())
+        # only the existing keys each of whose parts the file holds can match: as list literals
+        # the filters reach a lazy scan's file statistics, which skip the files whose key ranges
+        # hold none of them (a new file's trade ids, or a new day's prices, usually come after
+        # every stored one), so the table's millions of keys are not read
+        could_match = [in_values(k, rows[k].cast(dtypes[k]).to_list(), dtypes[k]) for k in keys]
+        known = (existing_keys.lazy().filter(*could_match)
+                 .select([pl.col(k).cast(dtypes[k]) for k in keys]).collect())
         parts.append(
             rows.lazy()
             .select(keys + [_ROW])
@@ -643,7 +648,7 @@ def validate_file(
     content: bytes,
     *,
     known_ids: dict[str, pl.Series] | None = None,
-    existing_keys: pl.DataFrame | None = None,
+    existing_keys: pl.DataFrame | pl.LazyFrame | None = None,
 ) -> FileValidation:
     """Parse and validate one landing file of ``kind``.
 
@@ -651,7 +656,8 @@ def validate_file(
     relative to the landing root: recorded in lineage, and its suffix gives the format),
     ``content`` (the file's bytes), ``known_ids`` (referenced kind -> Series of its known ids;
     a kind absent is not checked) and ``existing_keys`` (the ``UNIQUE_KEYS[kind]`` columns
-    already in the table from other files).
+    already in the table from other files; of a lazy scan of them only the rows each of whose
+    key parts the file holds are read).
 
     Output: a :class:`FileValidation`. Every record read is either accepted or quarantined
     (one quarantine row per record, at its first failing stage: row, then uniqueness, then

@@ -366,8 +366,12 @@ def test_duplicate_composite_key_within_file():
         "(first at row 2)")
 
 
-def test_duplicate_id_against_existing_keys():
-    existing = pl.DataFrame({"trade_id": ["T2", "T9"]})
+@pytest.mark.parametrize("lazy", [False, True], ids=["frame", "lazy scan"])
+def test_duplicate_id_against_existing_keys(lazy, tmp_path):
+    existing = pl.DataFrame({"trade_id": ["T2", "T9", None]})
+    if lazy:  # a Delta table's scan, as ingestion passes it: filtered to the file's keys before it is read
+        existing.write_delta(tmp_path / "keys")
+        existing = pl.scan_delta(str(tmp_path / "keys"))
     r = run("trades", good_csv("trades"), known_ids=KNOWN, existing_keys=existing)
     assert one_reason(r) == (2, "trade_id", "duplicate trade_id T2 (already ingested from another file)", "row")
 
