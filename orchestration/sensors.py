@@ -6,13 +6,17 @@ A file is picked up only when it is complete:
 
 - a writer that renames into place writes ``*.tmp`` / ``*.part`` (or a dot-file) first, which
   are never looked at (``assets.ingest.landing_candidates``);
-- a file renamed into place is complete once two looks at least ``MIN_LOOK_GAP`` apart have seen
-  it unchanged (size, modification and change times; ``settled``): a rename changes the file's
-  change time (ctime) but not its modification time (mtime), while every write sets both to the
-  same instant, so a file whose ctime is later than its mtime was last touched by something
-  other than a write: the rename (or a ``cp -p`` / ``touch -d`` setting its times once
-  written). Timestamps here are coarse (4 ms): a rename within 4 ms of the last write leaves
-  the two equal, and the file takes the next rule;
+- a file renamed into place is complete at once: the process evaluating the sensor watches
+  the landing folder (``orchestration.landing_watch``: inotify on Linux) and records each file
+  renamed into place, while it stays as the rename left it;
+- a file renamed into place that the watch did not see (renamed while no watch ran, or moved in
+  from another folder) is complete once two looks at least ``MIN_LOOK_GAP`` apart have seen it
+  unchanged (size, modification and change times): a rename changes the file's change time
+  (ctime) but not its modification time (mtime), while every write sets both to the same
+  instant, so a file whose ctime is later than its mtime was last touched by something other
+  than a write: the rename (or a ``cp -p`` / ``touch -d`` setting its times once written).
+  Timestamps here are coarse (4 ms): a rename within 4 ms of the last write leaves the two
+  equal, and the file takes the next rule;
 - any other file must be seen unchanged for ``SETTLE_SECONDS`` between two looks: a file still
   being written changes between looks and waits. Each look records, per file, since when it
   has been seen as it is; the looks are the previous ticks' (in the cursor) and this tick's. A
@@ -23,8 +27,8 @@ A complete file whose content (sha256) is already in the kind's ingestion log is
 again; otherwise the sensor asks for one run per file, keyed by ``<path>@<sha256>``: Dagster
 never launches a run key twice, so the same content landed twice (or seen again after a restart)
 runs once, and a changed file (new content, new key) runs again. The cursor is JSON:
-``{"looks": {path: [size, mtime_ns, ctime_ns, since]}, "done": {path: [size, mtime_ns, sha256]}}``, the last look
-and the files already dealt with (so an unchanged file is not hashed again every tick); it holds
+``{"looks": {path: [size, mtime_ns, ctime_ns, since]}, "done": {path: [size, mtime_ns, sha256]}}``,
+the last look and the files already dealt with (so an unchanged file is not hashed again every tick); it holds
 only files present at the last look, so it does not grow with the landing history.
 
 Because a failed run is never relaunched for the same run key, the job carries a run-retry tag
@@ -41,7 +45,8 @@ came 10 s apart (measured on the daemon's tick history). An interval below the l
 left a file landed just after it waiting for the next tick: 2.5 s on average, 5 s at worst, on
 top of its settling. So each tick watches: it looks every ``POLL_SECONDS`` for
 ``WATCH_SECONDS`` (below the loop's 5 s, so the next tick starts about a second after it ends)
-and returns as soon as a file is complete, which is then ``SETTLE_SECONDS`` and at most a poll
+and returns as soon as a file is complete: a file the watch saw renamed into place wakes the
+tick at once; any other is complete ``SETTLE_SECONDS`` (or ``MIN_LOOK_GAP``) and at most a poll
 after it was first seen. The instance evaluates sensors on threads
 (``orchestration/dagster.yaml``), so the warehouse sensor does not wait behind the watch.
 """
@@ -57,6 +62,7 @@ import dagster as dg
 
 from assets.ingest import ingestion_log_table, landing_candidates, last_logged
 from assets.resources import LakeResource, PipelineSettings
+from orchestration.landing_watch import landing_watch
 from orchestration.jobs import LAKE_WRITER_TAG, intraday, publish_warehouse, rebalance
 from transforms import contract
 from transforms.validation import sha256_of
@@ -99,13 +105,17 @@ def settle_time(look: list, settle_s: float) -> float:
     return min(MIN_LOOK_GAP, settle_s) if renamed(look) else settle_s
 
 
-def settled(looks: dict[str, list], now: float, settle_s: float) -> list[str]:
+def settled(looks: dict[str, list], now: float, settle_s: float,
+            renamed: dict[str, list[int]] | None = None) -> list[str]:
     """The complete files of ``looks`` (``{path: [size, mtime_ns, ctime_ns, since]}``), sorted:
-    those an earlier look saw as they are now (``since < now``), at least ``settle_time``
-    before ``now``."""
+    those seen renamed into place and as the rename left them (``renamed``: ``{path: [size,
+    mtime_ns]}``, ``orchestration.landing_watch``), and those an earlier look saw as they are
+    now (``since < now``), at least ``settle_time`` before ``now``."""
+    renamed = renamed or {}
     # a microsecond's slack: a look timed for the settle's end must not miss it by a rounding
     return sorted(path for path, look in looks.items()
-                  if look[3] < now and now - look[3] >= settle_time(look, settle_s) - 1e-6)
+                  if renamed.get(path) == look[:2]
+                  or (look[3] < now and now - look[3] >= settle_time(look, settle_s) - 1e-6))
 
 
 def _logged(lake: LakeResource, kind: str) -> dict[str, str]:
@@ -128,15 +138,17 @@ def _look(landing_dir: Path, previous: dict[str, list], now: float) -> dict[str,
 
 def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str, str]], settle_s: float = 0.0,
                      sleep: Callable[[float], None] = time.sleep, watch_s: float = 0.0,
-                     clock: Callable[[], float] = time.time) -> tuple[list[dg.RunRequest], dict]:
+                     clock: Callable[[], float] = time.time,
+                     renamed: Callable[[], dict[str, list[int]]] | None = None) -> tuple[list[dg.RunRequest], dict]:
     """One tick of the sensor, without Dagster's context: (run requests, new cursor).
 
     ``cursor`` is the previous tick's (``{}`` at first); ``logged`` maps kind -> {path: sha256}
     of the files already ingested. A file is complete once a look has seen it unchanged (size,
     mtime and ctime) for ``settle_s`` since an earlier look, or ``MIN_LOOK_GAP`` when renamed
-    into place (``settled``; with 0, any earlier look, as the previous tick's). The tick looks
-    again every ``POLL_SECONDS`` (or when the next file would have settled, if sooner) for
-    ``watch_s``, and at least until the
+    into place (``settled``; with 0, any earlier look, as the previous tick's), or at once
+    when ``renamed()`` (a ``LandingWatch``'s) says it was renamed into place and is as the rename
+    left it. The tick looks again every ``POLL_SECONDS`` (or when the next file would have
+    settled, if sooner, or when ``sleep`` returns early) for ``watch_s``, and at least until the
     files its first look found new or changed have had ``settle_s``; it returns as soon as a
     complete file is to be asked for. ``sleep`` and ``clock`` (wall-clock seconds: the cursor
     keeps them across ticks and processes) are for tests. See the module docstring for the rules."""
@@ -148,7 +160,7 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
     requests: list[dg.RunRequest] = []
     now = started  # the time of the last look
     while True:
-        complete = settled(looks, now, settle_s)
+        complete = settled(looks, now, settle_s, renamed() if renamed else None)
         for path in complete:
             look = looks[path][:2]  # size and mtime: what a done entry records
             if done.get(path, [None, None])[:2] == look:
@@ -182,7 +194,9 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: PipelineSettings):
     cursor = json.loads(context.cursor) if context.cursor else {}
     logged = {kind: _logged(lake, kind) for kind in WATCHED_KINDS}
-    requests, cursor = landing_requests(settings.landing_dir, cursor, logged, SETTLE_SECONDS, watch_s=WATCH_SECONDS)
+    watch = landing_watch(settings.landing_dir, WATCHED_KINDS)
+    requests, cursor = landing_requests(settings.landing_dir, cursor, logged, SETTLE_SECONDS, watch_s=WATCH_SECONDS,
+                                        **({"sleep": watch.wait, "renamed": watch.renamed} if watch else {}))
     context.update_cursor(json.dumps(cursor, sort_keys=True))
     if not requests:
         return dg.SkipReason("no new complete file in landing/trades or landing/prices")
