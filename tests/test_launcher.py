@@ -1,6 +1,7 @@
 """The warm run launcher (``orchestration.launcher``): runs execute in workers that loaded the
 code before the run came, never with stale code; termination, failures and health."""
 
+import logging
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ import yaml
 from dagster._core.definitions.reconstruct import ReconstructableJob
 
 from dagster._core.launcher import WorkerStatus
+from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 
 from orchestration.launcher import WORKER_PID_TAG, WarmRunLauncher, choose_idle
 
@@ -103,6 +105,8 @@ def test_the_instance_settings_choose_the_warm_launcher(tmp_path):
     settings = yaml.safe_load((ROOT / "orchestration" / "dagster.yaml").read_text())
     with dg.instance_for_test(overrides=settings, temp_dir=str(tmp_path)) as instance:
         assert isinstance(instance.run_launcher, WarmRunLauncher)
+        # a run whose worker died is failed by the monitoring daemon, then retried
+        assert instance.run_monitoring_enabled and instance.run_retries_enabled
 
 
 def test_runs_reuse_a_worker_that_loaded_the_code_before_they_came(instance, jobs_file):
@@ -172,6 +176,12 @@ def test_health_reports_a_worker_killed_under_its_run(instance, jobs_file):
     # from another process's launcher (no handle on the worker): by its pid
     time.sleep(0.5)  # the follower thread has reaped the process
     assert WarmRunLauncher().check_run_worker_health(run).status == WorkerStatus.FAILED
+    # the monitoring daemon's check of the started run marks it failed (the instance's run
+    # retries then relaunch it), rather than leaving it STARTED for ever
+    monitor_started_run(instance, None, instance.get_run_record_by_id(run_id), logging.getLogger(__name__))
+    failed = instance.get_run_by_id(run_id)
+    assert failed.status == dg.DagsterRunStatus.FAILURE
+    assert any("Marking run" in (e.message or "") for e in instance.all_logs(run_id))
 
 
 def test_an_idle_worker_is_chosen_by_the_job_it_last_ran():
