@@ -11,7 +11,6 @@ replaced, so the assets after it do the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property

@@ -51,14 +51,12 @@ class LandingWatch(FileSystemEventHandler):
         self._arrived = threading.Event()
         self._observer = Observer()
         self._observer.daemon = True
-        self.watched = []
         for kind in kinds:
             folder = self.landing_dir / kind
             folder.mkdir(parents=True, exist_ok=True)  # a kind's folder made later would go unwatched
             # not the opens and closes: the sensor's and the ingest's own reads would be reported
             self._observer.schedule(self, str(folder), recursive=True, event_filter=[
                 FileMovedEvent, FileModifiedEvent, FileCreatedEvent, FileDeletedEvent])
-            self.watched.append(kind)
         self._observer.start()
 
     def _relative(self, path: str | bytes) -> str | None:

@@ -28,8 +28,9 @@ again; otherwise the sensor asks for one run per file, keyed by ``<path>@<sha256
 never launches a run key twice, so the same content landed twice (or seen again after a restart)
 runs once, and a changed file (new content, new key) runs again. The cursor is JSON:
 ``{"looks": {path: [size, mtime_ns, ctime_ns, since]}, "done": {path: [size, mtime_ns, sha256]}}``,
-the last look and the files already dealt with (so an unchanged file is not hashed again every tick); it holds
-only files present at the last look, so it does not grow with the landing history.
+the last look and the files already dealt with (so an unchanged file is not hashed again every
+tick); it holds only files present at the last look, so it does not grow with the landing
+history.
 
 Because a failed run is never relaunched for the same run key, the job carries a run-retry tag
 (the instance must enable run retries: ``orchestration/dagster.yaml``, copied by ``make ui``).
@@ -93,7 +94,7 @@ def look_at(landing_dir: Path, kinds: tuple[str, ...] = WATCHED_KINDS) -> dict[s
     return out
 
 
-def renamed(look: list) -> bool:
+def renamed_after_last_write(look: list) -> bool:
     """True when a look (``[size, mtime_ns, ctime_ns, ...]``) shows a file whose last change
     was not a write (its ctime is later than its mtime): renamed into place (module docstring)."""
     return look[2] > look[1]
@@ -102,7 +103,7 @@ def renamed(look: list) -> bool:
 def settle_time(look: list, settle_s: float) -> float:
     """How long a file must be seen unchanged to be complete: ``MIN_LOOK_GAP`` when renamed into
     place (at most ``settle_s``), else ``settle_s``."""
-    return min(MIN_LOOK_GAP, settle_s) if renamed(look) else settle_s
+    return min(MIN_LOOK_GAP, settle_s) if renamed_after_last_write(look) else settle_s
 
 
 def settled(looks: dict[str, list], now: float, settle_s: float,
@@ -189,7 +190,8 @@ def landing_requests(landing_dir: Path, cursor: dict, logged: dict[str, dict[str
     minimum_interval_seconds=TICK_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="New, complete files in landing/trades and landing/prices (renamed into place, or seen "
-    "unchanged for a second; each tick watches the folder for 4 s) launch the intraday job, one run per file keyed by path and content hash.",
+    "unchanged for a second; each tick watches the folder for 4 s) launch the intraday job, one run per file "
+    "keyed by path and content hash.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, settings: PipelineSettings):
     cursor = json.loads(context.cursor) if context.cursor else {}

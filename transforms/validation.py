@@ -481,7 +481,8 @@ def _key_text(keys: list[str]) -> tuple[str, pl.Expr]:
     return f"({', '.join(keys)})", pl.format("(" + ", ".join(["{}"] * len(keys)) + ")", *shown)
 
 
-def _unique_issues(kind: str, rows: pl.DataFrame, existing_keys: pl.DataFrame | pl.LazyFrame | None) -> pl.DataFrame:
+def _unique_issues(kind: str, rows: pl.DataFrame,
+                   existing_keys: pl.DataFrame | pl.LazyFrame | None) -> pl.DataFrame:
     """Duplicates of the unique key within ``rows`` (after the first) and against existing keys
     (a frame, or a lazy scan of the table: only the rows each of whose key parts the file
     holds are read)."""
