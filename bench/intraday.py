@@ -32,9 +32,8 @@ Figures, measured in one process (wall times, ``time.perf_counter``):
   (``warehouse_caught_up_first_s``), since the apply part's runs were not followed by the
   publish a daemon follows every run with; then ``files`` small files (``daemon_trades``
   trades each over a few portfolios) renamed into ``landing/trades`` one after another, each
-  after the previous one's run
-  ended, with ``dagster-daemon`` running the project's sensor and instance settings
-  (orchestration/dagster.yaml) against the code location served apart by
+  after the previous one's run ended, with ``dagster-daemon`` running the project's sensor and
+  instance settings (orchestration/dagster.yaml) against the code location served apart by
   ``dagster code-server start``, as ``dagster dev`` (``make ui``) serves it (a daemon given
   workspace.yaml itself starts a code server of its own and restarts it every 60 s, a fresh
   import beside the runs each time): latency from the rename to the end of the intraday run that
@@ -243,7 +242,7 @@ def _carried(lake, inputs: BookInputs, new: pl.DataFrame, touched: pl.Series, mo
             "carry_s": round(carry_s, 4), "replay_s": round(replay_s, 4), "compute_s": round(carry_s + replay_s, 4)}
 
 
-def _run_intraday(data_dir: Path, job: str = "intraday") -> dict:
+def _run_job(data_dir: Path, job: str = "intraday") -> dict:
     """Run ``job`` in process on ``data_dir``: success, wall time and each step's time."""
     import dagster as dg
 
@@ -285,7 +284,7 @@ def bench_apply(data_dir: Path, trades: int, seed: int, spreads: tuple[int, ...]
         else:
             _say("  running the intraday job on it...")
             land(new, data_dir / "landing", f"bench_intraday_{spread}_{seed}.csv")
-            run = _run_intraday(data_dir)
+            run = _run_job(data_dir)
             _say(f"  intraday run: {run['run_s']:.1f} s, success {run['success']}")
         figures[str(spread)] = {
             "portfolios": touched.len(), "trades": new.height, "compute_s": compute, "carried": carried,
@@ -346,7 +345,7 @@ def bench_daemon(data_dir: Path, files: int, trades: int, seed: int, timeout_s: 
     lake = resources_for(data_dir)["lake"]
     # the runs of the apply part ran in process, without the publish the daemon follows each run
     # with: the warehouse is brought up to date first, as a daemon that ran them would have kept it
-    caught_up = _run_intraday(data_dir, "publish_warehouse")
+    caught_up = _run_job(data_dir, "publish_warehouse")
     _say(f"  warehouse brought up to date first: {caught_up['run_s']:.1f} s")
     home = Path(tempfile.mkdtemp(prefix="dagster-home-"))
     shutil.copy(ROOT / "orchestration" / "dagster.yaml", home / "dagster.yaml")
